@@ -1,0 +1,299 @@
+"""Build the Omniglot arrays train.npy / val.npy / test.npy from the official zips.
+
+Each character's 20 drawings (105x105, black ink on white) are resized to 28x28 with Lanczos
+filtering and inverted so ink = 1.0. Characters are split 1200 / 100 / 323 (REFERENCE.md, "Datasets
+and splits") by a seeded permutation, and each rotation by 0, 90, 180, 270 degrees is a class of its
+own: every split file is shaped (4 * characters, 20, 28, 28, 1) float32.
+
+    python data/prepare_omniglot.py --out data/omniglot                 # downloads the two zips
+    python data/prepare_omniglot.py --out data/omniglot --source a.zip b/
+"""
+import argparse
+import hashlib
+import http.client
+import io
+import os
+import sys
+import urllib.request
+import zipfile
+import zlib
+from contextlib import ExitStack
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+if __name__ == "__main__":  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metagmvae.errors import UserError, exit_on_user_error  # noqa: E402
+from metagmvae.fileio import atomic_path, write_json  # noqa: E402
+
+URL_BASE = "https://github.com/brendenlake/omniglot/raw/master/python/"
+# Official archive -> number of characters it holds (30 + 20 alphabets, 1623 characters in all).
+OFFICIAL_ARCHIVES = {"images_background.zip": 964, "images_evaluation.zip": 659}
+DRAWINGS_PER_CHARACTER = 20
+REFERENCE_SPLIT = (1200, 100, 323)  # train / val / test characters of the full set
+SPLITS = ("train", "val", "test")
+ROTATIONS = 4  # 0, 90, 180, 270 degrees
+IMAGE_SIZE = 28
+LAYOUT = "<Alphabet>/<characterNN>/<drawing>.png (e.g. images_background/Greek/character01/0394_01.png)"
+PREPROCESSING = (
+    "PNG -> grayscale -> 28x28 with Pillow LANCZOS -> float32 1 - pixel/255 (ink = 1.0, background = 0.0); "
+    "class 4*i + r of a split is its character i (in the order listed) rotated by 90*r degrees "
+    "counter-clockwise (np.rot90)"
+)
+
+
+class Drawing(NamedTuple):
+    """One drawing of a character, as read from a zip or a folder."""
+
+    name: str  # file name, e.g. 0394_01.png
+    origin: str  # where it was read, for error messages
+    data: bytes  # the PNG file
+
+
+def _is_drawing(parts):
+    """A PNG that is not hidden and not macOS zip metadata."""
+    return parts[-1].lower().endswith(".png") and not any(p.startswith((".", "__MACOSX")) for p in parts)
+
+
+def _layout(source, paths):
+    """Keep the drawing paths (tuples of parts) at the layout's depth below `source`.
+
+    `source` is either a top folder (<Alphabet>/<character>/<png>, depth 3) or holds top folders
+    (<top>/<Alphabet>/<character>/<png>, depth 4) like the official zips.
+    """
+    for depth in (3, 4):
+        found = [p for p in paths if len(p) == depth]
+        if found:
+            return found
+    raise UserError(f"{source}: no drawings found in the layout {LAYOUT}")
+
+
+def _read_zip(path):
+    """{character folder parts: [Drawing]} of a zip archive, after checking every member's CRC."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                raise UserError(f"{path}: corrupt zip archive (bad CRC in {bad})")
+            paths = [tuple(n.split("/")) for n in zf.namelist()]
+            folders = {}
+            for parts in _layout(path, [p for p in paths if _is_drawing(p)]):
+                name = "/".join(parts)
+                folders.setdefault(parts[:-1], []).append(Drawing(parts[-1], f"{path}:{name}", zf.read(name)))
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as e:
+        raise UserError(f"{path}: not a readable zip archive, truncated or corrupt ({e})") from None
+    return folders
+
+
+def _read_folder(path):
+    """{character folder parts: [Drawing]} of an extracted folder."""
+    files = [f for pattern in ("*/*/*", "*/*/*/*") for f in path.glob(pattern) if f.is_file()]
+    paths = [f.relative_to(path).parts for f in files]
+    folders = {}
+    for parts in _layout(path, [p for p in paths if _is_drawing(p)]):
+        file = path.joinpath(*parts)
+        try:
+            data = file.read_bytes()
+        except OSError as e:
+            raise UserError(f"{file}: cannot read ({e.strerror})") from None
+        folders.setdefault(parts[:-1], []).append(Drawing(parts[-1], str(file), data))
+    return folders
+
+
+def _content(drawings):
+    return [(d.name, d.data) for d in drawings]
+
+
+def collect_characters(sources):
+    """Gather the drawings of every character in `sources` (zips or extracted folders).
+
+    Returns {(alphabet, character): [20 Drawing sorted by file name]}, sorted by key. A character
+    found in several sources counts once; its copies must hold the same drawings.
+    """
+    characters, seen_in = {}, {}
+    for source in map(Path, sources):
+        if not source.exists():
+            raise UserError(f"{source}: no such file or folder")
+        folders = _read_folder(source) if source.is_dir() else _read_zip(source)
+        for folder, drawings in sorted(folders.items()):
+            drawings.sort(key=lambda d: d.name)
+            origin = drawings[0].origin.rsplit("/", 1)[0]
+            if len(drawings) != DRAWINGS_PER_CHARACTER:
+                raise UserError(f"{origin}: {len(drawings)} drawings, expected {DRAWINGS_PER_CHARACTER}")
+            key = folder[-2:]
+            if key in characters and _content(characters[key]) != _content(drawings):
+                raise UserError(f"{origin}: differs from the same character in {seen_in[key]}")
+            characters.setdefault(key, drawings)
+            seen_in.setdefault(key, origin)
+    return dict(sorted(characters.items()))
+
+
+def load_character(drawings):
+    """Decode a character's drawings into a (20, 28, 28) float32 array in [0, 1], ink = 1.0."""
+    images = []
+    for d in drawings:
+        try:
+            with Image.open(io.BytesIO(d.data)) as im:
+                im = im.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise UserError(f"{d.origin}: unreadable PNG ({e})") from None
+        images.append(1.0 - np.asarray(im, dtype=np.float32) / 255.0)
+    return np.stack(images)
+
+
+def split_counts(n):
+    """(train, val, test) character counts in the reference proportions 1200:100:323, each >= 1."""
+    if n < len(SPLITS):
+        raise UserError(f"{n} characters cannot fill {len(SPLITS)} splits")
+    total = sum(REFERENCE_SPLIT)
+    val, test = (max(1, round(n * c / total)) for c in REFERENCE_SPLIT[1:])
+    return n - val - test, val, test
+
+
+def split_characters(n, seed, counts=None):
+    """Seeded split of characters 0..n-1: three sorted index arrays (train, val, test).
+
+    `counts` gives the three sizes (default: split_counts(n)); they must sum to n, each >= 1.
+    """
+    counts = tuple(counts) if counts is not None else split_counts(n)
+    if len(counts) != len(SPLITS) or sum(counts) != n or min(counts) < 1:
+        given = " ".join(map(str, counts))
+        raise UserError(f"--split {given}: need {len(SPLITS)} counts >= 1 summing to {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    bounds = np.cumsum(counts)[:-1]
+    return tuple(np.sort(part) for part in np.split(perm, bounds))
+
+
+def with_rotations(images):
+    """(C, 20, 28, 28) characters -> (4C, 20, 28, 28, 1) classes; class 4c + r is rotated by 90r degrees."""
+    rotated = [np.rot90(images, r, axes=(-2, -1)) for r in range(ROTATIONS)]
+    rotated = np.stack(rotated, axis=1)  # (C, 4, 20, 28, 28)
+    return np.ascontiguousarray(rotated.reshape(-1, *images.shape[1:], 1))
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_omniglot(sources, out, seed=0, split=None):
+    """Write train.npy, val.npy, test.npy (each (classes, 20, 28, 28, 1) float32) and manifest.json.
+
+    Every input is read and checked before anything is written; the four files are then renamed
+    into `out` together, so a failure leaves a previous build intact. Returns the manifest.
+    """
+    characters = collect_characters(sources)
+    keys = list(characters)
+    parts = split_characters(len(keys), seed, split)  # checks --split before the slow decoding
+    images = np.stack([load_character(characters[k]) for k in tqdm(keys, desc="characters", disable=None)])
+    arrays = {name: with_rotations(images[idx]) for name, idx in zip(SPLITS, parts)}
+    manifest = {
+        "sources": [
+            {"path": str(p), **({"sha256": sha256(p)} if p.is_file() else {})}
+            for p in sorted({Path(s).resolve() for s in sources})
+        ],
+        "seed": seed,
+        "split_counts": {name: len(idx) for name, idx in zip(SPLITS, parts)},
+        "characters": {name: ["/".join(keys[i]) for i in idx] for name, idx in zip(SPLITS, parts)},
+        "shapes": {name: list(a.shape) for name, a in arrays.items()},
+        "preprocessing": PREPROCESSING,
+    }
+    out = Path(out)
+    try:
+        with ExitStack() as stack:  # renames happen on exit, in reverse order: the manifest last
+            write_json(stack.enter_context(atomic_path(out / "manifest.json")), manifest)
+            for name, array in arrays.items():
+                with open(stack.enter_context(atomic_path(out / f"{name}.npy")), "wb") as f:
+                    np.save(f, array)
+    except OSError as e:
+        raise UserError(f"{out}: cannot write the outputs ({e})") from None
+    return manifest
+
+
+def _fetch(url, path):
+    """Stream `url` into `path` with a progress bar."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as f:
+            size = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=size, unit="B", unit_scale=True, desc=Path(path).stem, disable=None) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    f.write(block)
+                    bar.update(len(block))
+    except (OSError, http.client.HTTPException) as e:  # URLError and HTTPError are OSErrors
+        hint = "download it manually and pass it with --source"
+        raise UserError(f"cannot download {url} ({e}); {hint}") from None
+
+
+def _check_archive(path, expected, context):
+    """The archive must be a valid zip holding `expected` characters of 20 drawings each."""
+    try:
+        found = len(collect_characters([path]))
+    except UserError as e:
+        raise UserError(f"{e} ({context})") from None
+    if found != expected:
+        raise UserError(f"{path}: {found} characters, expected {expected} ({context})")
+
+
+def download_archives(url_base, dest, archives=OFFICIAL_ARCHIVES):
+    """Download each archive {file name: expected characters} from `url_base` into `dest`.
+
+    An archive already in `dest` is checked and reused. A download goes to `<name>.part` and is
+    renamed only once checked, so a broken download never looks complete. Returns the paths.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, expected in archives.items():
+        path = dest / name
+        if path.exists():
+            _check_archive(path, expected, "delete it to download it again")
+        else:
+            url = f"{url_base.rstrip('/')}/{name}"
+            part = dest / f"{name}.part"
+            try:
+                _fetch(url, part)
+                _check_archive(part, expected, f"downloaded from {url}")
+                os.replace(part, path)
+            finally:
+                part.unlink(missing_ok=True)
+        paths.append(path)
+    return paths
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except the None of flags whose help says what their absence means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=_HelpFormatter)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder for train/val/test.npy and manifest.json")
+    parser.add_argument("--source", type=Path, nargs="+", action="extend", metavar="PATH",
+                        help="local Omniglot zips or extracted folders (default: download the official zips)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the character split")
+    parser.add_argument("--split", type=int, nargs=3, metavar=("NTR", "NVA", "NTE"),
+                        help="train/val/test character counts (default: proportions 1200:100:323)")
+    parser.add_argument("--download-dir", type=Path,
+                        help="where to keep the downloaded zips (default: <out>/downloads)")
+    parser.add_argument("--url-base", default=URL_BASE, help="where to download the official zips from")
+    args = parser.parse_args(argv)
+    with exit_on_user_error(parser.prog):
+        sources = args.source or download_archives(args.url_base, args.download_dir or args.out / "downloads")
+        manifest = build_omniglot(sources, args.out, args.seed, args.split)
+    summary = [f"{k} {n} characters -> {manifest['shapes'][k]}" for k, n in manifest["split_counts"].items()]
+    print(f"wrote {args.out}: {', '.join(summary)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The dataset-independent part of Meta-GMVAE: set-level posterior, EM prior, loss and prediction.
+
+Shapes: B episodes, M items per episode, S MC samples per item, K mixture components, D latent size.
+A dataset model subclasses `SetGMVAE` and supplies `encoder` (items -> F features),
+`decode(z)` and `reconstruction_loss(x, z)`.
+"""
+import torch
+from torch import nn
+
+from .gmm import LOG_2PI, episode_prior_log_prob, predict_query
+from .set_transformer import SAB
+
+
+class SetPosterior(nn.Sequential):
+    """q(z_i | x_i, episode): two SABs over the items of an episode, then a linear map to (mean, logvar).
+
+    (B, M, F) -> (B, M, 2D).
+    """
+
+    def __init__(self, feature_size, latent_size, num_heads=4):
+        super().__init__(SAB(feature_size, feature_size, num_heads),
+                         SAB(feature_size, feature_size, num_heads),
+                         nn.Linear(feature_size, 2 * latent_size))
+
+
+class SetGMVAE(nn.Module):
+    """Meta-GMVAE skeleton.  Subclasses set `self.encoder` and `self.posterior` and define
+    `decode(z)` and `reconstruction_loss(x, z)`."""
+
+    def posterior_params(self, x):
+        """x: (B, M, *item_shape) -> mean, logvar: (B, M, D)."""
+        B, M = x.shape[:2]
+        features = self.encoder(x.flatten(0, 1)).view(B, M, -1)
+        return self.posterior(features).chunk(2, dim=-1)
+
+    @staticmethod
+    def sample(mean, logvar, num_samples):
+        """Reparameterised z: (B, M, S, D) and log q(z | x): (B, M, S)."""
+        eps = torch.randn(*mean.shape[:2], num_samples, mean.shape[-1], dtype=mean.dtype, device=mean.device)
+        std = (0.5 * logvar).exp().unsqueeze(2)
+        z = mean.unsqueeze(2) + std * eps
+        # (z - mean) / std is eps exactly, so log q needs no division.
+        log_q = -0.5 * (eps.pow(2) + logvar.unsqueeze(2) + LOG_2PI).sum(-1)
+        return z, log_q
+
+    def forward(self, x, num_components, mc_samples, em_iters, fix_pi=False):
+        """Training objective of one step.  x: (B, M, *item_shape) unlabeled sets.
+
+        Returns a dict of scalars: rec (reconstruction loss / (B M S)), kl (mean of log q - log p),
+        loss = rec + kl.
+        """
+        B, M = x.shape[:2]
+        mean, logvar = self.posterior_params(x)
+        z, log_q = self.sample(mean, logvar, mc_samples)
+        log_p = episode_prior_log_prob(z.flatten(1, 2), num_components, em_iters, fix_pi)
+        kl = (log_q.flatten(1) - log_p).mean()
+        rec = self.reconstruction_loss(x, z) / (B * M * mc_samples)
+        return {"loss": rec + kl, "rec": rec, "kl": kl}
+
+    @torch.no_grad()
+    def predict(self, support, y_support, query, num_classes, mc_samples, em_iters):
+        """Class probabilities of the queries of B episodes, support and query encoded as one set.
+
+        support: (B, Ns, *item_shape), y_support: (B, Ns), query: (B, Nq, *item_shape) -> (B, Nq, K).
+        """
+        Ns = support.shape[1]
+        mean, logvar = self.posterior_params(torch.cat([support, query], dim=1))
+        z, _ = self.sample(mean, logvar, mc_samples)
+        return predict_query(z[:, :Ns], y_support, z[:, Ns:], num_classes, em_iters)
+
+
+def count_parameters(module):
+    return sum(p.numel() for p in module.parameters())
+

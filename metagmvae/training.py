@@ -1,0 +1,121 @@
+"""The meta-training loop shared by the datasets: unlabeled sets -> loss -> Adam; periodic validation,
+best checkpoint per selection shot, final test of the selected checkpoints.
+
+`args` is the parsed command line of a dataset's main.py (flag names as the reference's).
+"""
+import time
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .episodes import sample_unlabeled_sets
+from .errors import UserError
+from .evaluation import episode_accuracies, summarize
+from .runtime import rng_state, set_rng_state
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+def make_optimizer(model, args):
+    # L2 added to the gradient (torch Adam's weight_decay), as the reference; not AdamW.
+    return torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+
+def train_step(model, optimizer, x, args, step):
+    """One update on x: (B, M, *item_shape).  Returns the losses as floats."""
+    out = model(x, args.way, args.train_mc_sample_size, args.unsupervised_em_iters, args.fix_pi)
+    if not torch.isfinite(out["loss"]):
+        raise TrainingDiverged(f"loss is {out['loss'].item()} at step {step + 1}; the last good checkpoint is kept")
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    if args.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    optimizer.step()
+    return {k: v.item() for k, v in out.items()}
+
+
+def validate(model, eval_sets, args, device):
+    """{shot: {"mean", "ci95", "episodes"}} on the fixed validation episodes."""
+    return {shot: summarize(episode_accuracies(model, eval_set, args.test_mc_sample_size,
+                                               args.semisupervised_em_iters, args.batch_size, device, args.seed))
+            for shot, eval_set in eval_sets.items()}
+
+
+def checkpoint_state(model, optimizer, step, best, sampler, args, wall_time):
+    return {"model": model.state_dict(), "model_config": model.config, "optimizer": optimizer.state_dict(),
+            "step": step, "best": best, "rng": rng_state(), "sampler_rng": sampler.get_state(),
+            "config": vars(args), "wall_time_s": wall_time}
+
+
+def fit(model, optimizer, train_pool, val_sets, run, args, device):
+    """Meta-train until args.train_iters, validating every args.freq_iters (and at the last step).
+
+    train_pool: (N, *item_shape) unlabeled training items.  val_sets: {shot: EvalSet}.
+    Keeps best_{shot}shot.pt per validation shot and last.pt (for --resume) in `run`.
+    Returns the total wall time in seconds.
+    """
+    sampler = torch.Generator().manual_seed(args.seed)
+    step, best, wall_time, rows = 0, {}, 0.0, []
+    if args.resume:
+        state = load_checkpoint(run.last_checkpoint, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.set_state(state["sampler_rng"])
+        set_rng_state(state["rng"])
+        step, best, wall_time = state["step"], state["best"], state["wall_time_s"]
+        rows = run.read_metrics(up_to_step=step)
+    model.train()
+    totals, count, start = {}, 0, time.perf_counter()
+    progress = tqdm(range(step, args.train_iters), initial=step, total=args.train_iters, desc="train",
+                    dynamic_ncols=True)
+    for step in progress:
+        x = train_pool[sample_unlabeled_sets(len(train_pool), args.batch_size, args.sample_size, sampler)]
+        stats = train_step(model, optimizer, x.to(device, non_blocking=True), args, step)
+        totals = {k: totals.get(k, 0.0) + v for k, v in stats.items()}
+        count += 1
+        progress.set_postfix(rec=f"{stats['rec']:.2f}", kl=f"{stats['kl']:.2f}")
+        if (step + 1) % args.freq_iters and step + 1 != args.train_iters:
+            continue
+        results = validate(model, val_sets, args, device)
+        wall_time += time.perf_counter() - start
+        start = time.perf_counter()
+        row = {"step": step + 1, **{k: v / count for k, v in totals.items()}, "wall_time_s": wall_time}
+        for shot, res in results.items():
+            row[f"val_{shot}shot"], row[f"val_{shot}shot_ci95"] = res["mean"], res["ci95"]
+            if res["mean"] > best.get(shot, -1.0):
+                best[shot] = res["mean"]
+                save_checkpoint(run.checkpoint(f"best_{shot}shot"), checkpoint_state(
+                    model, optimizer, step + 1, best, sampler, args, wall_time))
+        rows.append(row)
+        run.write_metrics(rows)
+        save_checkpoint(run.last_checkpoint, checkpoint_state(model, optimizer, step + 1, best, sampler, args,
+                                                              wall_time))
+        progress.write(f"step {step + 1}: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in row.items() if k not in ("step", "wall_time_s")))
+        totals, count = {}, 0
+    return wall_time
+
+
+def test_model(model, test_sets, args, device):
+    """{"<way>way-<shot>shot": {"mean", "ci95", "episodes"}} of one model on each shot's test episodes."""
+    return {f"{eval_set.way}way-{shot}shot": summarize(episode_accuracies(
+                model, eval_set, args.test_mc_sample_size, args.semisupervised_em_iters, args.batch_size, device,
+                args.seed))
+            for shot, eval_set in test_sets.items()}
+
+
+def test_checkpoints(model, test_sets, checkpoint_for_shot, args, device):
+    """Load each shot's selected checkpoint (ours) and test it on that shot's episodes.
+
+    test_sets: {shot: EvalSet}; checkpoint_for_shot: {shot: path}.  Returns results.json's "test" dict.
+    """
+    results = {}
+    for shot, eval_set in test_sets.items():
+        path = checkpoint_for_shot[shot]
+        model.load_state_dict(load_checkpoint(path, map_location=device)["model"])
+        for key, summary in test_model(model, {shot: eval_set}, args, device).items():
+            results[key] = {**summary, "checkpoint": str(path)}
+    return results

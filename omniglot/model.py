@@ -1,0 +1,80 @@
+"""Meta-GMVAE for 28x28 Omniglot images (REFERENCE.md, "Omniglot architecture").
+
+Shapes: B episodes, M items, S MC samples, D latent size, h hidden channels.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metagmvae.gmvae import SetGMVAE, SetPosterior
+
+
+def conv_block(in_channels, out_channels):
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(),
+            nn.MaxPool2d(2, ceil_mode=True)]
+
+
+def deconv_block(in_channels, out_channels, kernel_size):
+    return [nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride=2, padding=1),
+            nn.BatchNorm2d(out_channels), nn.ReLU()]
+
+
+class OmniglotGMVAE(SetGMVAE):
+    """Conv encoder (28 -> 14 -> 7 -> 4 -> 2, 4h features), set posterior, MLP + transposed-conv decoder
+    with a Bernoulli likelihood.  With h = D = 64 it has 988,929 parameters, as the reference."""
+
+    def __init__(self, hidden_size=64, latent_size=64, num_heads=4):
+        super().__init__()
+        h = hidden_size
+        self.config = {"hidden_size": hidden_size, "latent_size": latent_size, "num_heads": num_heads}
+        self.feature_size = 4 * h  # h channels x 2 x 2
+        self.encoder = nn.Sequential(*conv_block(1, h), *conv_block(h, h), *conv_block(h, h), *conv_block(h, h),
+                                     nn.Flatten())
+        self.posterior = SetPosterior(self.feature_size, latent_size, num_heads)
+        self.latent_to_feature = nn.Sequential(
+            nn.Linear(latent_size, self.feature_size), nn.ELU(),
+            nn.Linear(self.feature_size, self.feature_size), nn.ELU(),
+            nn.Linear(self.feature_size, self.feature_size), nn.ELU())
+        self.decoder = nn.Sequential(
+            *deconv_block(h, h, 4),   # 2 -> 4
+            *deconv_block(h, h, 3),   # 4 -> 7
+            *deconv_block(h, h, 4),   # 7 -> 14
+            nn.ConvTranspose2d(h, 1, 4, stride=2, padding=1))  # 14 -> 28, Bernoulli logits
+        self.hidden_size = h
+
+    def decode(self, z):
+        """Bernoulli logits.  z: (..., D) -> (..., 1, 28, 28)."""
+        features = self.latent_to_feature(z.reshape(-1, z.shape[-1]))
+        maps = features.view(-1, self.hidden_size, 2, 2).contiguous(memory_format=torch.channels_last)
+        logits = self.decoder(maps)
+        return logits.view(*z.shape[:-1], *logits.shape[1:])
+
+    def reconstruction_loss(self, x, z):
+        """Bernoulli negative log-likelihood summed over pixels, items and MC samples.
+
+        x: (B, M, 1, 28, 28) in [0, 1], z: (B, M, S, D).  BCE(x, sigmoid(l)) = softplus(l) - x l;
+        the target is broadcast over S rather than repeated, and x l summed over S first.
+        """
+        logits = self.decode(z)  # (B, M, S, 1, 28, 28)
+        return F.softplus(logits).sum() - (x * logits.sum(2)).sum()
+
+
+# The authors' checkpoints name the same modules differently (../shared/reference-checkpoint-keys.txt).
+REFERENCE_PREFIXES = {"encoder.encoder.": "encoder.", "q_z_given_x_net.": "posterior.",
+                      "proj.": "latent_to_feature.", "decoder.decoder.": "decoder."}
+REFERENCE_BUFFERS = ("log_norm_constant", "uniform_pi")  # constants we compute instead of storing
+
+
+def convert_reference_state_dict(state_dict):
+    """Map an authors' state_dict to ours; returns (state_dict, model constructor arguments)."""
+    converted = {}
+    for name, tensor in state_dict.items():
+        if name in REFERENCE_BUFFERS:
+            continue
+        prefix = next((p for p in REFERENCE_PREFIXES if name.startswith(p)), None)
+        if prefix is None:
+            raise KeyError(f"unexpected parameter {name!r} in a reference checkpoint")
+        converted[REFERENCE_PREFIXES[prefix] + name[len(prefix):]] = tensor
+    config = {"hidden_size": converted["encoder.0.weight"].shape[0],
+              "latent_size": converted["posterior.2.weight"].shape[0] // 2}
+    return converted, config

@@ -1,0 +1,120 @@
+"""omniglot/main.py end to end on the real Omniglot sample, and its refusals of bad input."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from metagmvae.checkpoint import load_checkpoint
+
+from .conftest import REPO_ROOT
+
+SMALL = ["--way", "5", "--sample-size", "20", "--batch-size", "2", "--train-mc-sample-size", "4",
+         "--test-mc-sample-size", "4", "--hidden-size", "16", "--latent-size", "8", "--eval-episodes", "20",
+         "--unsupervised-em-iters", "3", "--semisupervised-em-iters", "3"]
+
+
+def run_main(*args, cwd=REPO_ROOT, script="omniglot/main.py"):
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(omniglot_sample, tmp_path_factory):
+    """A short run on the sample: 40 steps, validation every 20."""
+    save = tmp_path_factory.mktemp("run") / "small"
+    result = run_main("--data-dir", omniglot_sample, "--save-dir", save, *SMALL, "--train-iters", "40",
+                      "--freq-iters", "20", "--seed", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return save, result
+
+
+def test_run_writes_sane_files(trained):
+    save, result = trained
+    assert {p.name for p in save.iterdir()} >= {"config.json", "metrics.csv", "results.json", "last.pt",
+                                                 "best_1shot.pt", "best_5shot.pt"}
+    config = json.loads((save / "config.json").read_text())
+    assert config["way"] == 5 and config["train_iters"] == 40
+    rows = list(csv.DictReader((save / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [20, 40]
+    assert float(rows[1]["loss"]) < float(rows[0]["loss"])  # rec + kl falls
+    assert all(0 <= float(r["val_1shot"]) <= 1 and 0 <= float(r["val_5shot"]) <= 1 for r in rows)
+    results = json.loads((save / "results.json").read_text())
+    assert set(results["test"]) == {"5way-1shot", "5way-5shot"}
+    for key, res in results["test"].items():
+        assert 0 <= res["mean"] <= 1 and 0 < res["ci95"] < 0.2 and res["episodes"] == 20
+        assert res["checkpoint"].endswith(f"best_{key[-5]}shot.pt")
+    assert results["train_iters"] == 40 and results["wall_time_s"] > 0
+    assert "5way-1shot:" in result.stdout
+    state = load_checkpoint(save / "last.pt")
+    assert state["step"] == 40 and state["model_config"] == {"hidden_size": 16, "latent_size": 8, "num_heads": 4}
+    assert set(state) >= {"model", "optimizer", "rng", "sampler_rng", "config", "best"}
+
+
+def test_same_seed_same_numbers_and_eval_only_reproduces(trained, omniglot_sample, tmp_path):
+    save, _ = trained
+    again = run_main("--data-dir", omniglot_sample, "--save-dir", tmp_path / "again", *SMALL, "--train-iters", "40",
+                     "--freq-iters", "20", "--seed", "3", cwd=REPO_ROOT / "omniglot", script="main.py")
+    assert again.returncode == 0, again.stderr[-2000:]
+    first = json.loads((save / "results.json").read_text())["test"]
+    second = json.loads((tmp_path / "again" / "results.json").read_text())["test"]
+    assert {k: (v["mean"], v["ci95"]) for k, v in first.items()} == {k: (v["mean"], v["ci95"]) for k, v in second.items()}
+    # the selected checkpoint, evaluated alone, scores exactly what the run reported
+    alone = run_main("--data-dir", omniglot_sample, "--eval-only", "--checkpoint", save / "best_1shot.pt", *SMALL,
+                     "--eval-shots", "1", "--seed", "3", "--save-dir", tmp_path / "eval")
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())["test"]["5way-1shot"]
+    assert evaluated["mean"] == first["5way-1shot"]["mean"]
+
+
+def test_eval_way_larger_than_training_way(trained, omniglot_sample):
+    save, _ = trained
+    result = run_main("--data-dir", omniglot_sample, "--eval-only", "--checkpoint", save / "best_5shot.pt", *SMALL,
+                      "--eval-way", "20", "--eval-shots", "5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith("20way-5shot"))
+    assert 5 < float(line.split()[1]) <= 100  # chance is 5% at 20-way
+
+
+def assert_refused(result, text):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert text in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags, text", [
+    (["--eval-way", "100"], "larger than the 60 classes of the val split"),
+    (["--query", "19", "--eval-shots", "1", "5"], "larger than the 20 drawings per class"),
+    (["--way", "30", "--eval-way", "5"], "--sample-size 20 is smaller than --way 30"),
+    (["--train-iters", "0"], "--train-iters must be positive"),
+    (["--eval-shots", "0"], "--eval-shots must be positive"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--gpu-id", "99", "--device", "cuda"],
+     "--device cuda" if not torch.cuda.is_available() else "--gpu-id 99"),
+])
+def test_impossible_flags_are_refused(omniglot_sample, tmp_path, flags, text):
+    result = run_main("--data-dir", omniglot_sample, "--save-dir", tmp_path / "run", *SMALL, *flags)
+    assert_refused(result, text)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_or_malformed_data(tmp_path):
+    assert_refused(run_main("--data-dir", tmp_path, "--save-dir", tmp_path / "run", *SMALL), "train.npy not found")
+    for name in ("train", "val", "test"):
+        np.save(tmp_path / f"{name}.npy", np.full((6, 20, 28, 28, 1), 2.0, np.float32))
+    assert_refused(run_main("--data-dir", tmp_path, "--save-dir", tmp_path / "run", *SMALL), "expected [0, 1]")
+    np.save(tmp_path / "train.npy", np.zeros((6, 20, 28, 28), np.float32))
+    assert_refused(run_main("--data-dir", tmp_path, "--save-dir", tmp_path / "run", *SMALL), "has shape (6, 20, 28, 28)")
+
+
+def test_existing_run_is_not_overwritten_and_bad_checkpoint_is_refused(trained, omniglot_sample, tmp_path):
+    save, _ = trained
+    before = (save / "results.json").read_bytes()
+    assert_refused(run_main("--data-dir", omniglot_sample, "--save-dir", save, *SMALL), "already holds a run")
+    assert (save / "results.json").read_bytes() == before
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((save / "last.pt").read_bytes()[:5000])
+    assert_refused(run_main("--data-dir", omniglot_sample, "--eval-only", "--checkpoint", truncated, *SMALL),
+                   "not a readable checkpoint")
