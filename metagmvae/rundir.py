@@ -1,7 +1,6 @@
 """A run directory: config.json, metrics.csv, checkpoints (*.pt) and results.json."""
 import csv
 import io
-import json
 from pathlib import Path
 
 from .errors import UserError
@@ -39,13 +38,12 @@ class RunDir:
     def checkpoint(self, name):
         return self.path / f"{name}.pt"
 
-    def read_metrics(self, up_to_step=None):
-        """Rows of metrics.csv (as strings), keeping only steps <= up_to_step."""
+    def read_metrics(self, up_to, key="step"):
+        """Rows of metrics.csv (as strings) whose `key` column is <= up_to: those a checkpoint has seen."""
         path = self.path / "metrics.csv"
         if not path.exists():
             return []
-        rows = list(csv.DictReader(path.open()))
-        return [r for r in rows if up_to_step is None or int(r["step"]) <= up_to_step]
+        return [r for r in csv.DictReader(path.open()) if int(r[key]) <= up_to]
 
     def write_metrics(self, rows):
         """Rewrite metrics.csv atomically; the columns are the union of the rows' keys, in order."""
@@ -59,5 +57,10 @@ class RunDir:
     def write_results(self, results):
         write_json(self.path / "results.json", results)
 
-    def read_results(self):
-        return json.loads((self.path / "results.json").read_text())
+
+def check_same_flags(saved_config, args, flags):
+    """Refuse to resume a run whose saved config differs from `args` in any of `flags`."""
+    differing = [f for f in flags if saved_config.get(f) != getattr(args, f)]
+    if differing:
+        raise UserError("--resume with different settings than the saved run: " + ", ".join(
+            f"--{f.replace('_', '-')} {getattr(args, f)} (saved {saved_config.get(f)})" for f in differing))

@@ -66,7 +66,7 @@ def fit(model, optimizer, train_pool, val_sets, run, args, device):
         sampler.set_state(state["sampler_rng"])
         set_rng_state(state["rng"])
         step, best, wall_time = state["step"], state["best"], state["wall_time_s"]
-        rows = run.read_metrics(up_to_step=step)
+        rows = run.read_metrics(up_to=step)
     model.train()
     totals, count, start = {}, 0, time.perf_counter()
     progress = tqdm(range(step, args.train_iters), initial=step, total=args.train_iters, desc="train",

@@ -2,103 +2,29 @@
 
 Flags keep the names and defaults of the authors' omniglot/main.py; see README.md for the experiments.
 """
-import argparse
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metagmvae.errors import UserError, exit_on_user_error  # noqa: E402
-from metagmvae.fileio import write_json  # noqa: E402
-from metagmvae.runtime import resolve_device, seed_everything  # noqa: E402
-from omniglot.trainer import evaluate_checkpoint, train_and_test  # noqa: E402
+from metagmvae import cli  # noqa: E402
+from omniglot.trainer import OMNIGLOT  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "omniglot"
+REFERENCE_DEFAULTS = dict(latent_size=64, train_mc_sample_size=32, test_mc_sample_size=32, batch_size=4,
+                          sample_size=300, train_iters=60000, way=20, lr=1e-3, weight_decay=1e-6, seed=0,
+                          eval_shots=[1, 5])
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder with train/val/test.npy")
-    p.add_argument("--save-dir", help="run folder: config, metrics, checkpoints, results (required to train)")
-    p.add_argument("--unsupervised-em-iters", type=int, default=10, help="EM iterations of the training prior")
-    p.add_argument("--semisupervised-em-iters", type=int, default=10, help="EM iterations at prediction")
-    p.add_argument("--fix-pi", action="store_true", help="keep the training mixture weights uniform")
-    p.add_argument("--hidden-size", type=int, default=64, help="conv channels h")
-    p.add_argument("--latent-size", type=int, default=64, help="latent size D")
-    p.add_argument("--train-mc-sample-size", type=int, default=32, help="MC samples S per item in training")
-    p.add_argument("--test-mc-sample-size", type=int, default=32, help="MC samples S per item at prediction")
-    p.add_argument("--batch-size", type=int, default=4, help="episodes per step (and per evaluation pass)")
-    p.add_argument("--sample-size", type=int, default=300, help="unlabeled items M per training episode")
-    p.add_argument("--train-iters", type=int, default=60000, help="training steps")
-    p.add_argument("--freq-iters", type=int, default=1000, help="validate every this many steps")
-    p.add_argument("--eval-episodes", type=int, default=1000, help="episodes per validation and test")
-    p.add_argument("--way", type=int, default=20, help="mixture components K of the training prior")
-    p.add_argument("--query", type=int, default=15, help="query items per class in evaluation episodes")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--weight-decay", type=float, default=1e-6, help="L2 added to the gradient (Adam, not AdamW)")
-    p.add_argument("--debug", action="store_true", help="smoke run: 20 steps, validation every 10 on 20 episodes")
-    p.add_argument("--gpu-id", type=int, default=0, help="CUDA device index")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
-    p.add_argument("--seed", type=int, default=0, help="seeds python, numpy, torch and the episode draws")
-    p.add_argument("--eval-shots", type=int, nargs="+", default=[1, 5], help="shots to validate, select and test")
-    p.add_argument("--eval-way", type=int, help="classes per evaluation episode (default: --way)")
-    p.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this (0 = off)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --save-dir from last.pt")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --save-dir")
-    p.add_argument("--eval-only", action="store_true", help="only test --checkpoint on the test split")
-    p.add_argument("--checkpoint", help="checkpoint for --eval-only (ours or the authors' .pth)")
-    args = p.parse_args(argv)
-    if args.eval_way is None:
-        args.eval_way = args.way
-    if args.debug:
-        args.train_iters, args.freq_iters, args.eval_episodes = 20, 10, 20
-    return args
-
-
-def check_args(args):
-    """Refuse flag combinations that cannot work, before anything is read or written."""
-    positive = ["hidden_size", "latent_size", "train_mc_sample_size", "test_mc_sample_size", "batch_size",
-                "sample_size", "train_iters", "freq_iters", "eval_episodes", "way", "eval_way", "query"]
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})")
-    for name in ["unsupervised_em_iters", "semisupervised_em_iters"]:
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
-    if min(args.eval_shots) < 1:
-        raise UserError(f"--eval-shots must be positive (got {args.eval_shots})")
-    if args.sample_size < args.way:
-        raise UserError(f"--sample-size {args.sample_size} is smaller than --way {args.way}: "
-                        "the training prior needs at least one item per component")
-    if args.lr <= 0 or args.weight_decay < 0 or args.grad_clip < 0:
-        raise UserError("--lr must be positive, --weight-decay and --grad-clip non-negative")
-    if args.eval_only and args.checkpoint is None:
-        raise UserError("--eval-only needs --checkpoint PATH")
-    if not args.eval_only and args.save_dir is None:
-        raise UserError("--save-dir is required for training")
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite exclude each other")
-
-
-def print_results(test):
-    for key, res in test.items():
-        print(f"{key}: {100 * res['mean']:.2f} +- {100 * res['ci95']:.2f} % over {res['episodes']} episodes")
+    parser = cli.experiment_parser(__doc__, DEFAULT_DATA_DIR, **REFERENCE_DEFAULTS)
+    parser.add_argument("--hidden-size", type=int, default=64, help="conv channels h")
+    return cli.finish_args(parser.parse_args(argv))
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    with exit_on_user_error("omniglot/main.py"):
-        check_args(args)
-        device = resolve_device(args.device, args.gpu_id)
-        seed_everything(args.seed)
-        if args.eval_only:
-            results = evaluate_checkpoint(args, device)
-            if args.save_dir is not None:
-                write_json(Path(args.save_dir) / "eval_results.json", results)
-        else:
-            results = train_and_test(args, device)
-    print_results(results["test"])
+    return cli.run(OMNIGLOT, parse_args(argv), "omniglot/main.py", positive=["hidden_size"])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
+import math
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("METAGMVAE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -31,3 +33,28 @@ def omniglot_sample(omniglot_zips, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("omniglot_sample")
     build_omniglot(omniglot_zips, out, seed=0)
     return out
+
+
+def reference_key_shapes(model_name):
+    """{parameter name: shape} of the authors' checkpoints, from ../shared/reference-checkpoint-keys.txt."""
+    keys_file = SHARED_DATA.parent / "reference-checkpoint-keys.txt"
+    if not keys_file.exists():
+        pytest.skip(f"{keys_file} not found")
+    shapes = {}
+    for line in keys_file.read_text().splitlines():
+        if line.startswith(f"{model_name} "):
+            _, name, shape = line.split(" ", 2)
+            shapes[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+    return shapes
+
+
+def to_reference_state_dict(model, prefixes, way=5):
+    """Our weights under the authors' names ({their prefix: ours}), with their two extra buffers."""
+    inverse = {ours: theirs for theirs, ours in prefixes.items()}
+    state = {}
+    for name, tensor in model.state_dict().items():
+        prefix = next(p for p in inverse if name.startswith(p))
+        state[inverse[prefix] + name[len(prefix):]] = tensor.clone()
+    state["log_norm_constant"] = torch.tensor(-0.5 * math.log(2 * math.pi))
+    state["uniform_pi"] = torch.full((way,), 1.0 / way)
+    return state

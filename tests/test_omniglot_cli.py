@@ -87,7 +87,7 @@ def assert_refused(result, text):
 
 @pytest.mark.parametrize("flags, text", [
     (["--eval-way", "100"], "larger than the 60 classes of the val split"),
-    (["--query", "19", "--eval-shots", "1", "5"], "larger than the 20 drawings per class"),
+    (["--query", "19", "--eval-shots", "1", "5"], "larger than the 20 items per class"),
     (["--way", "30", "--eval-way", "5"], "--sample-size 20 is smaller than --way 30"),
     (["--train-iters", "0"], "--train-iters must be positive"),
     (["--eval-shots", "0"], "--eval-shots must be positive"),
@@ -118,3 +118,22 @@ def test_existing_run_is_not_overwritten_and_bad_checkpoint_is_refused(trained, 
     truncated.write_bytes((save / "last.pt").read_bytes()[:5000])
     assert_refused(run_main("--data-dir", omniglot_sample, "--eval-only", "--checkpoint", truncated, *SMALL),
                    "not a readable checkpoint")
+
+
+def test_interrupted_run_resumes_to_the_same_numbers(trained, omniglot_sample, tmp_path):
+    """Stopping after the step-20 checkpoint and resuming gives the uninterrupted run's numbers exactly."""
+    save, _ = trained
+    common = ["--data-dir", omniglot_sample, "--save-dir", tmp_path / "run", *SMALL, "--freq-iters", "20",
+              "--seed", "3"]
+    first = run_main(*common, "--train-iters", "20")
+    assert first.returncode == 0, first.stderr[-2000:]
+    changed = run_main(*common, "--train-iters", "40", "--resume", "--lr", "1e-2")
+    assert_refused(changed, "--lr 0.01 (saved 0.001)")
+    resumed = run_main(*common, "--train-iters", "40", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = json.loads((save / "results.json").read_text())["test"]
+    again = json.loads((tmp_path / "run" / "results.json").read_text())["test"]
+    assert {k: v["mean"] for k, v in again.items()} == {k: v["mean"] for k, v in straight.items()}
+    columns = ["step", "loss", "val_1shot", "val_5shot"]
+    rows = [{c: r[c] for c in columns} for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open())]
+    assert rows == [{c: r[c] for c in columns} for r in csv.DictReader((save / "metrics.csv").open())]

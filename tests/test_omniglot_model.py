@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from metagmvae.gmvae import count_parameters
 from metagmvae.set_transformer import MAB
 from omniglot.model import REFERENCE_PREFIXES, OmniglotGMVAE
-from omniglot.trainer import load_model_checkpoint
+from metagmvae.experiment import load_model_checkpoint
+from omniglot.trainer import OMNIGLOT
 
-from .conftest import SHARED_DATA
+from .conftest import reference_key_shapes, to_reference_state_dict
 
 
 def test_parameter_count_matches_reference():
@@ -94,29 +95,9 @@ def test_fast_loss_and_gradients_equal_the_formulas():
         torch.testing.assert_close(fast, naive, rtol=1e-3, atol=1e-4)
 
 
-def reference_state_dict(model, way=5):
-    """Our weights under the authors' names, with their two extra buffers."""
-    inverse = {ours: theirs for theirs, ours in REFERENCE_PREFIXES.items()}
-    state = {}
-    for name, tensor in model.state_dict().items():
-        prefix = next(p for p in inverse if name.startswith(p))
-        state[inverse[prefix] + name[len(prefix):]] = tensor.clone()
-    state["log_norm_constant"] = torch.tensor(-0.5 * math.log(2 * math.pi))
-    state["uniform_pi"] = torch.full((way,), 1.0 / way)
-    return state
-
-
 def test_reference_names_and_shapes_match_the_published_key_list():
-    keys_file = SHARED_DATA.parent / "reference-checkpoint-keys.txt"
-    if not keys_file.exists():
-        pytest.skip(f"{keys_file} not found")
-    expected = {}
-    for line in keys_file.read_text().splitlines():
-        if line.startswith("omniglot "):
-            _, name, shape = line.split(" ", 2)
-            expected[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    ours = {k: tuple(v.shape) for k, v in reference_state_dict(OmniglotGMVAE()).items()}
-    assert ours == expected
+    ours = {k: tuple(v.shape) for k, v in to_reference_state_dict(OmniglotGMVAE(), REFERENCE_PREFIXES).items()}
+    assert ours == reference_key_shapes("omniglot")
 
 
 def test_authors_checkpoint_gives_identical_predictions(tmp_path):
@@ -126,8 +107,8 @@ def test_authors_checkpoint_gives_identical_predictions(tmp_path):
     model(torch.rand(2, 10, 1, 28, 28), 2, 2, 2)  # move BatchNorm running statistics off their init
     model.eval()
     path = tmp_path / "1shot_best.pth"
-    torch.save({"state_dict": reference_state_dict(model), "accuracy": np.float64(0.9), "epoch": 3}, path)
-    loaded = load_model_checkpoint(path, torch.device("cpu"))
+    torch.save({"state_dict": to_reference_state_dict(model, REFERENCE_PREFIXES), "accuracy": np.float64(0.9), "epoch": 3}, path)
+    loaded = load_model_checkpoint(OMNIGLOT, path, torch.device("cpu"))
     loaded.eval()
     support, query = torch.rand(2, 5, 1, 28, 28), torch.rand(2, 10, 1, 28, 28)
     labels = torch.arange(5).expand(2, 5)

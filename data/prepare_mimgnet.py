@@ -1,0 +1,205 @@
+"""Build the Mini-ImageNet arrays <split>_images.npy from the images and the Ravi & Larochelle split CSVs.
+
+Each image is converted to RGB and resized to 84x84 with Pillow's Image.BILINEAR (Pillow widens the
+bilinear filter when it shrinks, i.e. it antialiases; the aspect ratio is not kept). Every split is
+written as uint8 (classes, per_class, 84, 84, 3): classes in the order they first appear in the CSV,
+images in CSV order within a class. manifest.json lists the class names (synsets), the per-class count,
+the source CSVs and any skipped image (REFERENCE.md, "Datasets and splits").
+
+    python data/prepare_mimgnet.py                          # reads data/imgnet/{images/,train.csv,...}
+    python data/prepare_mimgnet.py --images DIR --splits DIR --out data/imgnet --skip-bad
+"""
+import argparse
+import csv
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+if __name__ == "__main__":  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metagmvae.errors import UserError, exit_on_user_error  # noqa: E402
+from metagmvae.fileio import atomic_path, write_json  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "imgnet"
+SPLITS = ("train", "val", "test")
+IMAGE_SIZE = 84
+HEADER = ["filename", "label"]
+PREPROCESSING = (f"Pillow: Image.open -> convert('RGB') -> resize(({IMAGE_SIZE}, {IMAGE_SIZE}), Image.BILINEAR) "
+                 "(antialiased when shrinking; aspect ratio not kept) -> uint8 (H, W, RGB)")
+
+
+def read_split_csv(path):
+    """Parse a split CSV (header `filename,label`) into {label: [filename, ...]}.
+
+    Labels keep the order of their first row and file names their row order; malformed rows raise
+    UserError naming the file and line.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: cannot read the split CSV ({e})") from None
+    if not rows or [c.strip() for c in rows[0]] != HEADER:
+        found = ",".join(rows[0]) if rows else "an empty file"
+        raise UserError(f"{path}:1: expected the header {','.join(HEADER)}, found {found!r}")
+    classes, seen = {}, {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue  # blank line
+        if len(row) != len(HEADER) or not all(c.strip() for c in row):
+            raise UserError(f"{path}:{line}: expected 2 non-empty columns filename,label, found {row}")
+        filename, label = (c.strip() for c in row)
+        if filename in seen:
+            raise UserError(f"{path}:{line}: {filename} is listed twice (first on line {seen[filename]})")
+        seen[filename] = line
+        classes.setdefault(label, []).append(filename)
+    if not classes:
+        raise UserError(f"{path}: no images listed")
+    return classes
+
+
+def images_per_class(classes, path):
+    """The common number of images of every class; unequal counts raise UserError naming a class."""
+    counts = {label: len(files) for label, files in classes.items()}
+    first, expected = next(iter(counts.items()))
+    for label, count in counts.items():
+        if count != expected:
+            raise UserError(f"{path}: class {label} has {count} images but {first} has {expected}; "
+                            "every class of a split needs the same number")
+    return expected
+
+
+def load_image(path):
+    """One image file -> (84, 84, 3) uint8; a missing or undecodable file raises UserError."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+    except FileNotFoundError:
+        raise UserError(f"{path}: image not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: unreadable image ({e})") from None
+    return np.asarray(im, dtype=np.uint8)
+
+
+def _replacement(bad, good):
+    """Index of the first readable image after `bad` in CSV order, wrapping to the first one."""
+    return next((g for g in good if g > bad), good[0])
+
+
+def load_class(images_dir, label, files, skip_bad, progress):
+    """The images of one class -> ((I, 84, 84, 3) uint8, skipped records).
+
+    With skip_bad an unreadable image is replaced by the class's next readable one (see _replacement).
+    """
+    array = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    bad = {}
+    for i, name in enumerate(files):
+        try:
+            array[i] = load_image(images_dir / name)
+        except UserError as e:
+            if not skip_bad:
+                raise
+            bad[i] = str(e)
+            progress.write(f"skipped {e}")
+        progress.update()
+    good = [i for i in range(len(files)) if i not in bad]
+    if bad and not good:
+        raise UserError(f"class {label}: none of its {len(files)} images is readable")
+    skipped = []
+    for i, reason in bad.items():
+        j = _replacement(i, good)
+        array[i] = array[j]
+        skipped.append({"file": files[i], "class": label, "reason": reason, "replaced_by": files[j]})
+    return array, skipped
+
+
+def load_split(images_dir, split, classes, skip_bad=False):
+    """{label: [files]} -> ((classes, per_class, 84, 84, 3) uint8, skipped records)."""
+    per_class = len(next(iter(classes.values())))
+    array = np.empty((len(classes), per_class, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    skipped = []
+    with tqdm(total=array.shape[0] * per_class, desc=split, unit="img", disable=None) as progress:
+        for c, (label, files) in enumerate(classes.items()):
+            array[c], bad = load_class(images_dir, label, files, skip_bad, progress)
+            skipped += bad
+    return array, skipped
+
+
+def check_files_exist(images_dir, csvs):
+    """Fail fast, before the slow decoding, on the first image file that is missing."""
+    for split, classes in csvs.items():
+        for files in classes.values():
+            for name in files:
+                if not (images_dir / name).is_file():
+                    raise UserError(f"{images_dir / name}: image not found (listed in {split}.csv); "
+                                    "pass --skip-bad to replace unreadable images")
+
+
+def prepare_mimgnet(images_dir, splits_dir, out, skip_bad=False):
+    """Write <split>_images.npy for train/val/test and manifest.json into `out`; return the manifest.
+
+    All CSVs are checked first; each split is then decoded into a temporary file, and the files are
+    renamed into place only once every split succeeded, so a failure leaves no partial output.
+    """
+    images_dir, splits_dir, out = Path(images_dir), Path(splits_dir), Path(out)
+    if not images_dir.is_dir():
+        raise UserError(f"--images {images_dir}: no such folder")
+    csv_paths = {split: splits_dir / f"{split}.csv" for split in SPLITS}
+    csvs = {split: read_split_csv(path) for split, path in csv_paths.items()}
+    counts = {split: images_per_class(classes, csv_paths[split]) for split, classes in csvs.items()}
+    if not skip_bad:
+        check_files_exist(images_dir, csvs)
+    manifest = {"images": str(images_dir.resolve()), "preprocessing": PREPROCESSING, "image_size": IMAGE_SIZE,
+                "splits": {}}
+    try:
+        with ExitStack() as stack:  # renames happen on exit, in reverse order: the manifest last
+            manifest_tmp = stack.enter_context(atomic_path(out / "manifest.json"))
+            for split, classes in csvs.items():
+                array, skipped = load_split(images_dir, split, classes, skip_bad)
+                with open(stack.enter_context(atomic_path(out / f"{split}_images.npy")), "wb") as f:
+                    np.save(f, array)
+                manifest["splits"][split] = {
+                    "file": f"{split}_images.npy", "csv": str(csv_paths[split].resolve()), "shape": list(array.shape),
+                    "classes": list(classes), "per_class": counts[split], "skipped": skipped,
+                }
+                del array  # keep one split in memory at a time
+            write_json(manifest_tmp, manifest)
+    except OSError as e:
+        raise UserError(f"{out}: cannot write the outputs ({e})") from None
+    return manifest
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except the None of flags whose help says what their absence means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=_HelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="output folder for <split>_images.npy and manifest.json")
+    parser.add_argument("--images", type=Path, help="folder holding the image files (default: <out>/images)")
+    parser.add_argument("--splits", type=Path, help="folder holding train.csv, val.csv, test.csv (default: --out)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="replace a missing or unreadable image by another image of its class (listed in the "
+                             "manifest) instead of stopping")
+    args = parser.parse_args(argv)
+    with exit_on_user_error(parser.prog):
+        manifest = prepare_mimgnet(args.images or args.out / "images", args.splits or args.out, args.out,
+                                   args.skip_bad)
+    for split, info in manifest["splits"].items():
+        print(f"{split}: {len(info['classes'])} classes x {info['per_class']} images -> {info['shape']}, "
+              f"{len(info['skipped'])} replaced")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The command line shared by omniglot/main.py and mimgnet/main.py (the reference's flag names)."""
+import argparse
+from pathlib import Path
+
+from .errors import UserError, exit_on_user_error
+from .experiment import evaluate_checkpoint, train_and_test
+from .fileio import write_json
+from .runtime import resolve_device, seed_everything
+
+
+def experiment_parser(description, data_dir, **defaults):
+    """A parser with every flag both datasets share; `defaults` are the dataset's reference defaults
+    (latent_size, train_mc_sample_size, test_mc_sample_size, batch_size, sample_size, train_iters, way, lr,
+    weight_decay, seed, eval_shots)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = defaults
+    p.add_argument("--data-dir", default=str(data_dir), help="folder with the train/val/test arrays")
+    p.add_argument("--save-dir", help="run folder: config, metrics, checkpoints, results (required to train)")
+    p.add_argument("--unsupervised-em-iters", type=int, default=10, help="EM iterations of the training prior")
+    p.add_argument("--semisupervised-em-iters", type=int, default=10, help="EM iterations at prediction")
+    p.add_argument("--fix-pi", action="store_true", help="keep the training mixture weights uniform")
+    p.add_argument("--latent-size", type=int, default=d["latent_size"], help="latent size D")
+    p.add_argument("--train-mc-sample-size", type=int, default=d["train_mc_sample_size"],
+                   help="MC samples S per item in training")
+    p.add_argument("--test-mc-sample-size", type=int, default=d["test_mc_sample_size"],
+                   help="MC samples S per item at prediction")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="episodes per step and per evaluation pass")
+    p.add_argument("--sample-size", type=int, default=d["sample_size"], help="unlabeled items M per training episode")
+    p.add_argument("--train-iters", type=int, default=d["train_iters"], help="training steps")
+    p.add_argument("--freq-iters", type=int, default=1000, help="validate every this many steps")
+    p.add_argument("--eval-episodes", type=int, default=1000, help="episodes per validation and per test")
+    p.add_argument("--way", type=int, default=d["way"], help="mixture components K of the training prior")
+    p.add_argument("--query", type=int, default=15, help="query items per class in evaluation episodes")
+    p.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"],
+                   help="L2 added to the gradient (Adam, not AdamW)")
+    p.add_argument("--debug", action="store_true", help="smoke run: 20 steps, validation every 10 on 20 episodes")
+    p.add_argument("--gpu-id", type=int, default=0, help="CUDA device index")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seeds python, numpy, torch and the episode draws")
+    p.add_argument("--eval-shots", type=int, nargs="+", default=d["eval_shots"], help="shots to test")
+    p.add_argument("--eval-way", type=int, help="classes per evaluation episode (default: --way)")
+    p.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this (0 = off)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --save-dir from last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --save-dir")
+    p.add_argument("--eval-only", action="store_true", help="only test --checkpoint on the test split")
+    p.add_argument("--checkpoint", help="checkpoint for --eval-only (ours or the authors' .pth)")
+    return p
+
+
+def finish_args(args):
+    """Fill derived defaults after parsing."""
+    if args.eval_way is None:
+        args.eval_way = args.way
+    if args.debug:
+        args.train_iters, args.freq_iters, args.eval_episodes = 20, 10, 20
+    return args
+
+
+def check_args(args, positive=()):
+    """Refuse flag combinations that cannot work, before anything is read or written."""
+    for name in ["latent_size", "train_mc_sample_size", "test_mc_sample_size", "batch_size", "sample_size",
+                 "train_iters", "freq_iters", "eval_episodes", "way", "eval_way", "query", *positive]:
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})")
+    for name in ["unsupervised_em_iters", "semisupervised_em_iters"]:
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+    if min(args.eval_shots) < 1:
+        raise UserError(f"--eval-shots must be positive (got {args.eval_shots})")
+    if args.sample_size < args.way:
+        raise UserError(f"--sample-size {args.sample_size} is smaller than --way {args.way}: "
+                        "the training prior needs at least one item per component")
+    if args.lr <= 0 or args.weight_decay < 0 or args.grad_clip < 0:
+        raise UserError("--lr must be positive, --weight-decay and --grad-clip non-negative")
+    if args.eval_only and args.checkpoint is None:
+        raise UserError("--eval-only needs --checkpoint PATH")
+    if not args.eval_only and args.save_dir is None:
+        raise UserError("--save-dir is required for training")
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+
+
+def run(experiment, args, prog, positive=()):
+    """Check the flags, then train and test, or test one checkpoint; print the test accuracies."""
+    with exit_on_user_error(prog):
+        check_args(args, positive)
+        device = resolve_device(args.device, args.gpu_id)
+        seed_everything(args.seed)
+        if args.eval_only:
+            results = evaluate_checkpoint(experiment, args, device)
+            if args.save_dir is not None:
+                write_json(Path(args.save_dir) / "eval_results.json", results)
+        else:
+            results = train_and_test(experiment, args, device)
+    for key, res in results["test"].items():
+        print(f"{key}: {100 * res['mean']:.2f} +- {100 * res['ci95']:.2f} % over {res['episodes']} episodes")
+    for name, tests in results["baselines"].items():
+        print(f"baseline {name}: " + ", ".join(f"{key} {100 * res['mean']:.2f} +- {100 * res['ci95']:.2f} %"
+                                             for key, res in tests.items()))
+    return results

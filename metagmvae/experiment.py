@@ -1,0 +1,109 @@
+"""One Meta-GMVAE experiment from parsed flags: data -> model -> meta-training -> selection -> test.
+
+A dataset folder describes itself with an `Experiment` (its model, data loader, reference-checkpoint
+names and model-selection rule); everything else is shared here.
+"""
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .checkpoint import load_checkpoint
+from .errors import UserError
+from .evaluation import make_eval_set, summarize
+from .rundir import RunDir, check_same_flags
+from .training import fit, make_optimizer, test_checkpoints, test_model
+
+# Flags that define the model or the objective: a resumed run must keep them.
+RESUME_INVARIANT_FLAGS = ("latent_size", "way", "batch_size", "sample_size", "train_mc_sample_size",
+                          "unsupervised_em_iters", "fix_pi", "lr", "weight_decay", "seed")
+
+
+@dataclass
+class Experiment:
+    name: str
+    model_class: type                   # SetGMVAE subclass, built from its `config` dict
+    model_config: Callable              # (args, data) -> constructor arguments of a new model
+    load_data: Callable                 # (args, splits) -> {split: (C, I, *item_shape) tensor}
+    convert_reference: Callable         # authors' state_dict -> (state_dict, constructor arguments)
+    selection_shots: Callable           # args -> shots whose best validation checkpoint is kept
+    checkpoint_for_test_shot: Callable  # (args, shot) -> the selection shot whose checkpoint is tested
+    resume_invariant_flags: tuple = RESUME_INVARIANT_FLAGS
+    baselines: dict = field(default_factory=dict)  # name -> EvalSet -> per-episode accuracies
+
+
+def check_flags_against_data(args, data, shots):
+    """Refuse evaluation episodes the val/test splits cannot provide."""
+    for split, array in data.items():
+        if split == "train":
+            continue
+        classes, instances = array.shape[:2]
+        if args.eval_way > classes:
+            raise UserError(f"--eval-way {args.eval_way} is larger than the {classes} classes of the {split} split")
+        for shot in shots:
+            if shot + args.query > instances:
+                raise UserError(f"shot {shot} + --query {args.query} is larger than the {instances} items per class "
+                                f"of the {split} split")
+
+
+def load_model_checkpoint(experiment, path, device):
+    """A model from our checkpoint or the authors' (a dict whose "state_dict" uses their names)."""
+    state = load_checkpoint(path, map_location=device)
+    if "model" in state:
+        state_dict, config = state["model"], state["model_config"]
+    elif "state_dict" in state:
+        try:
+            state_dict, config = experiment.convert_reference(state["state_dict"])
+        except KeyError as e:
+            raise UserError(f"{path}: not a {experiment.name} Meta-GMVAE checkpoint ({e.args[0]})") from None
+    else:
+        raise UserError(f"{path}: neither our checkpoint (key 'model') nor the authors' (key 'state_dict')")
+    try:
+        model = experiment.model_class(**config).to(device)
+        model.load_state_dict(state_dict)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"{path}: weights do not fit the {experiment.name} model: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def eval_sets(array, args, shots):
+    return {shot: make_eval_set(array, args.eval_way, shot, args.query, args.eval_episodes, args.seed)
+            for shot in shots}
+
+
+def test_baselines(experiment, test_sets):
+    """{baseline: {"<way>way-<shot>shot": summary}} on the same test episodes as the model."""
+    return {name: {f"{s.way}way-{shot}shot": summarize(accuracies(s)) for shot, s in test_sets.items()}
+            for name, accuracies in experiment.baselines.items()}
+
+
+def train_and_test(experiment, args, device):
+    """Meta-train, keep the best validation checkpoint per selection shot, test; returns results.json's content."""
+    data = experiment.load_data(args, ("train", "val", "test"))
+    check_flags_against_data(args, data, {*args.eval_shots, *experiment.selection_shots(args)})
+    run = RunDir(args.save_dir)
+    if args.resume:
+        check_same_flags(load_checkpoint(run.last_checkpoint)["config"], args, experiment.resume_invariant_flags)
+    run.prepare(vars(args), resume=args.resume, overwrite=args.overwrite)
+    model = experiment.model_class(**experiment.model_config(args, data)).to(device)
+    optimizer = make_optimizer(model, args)
+    train_pool = data["train"].flatten(0, 1)  # (C * I, *item_shape): classes are never used in training
+    val_sets = eval_sets(data["val"], args, experiment.selection_shots(args))
+    wall_time = fit(model, optimizer, train_pool, val_sets, run, args, device)
+    checkpoints = {shot: run.checkpoint(f"best_{experiment.checkpoint_for_test_shot(args, shot)}shot")
+                   for shot in args.eval_shots}
+    test_sets = eval_sets(data["test"], args, args.eval_shots)
+    results = {"test": test_checkpoints(model, test_sets, checkpoints, args, device),
+               "baselines": test_baselines(experiment, test_sets),
+               "train_iters": args.train_iters, "wall_time_s": wall_time, "config": vars(args)}
+    run.write_results(results)
+    return results
+
+
+def evaluate_checkpoint(experiment, args, device):
+    """--eval-only: test one checkpoint (ours or the authors') at every --eval-shots."""
+    data = experiment.load_data(args, ("test",))
+    check_flags_against_data(args, data, args.eval_shots)
+    model = load_model_checkpoint(experiment, args.checkpoint, device)
+    test_sets = eval_sets(data["test"], args, args.eval_shots)
+    test = test_model(model, test_sets, args, device)
+    return {"test": {k: {**v, "checkpoint": str(args.checkpoint)} for k, v in test.items()},
+            "baselines": test_baselines(experiment, test_sets), "config": vars(args)}

@@ -1,0 +1,32 @@
+"""Meta-GMVAE on Mini-ImageNet SimCLR features: `python main.py --save-dir runs/mimgnet`.
+
+Flags keep the names and defaults of the authors' mimgnet/main.py; see README.md for the pipeline
+(data/prepare_mimgnet.py -> simclr/main.py -> this script).
+"""
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metagmvae import cli  # noqa: E402
+from mimgnet.trainer import MIMGNET  # noqa: E402
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "imgnet" / "features"
+REFERENCE_DEFAULTS = dict(latent_size=32, train_mc_sample_size=256, test_mc_sample_size=256, batch_size=16,
+                          sample_size=5, train_iters=15000, way=5, lr=1e-4, weight_decay=5e-2, seed=15,
+                          eval_shots=[1, 5, 20, 50])
+
+
+def parse_args(argv=None):
+    parser = cli.experiment_parser(__doc__, DEFAULT_DATA_DIR, **REFERENCE_DEFAULTS)
+    parser.add_argument("--shot", type=int, default=1, help="shot whose validation accuracy selects the checkpoint")
+    return cli.finish_args(parser.parse_args(argv))
+
+
+def main(argv=None):
+    return cli.run(MIMGNET, parse_args(argv), "mimgnet/main.py", positive=["shot"])
+
+
+if __name__ == "__main__":
+    main()

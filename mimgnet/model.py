@@ -1,0 +1,43 @@
+"""Meta-GMVAE on F-dimensional SimCLR features of Mini-ImageNet (REFERENCE.md, "Mini-ImageNet architecture").
+
+Shapes: B episodes, M items, S MC samples, F feature size, D latent size.
+"""
+from torch import nn
+
+from metagmvae.gmvae import SetGMVAE, SetPosterior
+from metagmvae.reference import convert_state_dict
+
+
+class FeatureGMVAE(SetGMVAE):
+    """Set posterior on the features themselves and a ReLU MLP decoder D -> 2F -> 2F -> F with a
+    squared-error reconstruction.  With F = 256, D = 32 it has 953,664 parameters, as the reference."""
+
+    def __init__(self, feature_size=256, latent_size=32, num_heads=4):
+        super().__init__()
+        F = feature_size
+        self.config = {"feature_size": feature_size, "latent_size": latent_size, "num_heads": num_heads}
+        self.encoder = nn.Identity()  # the items are already SimCLR features
+        self.posterior = SetPosterior(F, latent_size, num_heads)
+        # ReLU after the last layer too: the features (ReLU outputs) are non-negative.
+        self.decoder = nn.Sequential(nn.Linear(latent_size, 2 * F), nn.ReLU(), nn.Linear(2 * F, 2 * F), nn.ReLU(),
+                                     nn.Linear(2 * F, F), nn.ReLU())
+
+    def decode(self, z):
+        """z: (..., D) -> reconstructed features (..., F)."""
+        return self.decoder(z)
+
+    def reconstruction_loss(self, x, z):
+        """Squared error summed over feature dims, items and MC samples.  x: (B, M, F), z: (B, M, S, D)."""
+        return (self.decode(z) - x.unsqueeze(2)).pow(2).sum()
+
+
+# The authors' checkpoints name the same modules differently (../shared/reference-checkpoint-keys.txt).
+REFERENCE_PREFIXES = {"q_z_given_x_net.": "posterior.", "proj.": "decoder."}
+
+
+def convert_reference_state_dict(state_dict):
+    """Map an authors' state_dict to ours; returns (state_dict, model constructor arguments)."""
+    converted = convert_state_dict(state_dict, REFERENCE_PREFIXES)
+    config = {"feature_size": converted["posterior.2.weight"].shape[1],
+              "latent_size": converted["posterior.2.weight"].shape[0] // 2}
+    return converted, config

@@ -1,0 +1,77 @@
+"""Mini-ImageNet images as data/prepare_mimgnet.py writes them: <split>_images.npy, uint8
+(classes, per_class, 84, 84, 3), and manifest.json with the class names of every split."""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metagmvae.errors import UserError
+
+SPLITS = ("train", "val", "test")
+IMAGE_SHAPE = (84, 84, 3)
+
+
+def _build_hint(data_dir):
+    return f"build it with `python data/prepare_mimgnet.py --out {data_dir}`"
+
+
+def load_class_names(data_dir, split):
+    """The class names (synsets) of one split, in array order, from <data_dir>/manifest.json."""
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found; {_build_hint(data_dir)}")
+    try:
+        names = json.loads(path.read_text())["splits"][split]["classes"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a manifest of data/prepare_mimgnet.py (no class list for {split}: {e})") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{path}: the classes of {split} are not a list of names")
+    return names
+
+
+def load_image_array(data_dir, split, mmap_mode=None):
+    """<split>_images.npy as a numpy uint8 array (C, I, 84, 84, 3); malformed files raise UserError.
+
+    mmap_mode "r" maps the file instead of reading it (enough to check it).
+    """
+    path = Path(data_dir) / f"{split}_images.npy"
+    if not path.is_file():
+        raise UserError(f"{path} not found; {_build_hint(data_dir)}")
+    try:
+        array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path} is not a readable .npy file: {e}") from None
+    if array.ndim != 5 or array.shape[2:] != IMAGE_SHAPE or 0 in array.shape[:2]:
+        raise UserError(f"{path} has shape {array.shape}; expected (classes, per_class, 84, 84, 3)")
+    if array.dtype != np.uint8:
+        raise UserError(f"{path} has dtype {array.dtype}; expected uint8")
+    return array
+
+
+def _check_names(data_dir, split, names, classes):
+    if len(names) != classes:
+        raise UserError(f"{Path(data_dir) / 'manifest.json'} names {len(names)} {split} classes but "
+                        f"{split}_images.npy holds {classes}")
+
+
+def check_split(data_dir, split):
+    """Validate a split's array and class names without reading the images; returns (C, I)."""
+    shape = load_image_array(data_dir, split, mmap_mode="r").shape[:2]
+    _check_names(data_dir, split, load_class_names(data_dir, split), shape[0])
+    return shape
+
+
+def load_split(data_dir, split):
+    """One split, flattened class-major.
+
+    Returns images (N, 3, 84, 84) uint8 (a channels-first view of the file's (N, 84, 84, 3) array,
+    not copied), labels (N,) int64 (row n shows class n // per_class) and the C class names.
+    """
+    array = load_image_array(data_dir, split)
+    names = load_class_names(data_dir, split)
+    classes, per_class = array.shape[:2]
+    _check_names(data_dir, split, names, classes)
+    images = torch.from_numpy(array).flatten(0, 1).permute(0, 3, 1, 2)  # (N, 84, 84, 3) -> (N, 3, 84, 84)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    return images, labels, names

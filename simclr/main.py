@@ -1,0 +1,80 @@
+"""SimCLR features for Meta-GMVAE on Mini-ImageNet:
+`python simclr/main.py --save-dir runs/simclr --feature-save-dir data/imgnet/features`.
+
+Trains the Conv5 encoder on the 64 train classes (built by data/prepare_mimgnet.py), then writes
+train/val/test_features.npy. Flags keep the names and defaults of the authors' simclr/main.py.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metagmvae.errors import UserError, exit_on_user_error  # noqa: E402
+from metagmvae.runtime import resolve_device, seed_everything  # noqa: E402
+from simclr.trainer import DEBUG_BATCHES, export_checkpoint, train_and_export  # noqa: E402
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "imgnet"
+DEBUG_EPOCHS = 2
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder with <split>_images.npy and manifest.json")
+    p.add_argument("--save-dir", help="run folder: config, metrics, last.pt (required to train)")
+    p.add_argument("--feature-save-dir", required=True, help="where to write <split>_features.npy and labels")
+    p.add_argument("--hidden-size", type=int, default=64, help="conv channels h (features F = 4h)")
+    p.add_argument("--batch-size", type=int, default=512, help="images per step (and per export pass)")
+    p.add_argument("--train-epochs", type=int, default=400, help="epochs; the cosine decay spans all of them")
+    p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate")
+    p.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature")
+    p.add_argument("--debug", action="store_true",
+                   help=f"smoke run: {DEBUG_EPOCHS} epochs of at most {DEBUG_BATCHES} batches each")
+    p.add_argument("--gpu-id", type=int, default=0, help="CUDA device index")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights, the shuffling and the augmentations")
+    p.add_argument("--resume", action="store_true", help="continue the run in --save-dir from last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --save-dir")
+    p.add_argument("--export-only", action="store_true", help="only export the features of --checkpoint")
+    p.add_argument("--checkpoint", help="checkpoint for --export-only")
+    args = p.parse_args(argv)
+    if args.debug:
+        args.train_epochs = DEBUG_EPOCHS
+    return args
+
+
+def check_args(args):
+    """Refuse flag combinations that cannot work, before anything is read or written."""
+    for name in ["hidden_size", "batch_size", "train_epochs"]:
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})")
+    if args.batch_size < 2:
+        raise UserError("--batch-size must be at least 2: NT-Xent needs other images as negatives")
+    if args.lr <= 0 or args.temperature <= 0:
+        raise UserError("--lr and --temperature must be positive")
+    if args.export_only and args.checkpoint is None:
+        raise UserError("--export-only needs --checkpoint PATH")
+    if args.checkpoint is not None and not args.export_only:
+        raise UserError("--checkpoint is only read with --export-only (use --resume to continue a run)")
+    if not args.export_only and args.save_dir is None:
+        raise UserError("--save-dir is required for training")
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with exit_on_user_error("simclr/main.py"):
+        check_args(args)
+        device = resolve_device(args.device, args.gpu_id)
+        seed_everything(args.seed)
+        run = export_checkpoint if args.export_only else train_and_export
+        manifest = run(args, device)
+    for split, info in manifest["splits"].items():
+        print(f"{split}: {info['count']} x {manifest['feature_size']} features of {len(info['classes'])} classes")
+    print(f"wrote {args.feature_save_dir}")
+
+
+if __name__ == "__main__":
+    main()

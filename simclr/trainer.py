@@ -1,0 +1,219 @@
+"""SimCLR pre-training on the Mini-ImageNet train split, and export of the Conv5 encoder features.
+
+Shapes: B images per batch, N images of a split, F = hidden * 2 * 2 features (256 at hidden 64).
+`args` is the parsed command line of simclr/main.py.
+"""
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from metagmvae.checkpoint import load_checkpoint, save_checkpoint
+from metagmvae.errors import UserError
+from metagmvae.fileio import atomic_path, write_json
+from metagmvae.rundir import RunDir, check_same_flags
+from metagmvae.runtime import rng_state, set_rng_state
+from metagmvae.training import TrainingDiverged
+
+from .augment import eval_transform, two_views
+from .data import SPLITS, check_split, load_split
+from .loss import nt_xent
+from .model import SimCLR
+
+IMAGE_SIZE = 84
+DEBUG_BATCHES = 2  # --debug: batches per epoch at most
+# Flags that define the model, the data order or the schedule: a resumed run must keep them.
+RESUME_INVARIANT_FLAGS = ("hidden_size", "batch_size", "train_epochs", "lr", "temperature", "seed", "debug")
+CHECKPOINT_KEYS = ("model", "model_config", "optimizer", "scheduler", "epoch", "rng", "shuffle_rng", "augment_rng",
+                   "config", "wall_time_s")
+EXPORT_TRANSFORM = "simclr.augment.eval_transform: resize the smaller edge to 84, ImageNet mean/std normalisation"
+
+
+def make_training(args, device):
+    """Model, Adam and a cosine decay of the learning rate over the whole run (stepped once per epoch).
+
+    The reference restarts its cosine every 150 epochs by accident (REFERENCE.md); we decay once.
+    """
+    model = SimCLR(**model_config(args)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.train_epochs)
+    return model, optimizer, scheduler
+
+
+def model_config(args):
+    """SimCLR's constructor arguments, stored in checkpoints to rebuild the model."""
+    return {"hidden_size": args.hidden_size, "image_size": IMAGE_SIZE}
+
+
+def batches_per_epoch(num_images, args):
+    """Full batches of one epoch (the last incomplete one is dropped); at most DEBUG_BATCHES with --debug."""
+    batches = num_images // args.batch_size
+    if batches == 0:
+        raise UserError(f"the train split holds {num_images} images, fewer than one batch of --batch-size "
+                        f"{args.batch_size}; pass a smaller --batch-size")
+    return min(batches, DEBUG_BATCHES) if args.debug else batches
+
+
+def train_step(model, optimizer, x, augment_rng, args):
+    """One NT-Xent update on x: (B, 3, 84, 84) uint8. Returns the loss as a float.
+
+    Both views go through one forward pass, so BatchNorm normalises over all 2B views.
+    """
+    view1, view2 = two_views(x, augment_rng)  # each (B, 3, 84, 84)
+    z = model(torch.cat([view1, view2]))  # (2B, 128)
+    loss = nt_xent(*z.chunk(2), temperature=args.temperature)
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"loss is {loss.item()}; the last good checkpoint is kept")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train_epoch(model, optimizer, images, batches, rngs, args, device, epoch):
+    """One pass over `batches` shuffled batches of images (N, 3, 84, 84) uint8; returns the mean loss."""
+    shuffle_rng, augment_rng = rngs
+    model.train()
+    order = torch.randperm(len(images), generator=shuffle_rng)
+    total = 0.0
+    progress = tqdm(range(batches), desc=f"epoch {epoch + 1}/{args.train_epochs}", dynamic_ncols=True)
+    for b in progress:
+        # contiguous: `images` is a channels-first view of channels-last memory
+        x = images[order[b * args.batch_size:(b + 1) * args.batch_size]].contiguous()
+        loss = train_step(model, optimizer, x.to(device, non_blocking=True), augment_rng, args)
+        total += loss
+        progress.set_postfix(loss=f"{loss:.4f}")
+    return total / batches
+
+
+def checkpoint_state(model, optimizer, scheduler, epoch, rngs, args, wall_time):
+    return {"model": model.state_dict(), "model_config": model_config(args), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(),
+            "shuffle_rng": rngs[0].get_state(), "augment_rng": rngs[1].get_state(), "config": vars(args),
+            "wall_time_s": wall_time}
+
+
+def read_resume_state(run, args):
+    """last.pt of the run, after checking it is ours and was made with the same invariant flags."""
+    state = load_checkpoint(run.last_checkpoint)
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise UserError(f"{run.last_checkpoint}: not a checkpoint of simclr/main.py (missing {', '.join(missing)})")
+    check_same_flags(state["config"], args, RESUME_INVARIANT_FLAGS)
+    return state
+
+
+def fit(model, optimizer, scheduler, images, run, args, device, resume_state=None):
+    """Train until args.train_epochs, writing last.pt and metrics.csv after every epoch.
+
+    images: (N, 3, 84, 84) uint8 train images. resume_state: a checkpoint to continue exactly.
+    The shuffling and the augmentation parameters come from two CPU generators with distinct seeds,
+    so CPU and GPU runs see the same batches and views; the augmentations run on `device`.
+    """
+    rngs = (torch.Generator().manual_seed(2 * args.seed), torch.Generator().manual_seed(2 * args.seed + 1))
+    epoch, wall_time, rows = 0, 0.0, []
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        rngs[0].set_state(resume_state["shuffle_rng"])
+        rngs[1].set_state(resume_state["augment_rng"])
+        set_rng_state(resume_state["rng"])
+        epoch, wall_time = resume_state["epoch"], resume_state["wall_time_s"]
+        rows = run.read_metrics(up_to=epoch, key="epoch")
+    batches = batches_per_epoch(len(images), args)
+    for epoch in range(epoch, args.train_epochs):
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        loss = train_epoch(model, optimizer, images, batches, rngs, args, device, epoch)
+        scheduler.step()
+        wall_time += time.perf_counter() - start
+        rows.append({"epoch": epoch + 1, "loss": loss, "lr": lr, "wall_time_s": wall_time})
+        save_checkpoint(run.last_checkpoint, checkpoint_state(model, optimizer, scheduler, epoch + 1, rngs, args,
+                                                              wall_time))
+        run.write_metrics(rows)
+
+
+@torch.inference_mode()
+def encode(model, images, batch_size, device):
+    """Encoder features of images (N, 3, 84, 84) uint8 in eval mode -> (N, F) float32 numpy array."""
+    model.eval()
+    features = [model.encoder(eval_transform(images[i:i + batch_size].contiguous().to(device))).cpu()
+                for i in range(0, len(images), batch_size)]
+    return torch.cat(features).numpy()
+
+
+def export_features(model, data_dir, feature_dir, checkpoint, batch_size, device):
+    """Write <split>_features.npy (N, F) float32, <split>_labels.npy (N,) int64 and manifest.json.
+
+    Rows are class-major in CSV order, as the image arrays. The files are renamed into place together
+    once every split is encoded. Returns the manifest.
+    """
+    feature_dir = Path(feature_dir)
+    manifest = {"checkpoint": str(checkpoint), "data_dir": str(data_dir), "transform": EXPORT_TRANSFORM,
+                "splits": {}}
+    try:
+        with ExitStack() as stack:  # renames happen on exit, in reverse order: the manifest last
+            manifest_tmp = stack.enter_context(atomic_path(feature_dir / "manifest.json"))
+            for split in SPLITS:
+                images, labels, names = load_split(data_dir, split)
+                features = encode(model, images, batch_size, device)
+                for name, array in ((f"{split}_features.npy", features), (f"{split}_labels.npy", labels.numpy())):
+                    with open(stack.enter_context(atomic_path(feature_dir / name)), "wb") as f:
+                        np.save(f, array)
+                manifest["feature_size"] = features.shape[1]
+                manifest["splits"][split] = {"features": f"{split}_features.npy", "labels": f"{split}_labels.npy",
+                                             "classes": names, "per_class": len(images) // len(names),
+                                             "count": len(images)}
+            write_json(manifest_tmp, manifest)
+    except OSError as e:
+        raise UserError(f"--feature-save-dir {feature_dir}: cannot write the features ({e})") from None
+    return manifest
+
+
+def load_model(path, device):
+    """A SimCLR model rebuilt from our checkpoint (architecture from its model_config)."""
+    state = load_checkpoint(path)
+    if "model" not in state or "model_config" not in state:
+        raise UserError(f"{path}: not a checkpoint of simclr/main.py (no 'model' and 'model_config')")
+    try:
+        model = SimCLR(**state["model_config"])
+        model.load_state_dict(state["model"])
+    except (TypeError, RuntimeError) as e:
+        raise UserError(f"{path}: weights do not fit the SimCLR model: {str(e).splitlines()[0]}") from None
+    return model.to(device)
+
+
+def check_data(data_dir):
+    """Validate every split before any work, so that a bad file fails now rather than after training."""
+    for split in SPLITS:
+        check_split(data_dir, split)
+
+
+def pretrain(args, device):
+    """Train on the train split (or continue with --resume); returns the model and its last.pt path."""
+    images, _, _ = load_split(args.data_dir, "train")
+    batches_per_epoch(len(images), args)
+    run = RunDir(args.save_dir)
+    resume_state = read_resume_state(run, args) if args.resume else None
+    run.prepare(vars(args), resume=args.resume, overwrite=args.overwrite)
+    model, optimizer, scheduler = make_training(args, device)
+    fit(model, optimizer, scheduler, images, run, args, device, resume_state)
+    return model, run.last_checkpoint
+
+
+def train_and_export(args, device):
+    """Pre-train, then export the features of every split; returns the features manifest."""
+    check_data(args.data_dir)
+    model, checkpoint = pretrain(args, device)
+    return export_features(model, args.data_dir, args.feature_save_dir, checkpoint, args.batch_size, device)
+
+
+def export_checkpoint(args, device):
+    """--export-only: the features of --checkpoint; returns the features manifest."""
+    check_data(args.data_dir)
+    model = load_model(args.checkpoint, device)
+    return export_features(model, args.data_dir, args.feature_save_dir, args.checkpoint, args.batch_size, device)

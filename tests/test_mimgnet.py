@@ -1,0 +1,116 @@
+"""mimgnet/: the feature-space model, its loss, feature loading and the command line."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from metagmvae.baselines import logistic_regression_accuracies, nearest_class_mean_accuracies
+from metagmvae.evaluation import make_eval_set
+from metagmvae.experiment import load_model_checkpoint
+from metagmvae.gmvae import count_parameters
+from mimgnet.dataset import load_features
+from mimgnet.model import REFERENCE_PREFIXES, FeatureGMVAE
+from mimgnet.trainer import MIMGNET
+
+from .conftest import REPO_ROOT, reference_key_shapes, to_reference_state_dict
+
+
+def test_parameter_count_and_reference_names():
+    model = FeatureGMVAE()
+    assert count_parameters(model) == 953_664
+    ours = {k: tuple(v.shape) for k, v in to_reference_state_dict(model, REFERENCE_PREFIXES).items()}
+    assert ours == reference_key_shapes("mimgnet")
+
+
+def test_reconstruction_loss_is_the_squared_error_against_repeated_targets():
+    torch.manual_seed(0)
+    model = FeatureGMVAE(feature_size=12, latent_size=4)
+    x, z = torch.rand(2, 3, 12), torch.randn(2, 3, 5, 4, requires_grad=True)
+    fast = model.reconstruction_loss(x, z)
+    naive = torch.nn.functional.mse_loss(model.decoder(z), x.unsqueeze(2).repeat(1, 1, 5, 1), reduction="sum")
+    torch.testing.assert_close(fast, naive)
+    torch.testing.assert_close(torch.autograd.grad(fast, z)[0], torch.autograd.grad(naive, z)[0])
+
+
+def test_authors_checkpoint_gives_identical_predictions(tmp_path):
+    torch.manual_seed(1)
+    model = FeatureGMVAE(feature_size=16, latent_size=4).eval()
+    path = tmp_path / "best.pth"
+    torch.save({"state_dict": to_reference_state_dict(model, REFERENCE_PREFIXES), "accuracy": np.float64(0.4)}, path)
+    loaded = load_model_checkpoint(MIMGNET, path, torch.device("cpu"))
+    support, query, labels = torch.rand(2, 5, 16), torch.rand(2, 10, 16), torch.arange(5).expand(2, 5)
+    torch.manual_seed(2)
+    expected = model.predict(support, labels, query, 5, 8, 3)
+    torch.manual_seed(2)
+    assert torch.equal(loaded.predict(support, labels, query, 5, 8, 3), expected)
+
+
+def write_features(folder, classes=(8, 6, 6), per_class=40, dim=16, seed=0):
+    """Non-negative features of well separated classes, class-major, with labels."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, c in zip(("train", "val", "test"), classes):
+        centres = rng.random((c, 1, dim)) * 4
+        features = np.maximum(centres + 0.3 * rng.normal(size=(c, per_class, dim)), 0).astype(np.float32)
+        np.save(folder / f"{split}_features.npy", features.reshape(-1, dim))
+        np.save(folder / f"{split}_labels.npy", np.repeat(np.arange(c), per_class))
+    return folder
+
+
+def test_features_load_class_major_and_the_reference_layout(tmp_path):
+    data = load_features(write_features(tmp_path / "ours"))
+    assert data["train"].shape == (8, 40, 16) and data["test"].shape == (6, 40, 16)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for split in ("train", "val", "test"):  # the authors' files: 600 rows per class, no labels
+        np.save(reference / f"{split}_features.npy", np.arange(2 * 600 * 3, dtype=np.float32).reshape(-1, 3))
+    train = load_features(reference)["train"]
+    assert train.shape == (2, 600, 3) and train[1, 0, 0] == 600 * 3
+
+
+def test_baselines_solve_separable_episodes(tmp_path):
+    test = load_features(write_features(tmp_path), ("test",))["test"]
+    eval_set = make_eval_set(test, 5, 1, 15, 20, 0)
+    assert nearest_class_mean_accuracies(eval_set).mean() > 0.95
+    assert logistic_regression_accuracies(eval_set).mean() > 0.95
+
+
+def run_main(*args):
+    return subprocess.run([sys.executable, "mimgnet/main.py", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+SMALL = ["--train-mc-sample-size", "8", "--test-mc-sample-size", "8", "--batch-size", "4", "--eval-episodes", "20",
+         "--eval-shots", "1", "5", "20", "--lr", "1e-3"]
+
+
+def test_train_and_test_end_to_end(tmp_path):
+    data = write_features(tmp_path / "features")
+    result = run_main("--data-dir", data, "--save-dir", tmp_path / "run", *SMALL, "--train-iters", "30",
+                      "--freq-iters", "15")
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results["test"]) == {"5way-1shot", "5way-5shot", "5way-20shot"}
+    # one checkpoint, selected at --shot 1, is tested at every shot
+    assert {r["checkpoint"] for r in results["test"].values()} == {str(tmp_path / "run" / "best_1shot.pt")}
+    assert set(results["baselines"]) == {"feature_nearest_class_mean", "feature_logistic_regression"}
+    assert all(0 <= r["mean"] <= 1 for r in results["test"].values())
+    assert "baseline feature_logistic_regression" in result.stdout
+
+
+@pytest.mark.parametrize("damage, text", [
+    (lambda d: np.save(d / "val_features.npy", np.full((6 * 40, 16), np.nan, np.float32)), "contains NaN"),
+    (lambda d: np.save(d / "test_features.npy", np.ones((6 * 40, 8), np.float32)), "feature sizes differ"),
+    (lambda d: (d / "train_labels.npy").unlink(), "not a multiple of 600"),
+    (lambda d: np.save(d / "val_labels.npy", np.arange(6 * 40) % 6), "not class-major"),
+    (lambda d: (d / "test_features.npy").unlink(), "test_features.npy not found"),
+])
+def test_bad_features_are_refused(tmp_path, damage, text):
+    data = write_features(tmp_path / "features")
+    damage(data)
+    result = run_main("--data-dir", data, "--save-dir", tmp_path / "run", *SMALL, "--train-iters", "2")
+    assert result.returncode == 2 and text in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,232 @@
+"""data/prepare_mimgnet.py and simclr/main.py end to end on a tiny synthetic Mini-ImageNet.
+
+The images come from data/synthetic_mimgnet.py (each class a shape and a texture in random colours),
+72 x 96 so that preparing resizes them, with train.csv's classes put out of sorted order. Every output
+goes under tmp_path.
+"""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import simclr.trainer
+from data.prepare_mimgnet import load_image, prepare_mimgnet, read_split_csv
+from data.synthetic_mimgnet import write_dataset
+from metagmvae.checkpoint import load_checkpoint
+from metagmvae.errors import UserError
+from simclr.data import load_split
+from simclr.main import main as simclr_main
+
+from .conftest import REPO_ROOT
+
+PER_CLASS = 12
+# split -> synsets in CSV order; train's is not sorted, to show that preparing keeps the CSV order
+CLASSES = {
+    "train": ["n00000003", "n00000001", "n00000004", "n00000002"],
+    "val": ["n00000005", "n00000006"],
+    "test": ["n00000007", "n00000008"],
+}
+SMALL = ["--debug", "--batch-size", "8", "--hidden-size", "8", "--device", "cpu", "--seed", "3"]  # 2 epochs x 2 batches
+
+
+def make_dataset(root, seed=0):
+    """Write root/images/*.jpg and root/{train,val,test}.csv with the classes in CLASSES' order; returns root."""
+    write_dataset(root, {split: len(synsets) for split, synsets in CLASSES.items()}, PER_CLASS, (72, 96), seed)
+    with open(root / "train.csv", newline="") as f:
+        header, *rows = csv.reader(f)
+    rows.sort(key=lambda row: CLASSES["train"].index(row[1]))  # stable: a class keeps its image order
+    with open(root / "train.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return root
+
+
+def run_script(script, *args):
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def assert_refused(result, text):
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert text in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """The synthetic dataset prepared in its own folder: (folder, manifest)."""
+    root = make_dataset(tmp_path_factory.mktemp("imgnet"))
+    return root, prepare_mimgnet(root / "images", root, root)
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory):
+    """A --debug SimCLR run (2 epochs of 2 batches) via the command line: (save dir, feature dir, completed process)."""
+    root = tmp_path_factory.mktemp("simclr")
+    result = run_script("simclr/main.py", "--data-dir", prepared[0], "--save-dir", root / "run",
+                        "--feature-save-dir", root / "features", *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run", root / "features", result
+
+
+def load_features(folder):
+    return {name: np.load(folder / f"{name}.npy") for split in ("train", "val", "test")
+            for name in (f"{split}_features", f"{split}_labels")}
+
+
+def test_prepare_writes_arrays_in_csv_order(prepared):
+    root, manifest = prepared
+    for split, classes in CLASSES.items():
+        array = np.load(root / f"{split}_images.npy")
+        assert array.shape == (len(classes), PER_CLASS, 84, 84, 3) and array.dtype == np.uint8
+        info = manifest["splits"][split]
+        assert info["classes"] == classes
+        assert info["per_class"] == PER_CLASS and info["skipped"] == [] and info["csv"].endswith(f"{split}.csv")
+        synset = classes[1]
+        assert np.array_equal(array[1, 4], load_image(root / "images" / f"{synset}{5:08d}.jpg"))
+    assert json.loads((root / "manifest.json").read_text()) == manifest
+    assert "BILINEAR" in manifest["preprocessing"]
+
+
+def test_missing_image_is_an_error_and_writes_nothing(tmp_path):
+    root = make_dataset(tmp_path / "imgnet")
+    (root / "images" / "n0000000600000007.jpg").unlink()
+    result = run_script("data/prepare_mimgnet.py", "--out", root)
+    assert_refused(result, "n0000000600000007.jpg: image not found")
+    assert sorted(p.name for p in root.iterdir()) == ["images", "test.csv", "train.csv", "val.csv"]
+
+
+def test_skip_bad_replaces_and_counts(tmp_path):
+    root = make_dataset(tmp_path / "imgnet")
+    (root / "images" / "n0000000100000003.jpg").unlink()
+    (root / "images" / "n0000000800000012.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match=r"n0000000100000003\.jpg: image not found"):
+        prepare_mimgnet(root / "images", root, tmp_path / "out")
+    (root / "images" / "n0000000100000003.jpg").write_bytes((root / "images" / "n0000000100000001.jpg").read_bytes())
+    with pytest.raises(UserError, match=r"n0000000800000012\.jpg: unreadable image"):  # the last split
+        prepare_mimgnet(root / "images", root, tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir())  # nor temporary files
+    (root / "images" / "n0000000100000003.jpg").unlink()
+    result = run_script("data/prepare_mimgnet.py", "--out", tmp_path / "out", "--images", root / "images",
+                        "--splits", root, "--skip-bad")
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    train, test = (manifest["splits"][s]["skipped"] for s in ("train", "test"))
+    assert [(r["file"], r["replaced_by"]) for r in train] == [("n0000000100000003.jpg", "n0000000100000004.jpg")]
+    assert [(r["file"], r["replaced_by"]) for r in test] == [("n0000000800000012.jpg", "n0000000800000001.jpg")]
+    assert "unreadable" in test[0]["reason"]
+    array = np.load(tmp_path / "out" / "train_images.npy")
+    assert np.array_equal(array[1, 2], array[1, 3])  # class n00000001 is second in train.csv
+
+
+def test_malformed_csvs_are_refused(tmp_path):
+    root = make_dataset(tmp_path / "imgnet")
+    lines = (root / "val.csv").read_text().splitlines()
+    (root / "val.csv").write_text("\n".join(lines[:-1]) + "\n")  # n00000006 has one image less
+    with pytest.raises(UserError, match=r"class n00000006 has 11 images but n00000005 has 12"):
+        prepare_mimgnet(root / "images", root, root)
+    (root / "val.csv").write_text("\n".join(lines[:3] + ["n0000000500000004.jpg"] + lines[4:]) + "\n")
+    with pytest.raises(UserError, match=r"val\.csv:4: expected 2 non-empty columns"):
+        read_split_csv(root / "val.csv")
+    (root / "test.csv").write_text("file,class\n")
+    with pytest.raises(UserError, match=r"test\.csv:1: expected the header filename,label"):
+        read_split_csv(root / "test.csv")
+    assert not any(root.glob("*.npy")) and not (root / "manifest.json").exists()
+
+
+def test_real_split_csvs_parse(shared_data):
+    splits = {s: read_split_csv(shared_data / "mini-imagenet-splits" / f"{s}.csv") for s in ("train", "val", "test")}
+    assert {s: len(c) for s, c in splits.items()} == {"train": 64, "val": 16, "test": 20}
+    assert all(len(files) == 600 for classes in splits.values() for files in classes.values())
+    assert not set(splits["train"]) & set(splits["val"]) and not set(splits["train"]) & set(splits["test"])
+    assert next(iter(splits["train"])) == "n01532829"
+
+
+def test_load_split_validates_files(prepared, tmp_path):
+    images, labels, names = load_split(prepared[0], "val")
+    assert images.shape == (2 * PER_CLASS, 3, 84, 84) and images.dtype == torch.uint8
+    assert labels.tolist() == [0] * PER_CLASS + [1] * PER_CLASS and names == ["n00000005", "n00000006"]
+    with pytest.raises(UserError, match="val_images.npy not found"):
+        load_split(tmp_path, "val")
+    np.save(tmp_path / "val_images.npy", np.zeros((2, 3, 84, 84, 3), np.float32))
+    with pytest.raises(UserError, match="val_images.npy has dtype float32"):
+        load_split(tmp_path, "val")
+    np.save(tmp_path / "val_images.npy", np.zeros((6, 84, 84, 3), np.uint8))
+    with pytest.raises(UserError, match=r"val_images.npy has shape \(6, 84, 84, 3\)"):
+        load_split(tmp_path, "val")
+
+
+def test_training_run_writes_checkpoint_metrics_and_features(trained):
+    save, features_dir, result = trained
+    state = load_checkpoint(save / "last.pt")
+    assert state["epoch"] == 2 and state["model_config"] == {"hidden_size": 8, "image_size": 84}
+    assert set(state) >= {"model", "optimizer", "scheduler", "rng", "shuffle_rng", "augment_rng", "config"}
+    assert state["config"]["batch_size"] == 8 and json.loads((save / "config.json").read_text())["seed"] == 3
+    rows = list(csv.DictReader((save / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and float(rows[0]["lr"]) == 1e-3
+    assert float(rows[1]["lr"]) == pytest.approx(5e-4) and all(np.isfinite(float(r["loss"])) for r in rows)
+    features = load_features(features_dir)
+    for split, classes in CLASSES.items():
+        assert features[f"{split}_features"].shape == (len(classes) * PER_CLASS, 32)
+        assert features[f"{split}_features"].dtype == np.float32
+        assert np.isfinite(features[f"{split}_features"]).all()
+        assert features[f"{split}_labels"].dtype == np.int64
+        assert features[f"{split}_labels"].tolist() == np.repeat(np.arange(len(classes)), PER_CLASS).tolist()
+    manifest = json.loads((features_dir / "manifest.json").read_text())
+    assert manifest["feature_size"] == 32 and manifest["checkpoint"] == str(save / "last.pt")
+    assert manifest["splits"]["train"]["classes"] == CLASSES["train"]
+    assert "test: 24 x 32 features of 2 classes" in result.stdout
+
+
+class Interrupted(Exception):
+    """Stands for a crash right after the first epoch's checkpoint."""
+
+
+def test_resume_and_export_only_reproduce_the_run_bit_for_bit(prepared, trained, tmp_path, monkeypatch):
+    save, features_dir, _ = trained
+    flags = ["--data-dir", str(prepared[0]), "--save-dir", str(tmp_path / "run"),
+             "--feature-save-dir", str(tmp_path / "features"), *SMALL]
+
+    def save_then_crash(path, state):
+        save_checkpoint(path, state)
+        raise Interrupted
+
+    save_checkpoint = simclr.trainer.save_checkpoint
+    monkeypatch.setattr(simclr.trainer, "save_checkpoint", save_then_crash)
+    with pytest.raises(Interrupted):
+        simclr_main(flags)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    simclr_main(flags + ["--resume"])
+    resumed, straight = (load_checkpoint(p / "last.pt")["model"] for p in (tmp_path / "run", save))
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    expected = load_features(features_dir)
+    for name, array in load_features(tmp_path / "features").items():
+        assert np.array_equal(array, expected[name]), name
+    simclr_main(["--data-dir", str(prepared[0]), "--feature-save-dir", str(tmp_path / "exported"), "--export-only",
+                 "--checkpoint", str(save / "last.pt"), "--batch-size", "7"])
+    for name, array in load_features(tmp_path / "exported").items():
+        assert np.array_equal(array, expected[name]), name
+
+
+def test_refusals(prepared, trained, tmp_path, capsys):
+    save, _, _ = trained
+    data = ["--data-dir", str(prepared[0]), "--feature-save-dir", str(tmp_path / "features")]
+    cases = [
+        (["--save-dir", str(save), *SMALL], "already holds a run; pass --resume"),
+        (["--save-dir", str(save), *SMALL[:-1], "4", "--resume"], "--seed 4 (saved 3)"),
+        (["--save-dir", str(tmp_path / "run"), "--batch-size", "64"], "fewer than one batch of --batch-size 64"),
+        (["--export-only"], "--export-only needs --checkpoint"),
+    ]
+    for flags, text in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            simclr_main(data + flags)
+        assert exit_info.value.code == 2 and text in capsys.readouterr().err
+    assert not (tmp_path / "features").exists() and not (tmp_path / "run").exists()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((save / "last.pt").read_bytes()[:3000])
+    assert_refused(run_script("simclr/main.py", *data, "--export-only", "--checkpoint", truncated),
+                   "not a readable checkpoint")
