@@ -206,6 +206,12 @@ def build_omniglot(sources, out, seed=0, split=None):
         "shapes": {name: list(a.shape) for name, a in arrays.items()},
         "preprocessing": PREPROCESSING,
     }
+    write_build(out, arrays, manifest)
+    return manifest
+
+
+def write_build(out, arrays, manifest):
+    """Write {split}.npy and manifest.json atomically; the files are renamed into place together."""
     out = Path(out)
     try:
         with ExitStack() as stack:  # renames happen on exit, in reverse order: the manifest last
@@ -215,7 +221,6 @@ def build_omniglot(sources, out, seed=0, split=None):
                     np.save(f, array)
     except OSError as e:
         raise UserError(f"{out}: cannot write the outputs ({e})") from None
-    return manifest
 
 
 def _fetch(url, path):

@@ -7,7 +7,7 @@ def nearest_class_mean_accuracies(eval_set, batch_size=64):
     (Euclidean distance on flattened pixels or features)."""
     accuracies = []
     for ep in eval_set.batches(batch_size):
-        E, way = ep.support.shape[0], eval_set.way
+        way = eval_set.way
         support, query = ep.support.flatten(2).float(), ep.query.flatten(2).float()
         onehot = torch.nn.functional.one_hot(ep.y_support, way).float()       # (E, Ns, way)
         means = onehot.transpose(1, 2) @ support / onehot.sum(1).unsqueeze(-1)  # (E, way, P)

@@ -28,6 +28,7 @@ class Experiment:
     checkpoint_for_test_shot: Callable  # (args, shot) -> the selection shot whose checkpoint is tested
     resume_invariant_flags: tuple = RESUME_INVARIANT_FLAGS
     baselines: dict = field(default_factory=dict)  # name -> EvalSet -> per-episode accuracies
+    write_figures: Callable = None      # (model, data, folder, metrics_csv, args) -> paths, after each validation
 
 
 def check_flags_against_data(args, data, shots):
@@ -87,7 +88,10 @@ def train_and_test(experiment, args, device):
     optimizer = make_optimizer(model, args)
     train_pool = data["train"].flatten(0, 1)  # (C * I, *item_shape): classes are never used in training
     val_sets = eval_sets(data["val"], args, experiment.selection_shots(args))
-    wall_time = fit(model, optimizer, train_pool, val_sets, run, args, device)
+    def figures(model):
+        experiment.write_figures(model, data, run.path / "figures", run.path / "metrics.csv", args)
+    wall_time = fit(model, optimizer, train_pool, val_sets, run, args, device,
+                    figures if experiment.write_figures is not None else None)
     checkpoints = {shot: run.checkpoint(f"best_{experiment.checkpoint_for_test_shot(args, shot)}shot")
                    for shot in args.eval_shots}
     test_sets = eval_sets(data["test"], args, args.eval_shots)

@@ -50,12 +50,12 @@ def checkpoint_state(model, optimizer, step, best, sampler, args, wall_time):
             "config": vars(args), "wall_time_s": wall_time}
 
 
-def fit(model, optimizer, train_pool, val_sets, run, args, device):
+def fit(model, optimizer, train_pool, val_sets, run, args, device, after_validation=None):
     """Meta-train until args.train_iters, validating every args.freq_iters (and at the last step).
 
     train_pool: (N, *item_shape) unlabeled training items.  val_sets: {shot: EvalSet}.
-    Keeps best_{shot}shot.pt per validation shot and last.pt (for --resume) in `run`.
-    Returns the total wall time in seconds.
+    Keeps best_{shot}shot.pt per validation shot and last.pt (for --resume) in `run`, then calls
+    after_validation(model) if given (figures).  Returns the total wall time in seconds.
     """
     sampler = torch.Generator().manual_seed(args.seed)
     step, best, wall_time, rows = 0, {}, 0.0, []
@@ -95,6 +95,8 @@ def fit(model, optimizer, train_pool, val_sets, run, args, device):
                                                               wall_time))
         progress.write(f"step {step + 1}: " + ", ".join(
             f"{k} {v:.4f}" for k, v in row.items() if k not in ("step", "wall_time_s")))
+        if after_validation is not None:
+            after_validation(model)
         totals, count = {}, 0
     return wall_time
 

@@ -4,6 +4,7 @@ from metagmvae.baselines import nearest_class_mean_accuracies
 from metagmvae.experiment import RESUME_INVARIANT_FLAGS, Experiment
 
 from .dataset import load_omniglot
+from .figures import write_run_figures
 from .model import OmniglotGMVAE, convert_reference_state_dict
 
 OMNIGLOT = Experiment(
@@ -17,4 +18,5 @@ OMNIGLOT = Experiment(
     checkpoint_for_test_shot=lambda args, shot: shot,
     resume_invariant_flags=RESUME_INVARIANT_FLAGS + ("hidden_size",),
     baselines={"pixel_nearest_class_mean": nearest_class_mean_accuracies},
+    write_figures=write_run_figures,
 )

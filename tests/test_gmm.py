@@ -46,8 +46,8 @@ def test_log_densities_match_naive():
     for b in range(2):
         for n in range(7):
             for k in range(4):
-                assert ident[b, n, k].item() == pytest.approx(naive_log_normal(z[b, n], mu[b, k], [1.0] * 3), abs=1e-9)
-                assert diag[b, n, k].item() == pytest.approx(naive_log_normal(z[b, n], mu[b, k], var[b, k]), abs=1e-9)
+                assert ident[b, k, n].item() == pytest.approx(naive_log_normal(z[b, n], mu[b, k], [1.0] * 3), abs=1e-9)
+                assert diag[b, k, n].item() == pytest.approx(naive_log_normal(z[b, n], mu[b, k], var[b, k]), abs=1e-9)
     log_pi = torch.log_softmax(torch.randn(2, 4), -1)
     mix = gmm.mixture_log_prob(z, log_pi, mu)
     expected = math.log(sum(math.exp(log_pi[1, k] + naive_log_normal(z[1, 2], mu[1, k], [1.0] * 3)) for k in range(4)))
@@ -88,7 +88,7 @@ def test_em_recovers_separated_clusters():
         match = torch.cdist(centres[b], mu[b]).argmin(1)  # true cluster -> fitted component
         assert sorted(match.tolist()) == list(range(K))
         np.testing.assert_allclose(mu[b][match].numpy(), z[b].view(K, per, D).mean(1).numpy(), atol=1e-6)
-        assigned = gmm.log_normal_identity(z[b:b + 1], mu[b:b + 1]).argmax(-1)[0]
+        assigned = gmm.log_normal_identity(z[b:b + 1], mu[b:b + 1]).argmax(1)[0]
         assert torch.equal(assigned, match[labels])
         np.testing.assert_allclose(log_pi[b].exp().numpy(), 1 / K, atol=1e-6)
 
@@ -168,8 +168,9 @@ def test_predict_query_averages_posteriors_over_mc_samples():
     centre = torch.cat([zs, zq], 1).mean((1, 2), keepdim=True)
     zs_c, zq_c = (zs - centre).reshape(1, 6, 2), (zq - centre).reshape(1, 12, 2)
     mu, var = gmm.semi_supervised_em(zs_c, ys.repeat_interleave(3, 1), zq_c, 2, 2)
-    per_sample = torch.softmax(gmm.log_normal_diag(zq_c, mu, var), -1).reshape(1, 4, 3, 2)
-    np.testing.assert_allclose(probs.numpy(), per_sample.mean(2).numpy(), atol=1e-12)
+    per_sample = torch.softmax(gmm.log_normal_diag(zq_c, mu, var), 1)  # (1, K, Nq * S)
+    expected = per_sample.reshape(1, 2, 4, 3).mean(-1).transpose(1, 2)
+    np.testing.assert_allclose(probs.numpy(), expected.numpy(), atol=1e-12)
 
 
 def test_confidence_interval_formula():

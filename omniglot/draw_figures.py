@@ -1,0 +1,53 @@
+"""Figures of a checkpoint (ours or the authors'): reconstructions, the mixture of one episode, a test
+episode and, given a metrics.csv, the learning curves.
+
+    python omniglot/draw_figures.py --checkpoint runs/omniglot-5way/best_1shot.pt --out figures/
+"""
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metagmvae.errors import exit_on_user_error  # noqa: E402
+from metagmvae.experiment import load_model_checkpoint  # noqa: E402
+from metagmvae.runtime import resolve_device  # noqa: E402
+from omniglot.dataset import load_omniglot  # noqa: E402
+from omniglot.figures import write_run_figures  # noqa: E402
+from omniglot.trainer import OMNIGLOT  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint to draw")
+    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1] / "data" / "omniglot"),
+                   help="folder with train/val/test.npy")
+    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p.add_argument("--metrics", help="a run's metrics.csv, for the learning curves")
+    p.add_argument("--way", type=int, default=5, help="mixture components of the episode figure")
+    p.add_argument("--eval-way", type=int, default=5, help="classes of the test-episode figure")
+    p.add_argument("--sample-size", type=int, default=60, help="items of the episode figure (at most 60)")
+    p.add_argument("--query", type=int, default=3, help="queries per class of the test-episode figure")
+    p.add_argument("--unsupervised-em-iters", type=int, default=10, help="EM iterations of the episode figure")
+    p.add_argument("--semisupervised-em-iters", type=int, default=10, help="EM iterations at prediction")
+    p.add_argument("--test-mc-sample-size", type=int, default=32, help="MC samples at prediction")
+    p.add_argument("--seed", type=int, default=0, help="seeds the images drawn")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with exit_on_user_error("omniglot/draw_figures.py"):
+        device = resolve_device(args.device)
+        model = load_model_checkpoint(OMNIGLOT, args.checkpoint, device)
+        data = load_omniglot(args.data_dir, ("train", "val"))
+        metrics = args.metrics or Path(args.out) / "metrics.csv"
+        paths = write_run_figures(model, data, args.out, metrics, args)
+    for path in paths:
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

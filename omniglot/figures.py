@@ -1,0 +1,264 @@
+"""Figures of an Omniglot run, drawn with Pillow: reconstructions, the mixture EM fits to one training
+episode, a labelled test episode and the learning curves.
+
+Every function takes arrays or tensors and a path, writes one PNG atomically and returns the path.
+Images are (N, 1, 28, 28) in [0, 1] with ink = 1, drawn dark on white and enlarged SCALE times (nearest).
+A grid of R x C tiles is grid_size(R, C) pixels: GAP pixels around every tile, plus LABEL_HEIGHT below
+each tile when the tiles carry text.
+"""
+import csv
+import math
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from metagmvae.episodes import EpisodeSampler
+from metagmvae.errors import UserError
+from metagmvae.fileio import atomic_path
+from metagmvae.gmm import fit_gmm_em, log_normal_identity
+
+SCALE = 3
+TILE = 28 * SCALE
+GAP = 4  # between tiles; coloured frames are drawn inside it
+FRAME = 2
+LABEL_HEIGHT = 14
+PANEL_WIDTH, PANEL_HEIGHT = 360, 260  # one learning-curve panel
+MARGINS = (56, 26, 12, 30)  # left, top, right, bottom of a panel's plot area
+TICKS = 5
+WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (160, 160, 160)
+RED, GREEN, BLUE = (220, 30, 30), (20, 160, 40), (40, 90, 220)
+SERIES_COLOURS = [BLUE, RED, GREEN, (230, 140, 0), (140, 60, 200), (0, 160, 170)]
+
+
+def grid_size(rows, cols, labelled=False):
+    """(width, height) in pixels of a grid of rows x cols tiles."""
+    cell_height = TILE + (LABEL_HEIGHT if labelled else 0)
+    return GAP + cols * (TILE + GAP), GAP + rows * (cell_height + GAP)
+
+
+def _cell(row, col, labelled=False, top=0):
+    """(x, y) of the top-left pixel of a tile."""
+    cell_height = TILE + (LABEL_HEIGHT if labelled else 0)
+    return GAP + col * (TILE + GAP), top + GAP + row * (cell_height + GAP)
+
+
+def _numpy(x):
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _tile(image):
+    """(1, 28, 28) or (28, 28) in [0, 1], ink = 1 -> an RGB tile, ink dark on white."""
+    pixels = np.clip(1.0 - _numpy(image).reshape(28, 28).astype(np.float32), 0, 1)
+    tile = Image.fromarray(np.rint(pixels * 255).astype(np.uint8)).convert("RGB")
+    return tile.resize((TILE, TILE), Image.NEAREST)
+
+
+def _frame(draw, xy, colour):
+    """A FRAME-wide border around the tile at xy, drawn in the gap around it."""
+    x, y = xy
+    draw.rectangle((x - FRAME, y - FRAME, x + TILE + FRAME - 1, y + TILE + FRAME - 1), outline=colour, width=FRAME)
+
+
+def _save(image, path):
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
+
+
+@contextmanager
+def _inference(model):
+    """Evaluation mode (BatchNorm running statistics) and no gradients; the mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
+
+
+def save_reconstructions(model, images, path, per_row=8):
+    """Inputs beside their reconstructions sigmoid(decode(posterior mean)), per_row pairs per row.
+
+    images: (N, 1, 28, 28), encoded as one set.  The PNG is grid_size(ceil(N / per_row), 2 min(N, per_row)).
+    """
+    with _inference(model) as device:
+        mean, _ = model.posterior_params(torch.as_tensor(images, dtype=torch.float32, device=device)[None])
+        recon = torch.sigmoid(model.decode(mean))[0]  # (N, 1, 28, 28)
+    N = len(recon)
+    canvas = Image.new("RGB", grid_size(math.ceil(N / per_row), 2 * min(N, per_row)), WHITE)
+    for i, pair in enumerate(zip(images, recon)):
+        for j, image in enumerate(pair):
+            canvas.paste(_tile(image), _cell(i // per_row, 2 * (i % per_row) + j))
+    return _save(canvas, path)
+
+
+def save_episode_mixture(model, images, num_components, em_iters, path, max_items=12, seed=0):
+    """The mixture EM fits to one training-like episode, one row per component (K <= M).
+
+    images: (M, 1, 28, 28), encoded as one set; EM (fit_gmm_em, initialised from `seed`) runs on the M
+    posterior means (1, M, D).  Row k: the decoded mean mu_k (blue frame), then the items whose largest
+    responsibility is k, at most max_items.  The PNG is grid_size(K, 1 + min(M, max_items)).
+    """
+    with _inference(model) as device:
+        mean, _ = model.posterior_params(torch.as_tensor(images, dtype=torch.float32, device=device)[None])
+        centre = mean.mean(1, keepdim=True)  # EM on centred points, as the training prior
+        generator = torch.Generator(device=device).manual_seed(seed)
+        log_pi, mu = fit_gmm_em(mean - centre, num_components, em_iters, generator=generator)
+        assignment = (log_pi.unsqueeze(-1) + log_normal_identity(mean - centre, mu)).argmax(1)[0]  # (M,)
+        component_means = torch.sigmoid(model.decode(mu + centre))[0]  # (K, 1, 28, 28)
+    cols = 1 + min(len(images), max_items)
+    canvas = Image.new("RGB", grid_size(num_components, cols), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    for k in range(num_components):
+        canvas.paste(_tile(component_means[k]), _cell(k, 0))
+        _frame(draw, _cell(k, 0), BLUE)
+        members = torch.nonzero(assignment == k).flatten().tolist()[:max_items]
+        for col, i in enumerate(members, start=1):
+            canvas.paste(_tile(images[i]), _cell(k, col))
+    return _save(canvas, path)
+
+
+def save_test_episode(support, y_support, query, y_query, predicted, path, per_row=10):
+    """A labelled episode: one row of support images per class, then the queries, per_row to a row, each
+    labelled "pred p true t" and framed green when right, red when wrong.
+
+    support: (Ns, 1, 28, 28), y_support: (Ns,); query: (Nq, 1, 28, 28), y_query, predicted: (Nq,).
+    The PNG stacks grid_size(classes, cols, True) over grid_size(ceil(Nq / per_row), cols, True), with
+    cols = max(most support images of a class, min(Nq, per_row)).
+    """
+    y_support, y_query, predicted = (_numpy(y).astype(int).ravel() for y in (y_support, y_query, predicted))
+    classes = np.unique(y_support)
+    shots = max(int((y_support == c).sum()) for c in classes)
+    cols = max(shots, min(len(query), per_row))
+    width, support_height = grid_size(len(classes), cols, labelled=True)
+    query_height = grid_size(math.ceil(len(query) / per_row), cols, labelled=True)[1]
+    canvas = Image.new("RGB", (width, support_height + query_height), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for row, c in enumerate(classes):
+        for col, i in enumerate(np.flatnonzero(y_support == c)):
+            x, y = _cell(row, col, labelled=True)
+            canvas.paste(_tile(support[i]), (x, y))
+            draw.text((x, y + TILE + 1), f"class {c}", fill=BLACK, font=font)
+    draw.line((0, support_height, width, support_height), fill=GREY, width=1)
+    for i, (true, pred) in enumerate(zip(y_query, predicted)):
+        x, y = _cell(i // per_row, i % per_row, labelled=True, top=support_height)
+        colour = GREEN if pred == true else RED
+        canvas.paste(_tile(query[i]), (x, y))
+        _frame(draw, (x, y), colour)
+        draw.text((x, y + TILE + FRAME), f"pred {pred} true {true}", fill=colour, font=font)
+    return _save(canvas, path)
+
+
+def _read_metrics(metrics_csv):
+    """Columns of metrics.csv as {name: [float or None]}; `step` is required."""
+    try:
+        with open(metrics_csv, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise UserError(f"{metrics_csv}: cannot read ({e.strerror or e})") from None
+    if not rows or "step" not in rows[0]:
+        raise UserError(f"{metrics_csv}: no rows with a 'step' column")
+
+    def number(text):
+        try:
+            return float(text)
+        except (TypeError, ValueError):
+            return None
+    return {name: [number(row.get(name)) for row in rows] for name in rows[0]}
+
+
+def _limits(values):
+    """(low, high) of the values, padded 5% (or by 1 / 10% around a single value)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return 0.0, 1.0
+    low, high = min(values), max(values)
+    pad = (high - low) * 0.05 if high > low else (abs(low) * 0.1 or 1.0)
+    return low - pad, high + pad
+
+
+def _tick_label(value):
+    return f"{value / 1000:.3g}k" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def _plot(draw, left, title, steps, series, font):
+    """One panel at x = left: axes with TICKS ticks, one line with markers per series, a legend."""
+    x0, y0 = left + MARGINS[0], MARGINS[1]
+    x1, y1 = left + PANEL_WIDTH - MARGINS[2], PANEL_HEIGHT - MARGINS[3]
+    (sx0, sx1), (vy0, vy1) = _limits(steps), _limits([v for ys in series.values() for v in ys])
+
+    def to_pixel(step, value):
+        return x0 + (step - sx0) / (sx1 - sx0) * (x1 - x0), y1 - (value - vy0) / (vy1 - vy0) * (y1 - y0)
+
+    draw.rectangle((x0, y0, x1, y1), outline=BLACK)
+    draw.text(((x0 + x1) / 2, 4), title, fill=BLACK, font=font, anchor="mt")
+    for t in np.linspace(0, 1, TICKS):
+        x, y = x0 + t * (x1 - x0), y1 - t * (y1 - y0)
+        draw.line((x, y1, x, y1 + 4), fill=BLACK)
+        draw.text((x, y1 + 6), _tick_label(sx0 + t * (sx1 - sx0)), fill=BLACK, font=font, anchor="mt")
+        draw.line((x0 - 4, y, x0, y), fill=BLACK)
+        draw.text((x0 - 6, y), _tick_label(vy0 + t * (vy1 - vy0)), fill=BLACK, font=font, anchor="rm")
+    draw.text(((x0 + x1) / 2, PANEL_HEIGHT - 2), "step", fill=BLACK, font=font, anchor="mb")
+    for n, (name, values) in enumerate(series.items()):
+        colour = SERIES_COLOURS[n % len(SERIES_COLOURS)]
+        points = [to_pixel(s, v) for s, v in zip(steps, values) if s is not None and v is not None]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+        ly = y0 + 6 + 14 * n
+        draw.line((x1 - 70, ly, x1 - 56, ly), fill=colour, width=2)
+        draw.text((x1 - 52, ly), name, fill=colour, font=font, anchor="lm")
+
+
+def save_learning_curves(metrics_csv, path):
+    """Three panels vs step from a run's metrics.csv: rec, kl, and validation accuracy (%) per shot
+    (columns val_{shot}shot).  The PNG is (3 PANEL_WIDTH, PANEL_HEIGHT)."""
+    columns = _read_metrics(metrics_csv)
+    shots = sorted((int(m.group(1)), name) for name in columns if (m := re.fullmatch(r"val_(\d+)shot", name)))
+    accuracy = {f"{shot}-shot": [None if v is None else 100 * v for v in columns[name]] for shot, name in shots}
+    panels = [("rec", {k: columns[k] for k in ("rec",) if k in columns}),
+              ("kl", {k: columns[k] for k in ("kl",) if k in columns}),
+              ("validation accuracy (%)", accuracy)]
+    canvas = Image.new("RGB", (len(panels) * PANEL_WIDTH, PANEL_HEIGHT), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for n, (title, series) in enumerate(panels):
+        _plot(draw, n * PANEL_WIDTH, title, columns["step"], series, font)
+    return _save(canvas, path)
+
+
+def write_run_figures(model, data, folder, metrics_csv, args):
+    """All four figures of a run into `folder`, from fixed draws (seeded by args.seed) that leave the
+    global RNG untouched, so a run with figures gives the same numbers as one without.
+
+    data: {"train": (C, I, 1, 28, 28), "val": ...}; returns the paths written.
+    """
+    folder = Path(folder)
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(args.seed)
+    train = data["train"].flatten(0, 1)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(args.seed)
+        paths = [save_reconstructions(model, train[torch.randint(len(train), (16,), generator=generator)],
+                                      folder / "reconstructions.png"),
+                 save_episode_mixture(model, train[torch.randint(len(train), (min(args.sample_size, 60),),
+                                                                 generator=generator)],
+                                      args.way, args.unsupervised_em_iters, folder / "mixture.png")]
+        sampler = EpisodeSampler(data["val"], args.eval_way, 1, min(args.query, 3))
+        ep = sampler.gather(*sampler.sample_indices(1, generator))
+        with _inference(model):
+            probs = model.predict(ep.support.to(device), ep.y_support.to(device), ep.query.to(device), args.eval_way,
+                                  args.test_mc_sample_size, args.semisupervised_em_iters)
+        paths.append(save_test_episode(ep.support[0], ep.y_support[0], ep.query[0], ep.y_query[0],
+                                       probs.argmax(-1)[0].cpu(), folder / "test_episode.png"))
+    if Path(metrics_csv).exists():
+        paths.append(save_learning_curves(metrics_csv, folder / "curves.png"))
+    return paths
+
