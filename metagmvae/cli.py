@@ -40,6 +40,8 @@ def experiment_parser(description, data_dir, **defaults):
     p.add_argument("--seed", type=int, default=d["seed"], help="seeds python, numpy, torch and the episode draws")
     p.add_argument("--eval-shots", type=int, nargs="+", default=d["eval_shots"], help="shots to test")
     p.add_argument("--eval-way", type=int, help="classes per evaluation episode (default: --way)")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast for the networks (meant for GPUs); EM, densities and losses stay float32")
     p.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this (0 = off)")
     p.add_argument("--resume", action="store_true", help="continue the run in --save-dir from last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --save-dir")

@@ -6,6 +6,7 @@ import torch
 
 from .episodes import EpisodeSampler
 from .metrics import mean_confidence_interval
+from .runtime import autocast
 
 
 @dataclass
@@ -40,7 +41,7 @@ def make_eval_set(data, way, shot, query, num_episodes, seed):
 
 
 @torch.inference_mode()
-def episode_accuracies(model, eval_set, mc_samples, em_iters, batch_size, device, seed=0):
+def episode_accuracies(model, eval_set, mc_samples, em_iters, batch_size, device, seed=0, amp=False):
     """Accuracy of each episode (E,), with the model in evaluation mode (BatchNorm running statistics).
 
     The MC draws use their own seeded RNG, so a checkpoint scores the same wherever it is evaluated.
@@ -52,8 +53,9 @@ def episode_accuracies(model, eval_set, mc_samples, em_iters, batch_size, device
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for episodes in eval_set.batches(batch_size):
-            probs = model.predict(episodes.support.to(device), episodes.y_support.to(device),
-                                  episodes.query.to(device), eval_set.way, mc_samples, em_iters)
+            with autocast(device, amp):
+                probs = model.predict(episodes.support.to(device), episodes.y_support.to(device),
+                                      episodes.query.to(device), eval_set.way, mc_samples, em_iters)
             correct = probs.argmax(-1).cpu() == episodes.y_query
             accuracies.append(correct.float().mean(1))
     model.train(was_training)

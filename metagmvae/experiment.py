@@ -4,13 +4,14 @@ A dataset folder describes itself with an `Experiment` (its model, data loader, 
 names and model-selection rule); everything else is shared here.
 """
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 from .checkpoint import load_checkpoint
 from .errors import UserError
 from .evaluation import make_eval_set, summarize
 from .rundir import RunDir, check_same_flags
-from .training import fit, make_optimizer, test_checkpoints, test_model
+from .training import evaluate_model, evaluate_selected_checkpoints, fit, make_optimizer
 
 # Flags that define the model or the objective: a resumed run must keep them.
 RESUME_INVARIANT_FLAGS = ("latent_size", "way", "batch_size", "sample_size", "train_mc_sample_size",
@@ -70,7 +71,7 @@ def eval_sets(array, args, shots):
             for shot in shots}
 
 
-def test_baselines(experiment, test_sets):
+def score_baselines(experiment, test_sets):
     """{baseline: {"<way>way-<shot>shot": summary}} on the same test episodes as the model."""
     return {name: {f"{s.way}way-{shot}shot": summarize(accuracies(s)) for shot, s in test_sets.items()}
             for name, accuracies in experiment.baselines.items()}
@@ -88,15 +89,16 @@ def train_and_test(experiment, args, device):
     optimizer = make_optimizer(model, args)
     train_pool = data["train"].flatten(0, 1)  # (C * I, *item_shape): classes are never used in training
     val_sets = eval_sets(data["val"], args, experiment.selection_shots(args))
-    def figures(model):
-        experiment.write_figures(model, data, run.path / "figures", run.path / "metrics.csv", args)
-    wall_time = fit(model, optimizer, train_pool, val_sets, run, args, device,
-                    figures if experiment.write_figures is not None else None)
+    figures = None
+    if experiment.write_figures is not None:
+        figures = partial(experiment.write_figures, data=data, folder=run.path / "figures",
+                          metrics_csv=run.path / "metrics.csv", args=args)
+    wall_time = fit(model, optimizer, train_pool, val_sets, run, args, device, figures)
     checkpoints = {shot: run.checkpoint(f"best_{experiment.checkpoint_for_test_shot(args, shot)}shot")
                    for shot in args.eval_shots}
     test_sets = eval_sets(data["test"], args, args.eval_shots)
-    results = {"test": test_checkpoints(model, test_sets, checkpoints, args, device),
-               "baselines": test_baselines(experiment, test_sets),
+    results = {"test": evaluate_selected_checkpoints(model, test_sets, checkpoints, args, device),
+               "baselines": score_baselines(experiment, test_sets),
                "train_iters": args.train_iters, "wall_time_s": wall_time, "config": vars(args)}
     run.write_results(results)
     return results
@@ -108,6 +110,6 @@ def evaluate_checkpoint(experiment, args, device):
     check_flags_against_data(args, data, args.eval_shots)
     model = load_model_checkpoint(experiment, args.checkpoint, device)
     test_sets = eval_sets(data["test"], args, args.eval_shots)
-    test = test_model(model, test_sets, args, device)
+    test = evaluate_model(model, test_sets, args, device)
     return {"test": {k: {**v, "checkpoint": str(args.checkpoint)} for k, v in test.items()},
-            "baselines": test_baselines(experiment, test_sets), "config": vars(args)}
+            "baselines": score_baselines(experiment, test_sets), "config": vars(args)}

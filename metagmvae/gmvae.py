@@ -31,7 +31,7 @@ class SetGMVAE(nn.Module):
         """x: (B, M, *item_shape) -> mean, logvar: (B, M, D)."""
         B, M = x.shape[:2]
         features = self.encoder(x.flatten(0, 1)).view(B, M, -1)
-        return self.posterior(features).chunk(2, dim=-1)
+        return self.posterior(features).float().chunk(2, dim=-1)  # float32 also under bf16 autocast
 
     @staticmethod
     def sample(mean, logvar, num_samples):
@@ -52,7 +52,8 @@ class SetGMVAE(nn.Module):
         B, M = x.shape[:2]
         mean, logvar = self.posterior_params(x)
         z, log_q = self.sample(mean, logvar, mc_samples)
-        log_p = episode_prior_log_prob(z.flatten(1, 2), num_components, em_iters, fix_pi)
+        with torch.autocast(z.device.type, enabled=False):  # EM and densities in float32, also under --amp
+            log_p = episode_prior_log_prob(z.flatten(1, 2), num_components, em_iters, fix_pi)
         kl = (log_q.flatten(1) - log_p).mean()
         rec = self.reconstruction_loss(x, z) / (B * M * mc_samples)
         return {"loss": rec + kl, "rec": rec, "kl": kl}
@@ -66,7 +67,8 @@ class SetGMVAE(nn.Module):
         Ns = support.shape[1]
         mean, logvar = self.posterior_params(torch.cat([support, query], dim=1))
         z, _ = self.sample(mean, logvar, mc_samples)
-        return predict_query(z[:, :Ns], y_support, z[:, Ns:], num_classes, em_iters)
+        with torch.autocast(z.device.type, enabled=False):
+            return predict_query(z[:, :Ns], y_support, z[:, Ns:], num_classes, em_iters)
 
 
 def count_parameters(module):

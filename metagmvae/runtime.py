@@ -27,6 +27,11 @@ def resolve_device(name="auto", gpu_id=0):
     return torch.device("cuda", gpu_id)
 
 
+def autocast(device, enabled):
+    """bf16 autocast for the networks when `enabled` (--amp); a no-op context otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def rng_state():
     """All global RNG states, as objects torch.load(weights_only=True) accepts."""
     np_state = np.random.get_state()

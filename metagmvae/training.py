@@ -12,7 +12,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .episodes import sample_unlabeled_sets
 from .errors import UserError
 from .evaluation import episode_accuracies, summarize
-from .runtime import rng_state, set_rng_state
+from .runtime import autocast, rng_state, set_rng_state
 
 
 class TrainingDiverged(UserError):
@@ -26,7 +26,8 @@ def make_optimizer(model, args):
 
 def train_step(model, optimizer, x, args, step):
     """One update on x: (B, M, *item_shape).  Returns the losses as floats."""
-    out = model(x, args.way, args.train_mc_sample_size, args.unsupervised_em_iters, args.fix_pi)
+    with autocast(x.device, args.amp):
+        out = model(x, args.way, args.train_mc_sample_size, args.unsupervised_em_iters, args.fix_pi)
     if not torch.isfinite(out["loss"]):
         raise TrainingDiverged(f"loss is {out['loss'].item()} at step {step + 1}; the last good checkpoint is kept")
     optimizer.zero_grad(set_to_none=True)
@@ -38,9 +39,10 @@ def train_step(model, optimizer, x, args, step):
 
 
 def validate(model, eval_sets, args, device):
-    """{shot: {"mean", "ci95", "episodes"}} on the fixed validation episodes."""
+    """{shot: {"mean", "ci95", "episodes"}} on fixed episodes ({shot: EvalSet})."""
     return {shot: summarize(episode_accuracies(model, eval_set, args.test_mc_sample_size,
-                                               args.semisupervised_em_iters, args.batch_size, device, args.seed))
+                                               args.semisupervised_em_iters, args.batch_size, device, args.seed,
+                                               args.amp))
             for shot, eval_set in eval_sets.items()}
 
 
@@ -101,15 +103,13 @@ def fit(model, optimizer, train_pool, val_sets, run, args, device, after_validat
     return wall_time
 
 
-def test_model(model, test_sets, args, device):
+def evaluate_model(model, test_sets, args, device):
     """{"<way>way-<shot>shot": {"mean", "ci95", "episodes"}} of one model on each shot's test episodes."""
-    return {f"{eval_set.way}way-{shot}shot": summarize(episode_accuracies(
-                model, eval_set, args.test_mc_sample_size, args.semisupervised_em_iters, args.batch_size, device,
-                args.seed))
-            for shot, eval_set in test_sets.items()}
+    return {f"{test_sets[shot].way}way-{shot}shot": summary
+            for shot, summary in validate(model, test_sets, args, device).items()}
 
 
-def test_checkpoints(model, test_sets, checkpoint_for_shot, args, device):
+def evaluate_selected_checkpoints(model, test_sets, checkpoint_for_shot, args, device):
     """Load each shot's selected checkpoint (ours) and test it on that shot's episodes.
 
     test_sets: {shot: EvalSet}; checkpoint_for_shot: {shot: path}.  Returns results.json's "test" dict.
@@ -118,6 +118,6 @@ def test_checkpoints(model, test_sets, checkpoint_for_shot, args, device):
     for shot, eval_set in test_sets.items():
         path = checkpoint_for_shot[shot]
         model.load_state_dict(load_checkpoint(path, map_location=device)["model"])
-        for key, summary in test_model(model, {shot: eval_set}, args, device).items():
+        for key, summary in evaluate_model(model, {shot: eval_set}, args, device).items():
             results[key] = {**summary, "checkpoint": str(path)}
     return results

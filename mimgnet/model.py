@@ -28,7 +28,7 @@ class FeatureGMVAE(SetGMVAE):
 
     def reconstruction_loss(self, x, z):
         """Squared error summed over feature dims, items and MC samples.  x: (B, M, F), z: (B, M, S, D)."""
-        return (self.decode(z) - x.unsqueeze(2)).pow(2).sum()
+        return (self.decode(z).float() - x.unsqueeze(2)).pow(2).sum()  # float32 also under bf16 autocast
 
 
 # The authors' checkpoints name the same modules differently (../shared/reference-checkpoint-keys.txt).

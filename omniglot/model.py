@@ -58,7 +58,7 @@ class OmniglotGMVAE(SetGMVAE):
         x: (B, M, 1, 28, 28) in [0, 1], z: (B, M, S, D).  BCE(x, sigmoid(l)) = softplus(l) - x l;
         the target is broadcast over S rather than repeated, and x l summed over S first.
         """
-        logits = self.decode(z)  # (B, M, S, 1, 28, 28)
+        logits = self.decode(z).float()  # (B, M, S, 1, 28, 28); float32 also under bf16 autocast
         return F.softplus(logits).sum() - (x * logits.sum(2)).sum()
 
 

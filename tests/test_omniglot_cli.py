@@ -137,3 +137,14 @@ def test_interrupted_run_resumes_to_the_same_numbers(trained, omniglot_sample, t
     columns = ["step", "loss", "val_1shot", "val_5shot"]
     rows = [{c: r[c] for c in columns} for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open())]
     assert rows == [{c: r[c] for c in columns} for r in csv.DictReader((save / "metrics.csv").open())]
+
+
+def test_demo_flags_pick_the_cpu_configuration_and_synthetic_data(tmp_path):
+    from omniglot import main as omniglot_main
+
+    args = omniglot_main.parse_args(["--demo"])
+    assert (args.way, args.sample_size, args.batch_size, args.train_mc_sample_size) == (5, 100, 1, 8)
+    assert args.data_dir == str(omniglot_main.DEMO_DATA_DIR) and args.save_dir == str(omniglot_main.DEMO_SAVE_DIR)
+    assert args.overwrite and not args.resume
+    mine = omniglot_main.parse_args(["--demo", "--data-dir", str(tmp_path), "--save-dir", str(tmp_path / "run")])
+    assert mine.data_dir == str(tmp_path) and mine.save_dir == str(tmp_path / "run")

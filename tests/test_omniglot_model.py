@@ -115,3 +115,20 @@ def test_authors_checkpoint_gives_identical_predictions(tmp_path):
     expected = model.predict(support, labels, query, 5, 4, 3)
     torch.manual_seed(3)
     assert torch.equal(loaded.predict(support, labels, query, 5, 4, 3), expected)
+
+
+def test_bf16_autocast_keeps_em_and_losses_float32_and_close():
+    """--amp: the networks run in bf16, EM, densities and losses in float32; the loss moves little."""
+    torch.manual_seed(4)
+    model = OmniglotGMVAE(hidden_size=16, latent_size=6)
+    x = (torch.rand(2, 10, 1, 28, 28) > 0.7).float()
+    torch.manual_seed(5)
+    full = model(x, 3, 4, 5)
+    torch.manual_seed(5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = model(x, 3, 4, 5)
+    assert all(v.dtype == torch.float32 for v in amp.values())
+    torch.testing.assert_close(amp["rec"], full["rec"], rtol=2e-2, atol=0)
+    assert abs(amp["kl"] - full["kl"]) < 0.1 * abs(full["kl"]) + 0.5
+    amp["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

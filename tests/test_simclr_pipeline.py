@@ -230,3 +230,16 @@ def test_refusals(prepared, trained, tmp_path, capsys):
     truncated.write_bytes((save / "last.pt").read_bytes()[:3000])
     assert_refused(run_script("simclr/main.py", *data, "--export-only", "--checkpoint", truncated),
                    "not a readable checkpoint")
+
+
+def test_exported_features_feed_mimgnet_end_to_end(trained, tmp_path):
+    """images -> prepare -> SimCLR -> export -> mimgnet training and evaluation, all from the command line."""
+    _, features, _ = trained
+    result = run_script("mimgnet/main.py", "--data-dir", features, "--save-dir", tmp_path / "gmvae", "--way", "2",
+                        "--sample-size", "4", "--batch-size", "2", "--train-mc-sample-size", "4",
+                        "--test-mc-sample-size", "4", "--query", "5", "--eval-shots", "1", "5", "--train-iters", "6",
+                        "--freq-iters", "3", "--eval-episodes", "6", "--latent-size", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "gmvae" / "results.json").read_text())
+    assert set(results["test"]) == {"2way-1shot", "2way-5shot"}
+    assert all(0 <= r["mean"] <= 1 and r["episodes"] == 6 for r in results["test"].values())
