@@ -3,6 +3,8 @@ best checkpoint per selection shot, final test of the selected checkpoints.
 
 `args` is the parsed command line of a dataset's main.py (flag names as the reference's).
 """
+import os
+import signal
 import time
 
 import torch
@@ -13,6 +15,10 @@ from .episodes import sample_unlabeled_sets
 from .errors import UserError
 from .evaluation import episode_accuracies, summarize
 from .runtime import autocast, rng_state, set_rng_state
+
+
+# Read by the resume tests only: SIGKILL this process right after the given training step.
+CRASH_AT_STEP = "METAGMVAE_TEST_CRASH_AT_STEP"
 
 
 class TrainingDiverged(UserError):
@@ -70,6 +76,7 @@ def fit(model, optimizer, train_pool, val_sets, run, args, device, after_validat
         step, best, wall_time = state["step"], state["best"], state["wall_time_s"]
         rows = run.read_metrics(up_to=step)
     model.train()
+    crash_at = int(os.environ.get(CRASH_AT_STEP, 0))
     totals, count, start = {}, 0, time.perf_counter()
     progress = tqdm(range(step, args.train_iters), initial=step, total=args.train_iters, desc="train",
                     dynamic_ncols=True)
@@ -79,6 +86,8 @@ def fit(model, optimizer, train_pool, val_sets, run, args, device, after_validat
         totals = {k: totals.get(k, 0.0) + v for k, v in stats.items()}
         count += 1
         progress.set_postfix(rec=f"{stats['rec']:.2f}", kl=f"{stats['kl']:.2f}")
+        if step + 1 == crash_at:
+            os.kill(os.getpid(), signal.SIGKILL)
         if (step + 1) % args.freq_iters and step + 1 != args.train_iters:
             continue
         results = validate(model, val_sets, args, device)

@@ -1,5 +1,7 @@
 """mimgnet/: the feature-space model, its loss, feature loading and the command line."""
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ from metagmvae.baselines import logistic_regression_accuracies, nearest_class_me
 from metagmvae.evaluation import make_eval_set
 from metagmvae.experiment import load_model_checkpoint
 from metagmvae.gmvae import count_parameters
+from metagmvae.training import CRASH_AT_STEP
 from mimgnet.dataset import load_features
 from mimgnet.model import REFERENCE_PREFIXES, FeatureGMVAE
 from mimgnet.trainer import MIMGNET
@@ -114,3 +117,19 @@ def test_bad_features_are_refused(tmp_path, damage, text):
     result = run_main("--data-dir", data, "--save-dir", tmp_path / "run", *SMALL, "--train-iters", "2")
     assert result.returncode == 2 and text in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_killed_run_resumes_to_the_same_numbers(tmp_path):
+    data = write_features(tmp_path / "features")
+    common = ["--data-dir", data, *SMALL, "--train-iters", "20", "--freq-iters", "10"]
+    straight = run_main(*common, "--save-dir", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = subprocess.run([sys.executable, "mimgnet/main.py", *map(str, common), "--save-dir", tmp_path / "run"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, CRASH_AT_STEP: "13"})
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run_main(*common, "--save-dir", tmp_path / "run", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    first, second = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("straight", "run"))
+    assert first["test"] == {k: {**v, "checkpoint": v["checkpoint"].replace("/run/", "/straight/")}
+                             for k, v in second["test"].items()}

@@ -1,6 +1,8 @@
 """omniglot/main.py end to end on the real Omniglot sample, and its refusals of bad input."""
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 
 from metagmvae.checkpoint import load_checkpoint
+from metagmvae.training import CRASH_AT_STEP
 
 from .conftest import REPO_ROOT
 
@@ -120,16 +123,17 @@ def test_existing_run_is_not_overwritten_and_bad_checkpoint_is_refused(trained, 
                    "not a readable checkpoint")
 
 
-def test_interrupted_run_resumes_to_the_same_numbers(trained, omniglot_sample, tmp_path):
-    """Stopping after the step-20 checkpoint and resuming gives the uninterrupted run's numbers exactly."""
+def test_killed_run_resumes_to_the_same_numbers(trained, omniglot_sample, tmp_path):
+    """SIGKILL after step 27 (checkpoint at 20), then --resume: the uninterrupted run's numbers exactly."""
     save, _ = trained
-    common = ["--data-dir", omniglot_sample, "--save-dir", tmp_path / "run", *SMALL, "--freq-iters", "20",
-              "--seed", "3"]
-    first = run_main(*common, "--train-iters", "20")
-    assert first.returncode == 0, first.stderr[-2000:]
-    changed = run_main(*common, "--train-iters", "40", "--resume", "--lr", "1e-2")
-    assert_refused(changed, "--lr 0.01 (saved 0.001)")
-    resumed = run_main(*common, "--train-iters", "40", "--resume")
+    common = ["--data-dir", omniglot_sample, "--save-dir", tmp_path / "run", *SMALL, "--train-iters", "40",
+              "--freq-iters", "20", "--seed", "3"]
+    killed = subprocess.run([sys.executable, "omniglot/main.py", *map(str, common)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, CRASH_AT_STEP: "27"})
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "run" / "results.json").exists()
+    assert_refused(run_main(*common, "--resume", "--lr", "1e-2"), "--lr 0.01 (saved 0.001)")
+    resumed = run_main(*common, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     straight = json.loads((save / "results.json").read_text())["test"]
     again = json.loads((tmp_path / "run" / "results.json").read_text())["test"]
@@ -137,6 +141,8 @@ def test_interrupted_run_resumes_to_the_same_numbers(trained, omniglot_sample, t
     columns = ["step", "loss", "val_1shot", "val_5shot"]
     rows = [{c: r[c] for c in columns} for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open())]
     assert rows == [{c: r[c] for c in columns} for r in csv.DictReader((save / "metrics.csv").open())]
+    assert torch.equal(load_checkpoint(tmp_path / "run" / "last.pt")["model"]["decoder.0.weight"],
+                       load_checkpoint(save / "last.pt")["model"]["decoder.0.weight"])
 
 
 def test_demo_flags_pick_the_cpu_configuration_and_synthetic_data(tmp_path):
