@@ -93,6 +93,8 @@ def assert_refused(result, text):
     (["--query", "19", "--eval-shots", "1", "5"], "larger than the 20 items per class"),
     (["--way", "30", "--eval-way", "5"], "--sample-size 20 is smaller than --way 30"),
     (["--train-iters", "0"], "--train-iters must be positive"),
+    (["--eval-episodes", "-1"], "--eval-episodes must be positive"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
     (["--eval-shots", "0"], "--eval-shots must be positive"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--gpu-id", "99", "--device", "cuda"],
      "--device cuda" if not torch.cuda.is_available() else "--gpu-id 99"),
@@ -110,6 +112,10 @@ def test_missing_or_malformed_data(tmp_path):
     assert_refused(run_main("--data-dir", tmp_path, "--save-dir", tmp_path / "run", *SMALL), "expected [0, 1]")
     np.save(tmp_path / "train.npy", np.zeros((6, 20, 28, 28), np.float32))
     assert_refused(run_main("--data-dir", tmp_path, "--save-dir", tmp_path / "run", *SMALL), "has shape (6, 20, 28, 28)")
+    np.save(tmp_path / "train.npy", np.zeros((6, 20, 28, 28, 1), np.uint8))
+    assert_refused(run_main("--data-dir", tmp_path, "--save-dir", tmp_path / "run", *SMALL), "has dtype uint8")
+    np.save(tmp_path / "train.npy", np.full((6, 20, 28, 28, 1), np.nan, np.float32))
+    assert_refused(run_main("--data-dir", tmp_path, "--save-dir", tmp_path / "run", *SMALL), "contains NaN")
 
 
 def test_existing_run_is_not_overwritten_and_bad_checkpoint_is_refused(trained, omniglot_sample, tmp_path):
