@@ -11,13 +11,13 @@ from metagmvae.reference import convert_state_dict
 
 
 def conv_block(in_channels, out_channels):
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(),
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
             nn.MaxPool2d(2, ceil_mode=True)]
 
 
 def deconv_block(in_channels, out_channels, kernel_size):
     return [nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride=2, padding=1),
-            nn.BatchNorm2d(out_channels), nn.ReLU()]
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
 
 class OmniglotGMVAE(SetGMVAE):
