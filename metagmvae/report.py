@@ -71,7 +71,8 @@ def table_rows(run, results):
     methods = {"Meta-GMVAE": results["test"], **results.get("baselines", {})}
     rows = []
     for method, entries in methods.items():
-        for key, res in entries.items():
+        # results.json sorts its keys as text (5way-20shot before 5way-5shot): order by number instead
+        for key, res in sorted(entries.items(), key=lambda item: tuple(map(int, KEY.fullmatch(item[0]).groups()))):
             way, shot = KEY.fullmatch(key).groups()
             accuracy = f"{100 * res['mean']:.2f} +- {100 * res['ci95']:.2f}"
             rows.append([*common, method, way, shot, accuracy, str(res["episodes"]),
