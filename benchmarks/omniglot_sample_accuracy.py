@@ -5,7 +5,7 @@ Builds the sample dataset, trains with omniglot/main.py at the authors' reduced 
 stage tests the best validation checkpoint per shot on 1000 test episodes beside a pixel-space
 nearest-class-mean baseline on the very same episodes.  Prints a Markdown table.
 
-    python benchmarks/omniglot_sample_accuracy.py --out runs/sample-accuracy
+    OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/omniglot_sample_accuracy.py --out runs/sample-accuracy
 """
 import argparse
 import json
@@ -50,8 +50,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "sample-accuracy")
     p.add_argument("--source", type=Path, nargs="+", help="Omniglot zips (default: the shared sample zips)")
-    p.add_argument("--steps-a", type=int, default=4000, help="first stage (about the 16 CPU minutes of the authors' 1000 steps)")
-    p.add_argument("--steps-b", type=int, default=8000, help="second stage, resumed from the first")
+    p.add_argument("--steps-a", type=int, default=2500,
+                   help="first stage (about the 16 CPU minutes of the authors' 1000 steps)")
+    p.add_argument("--steps-b", type=int, default=5000, help="second stage, resumed from the first")
     p.add_argument("--test-episodes", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
