@@ -7,6 +7,7 @@ own: every split file is shaped (4 * characters, 20, 28, 28, 1) float32.
 
     python data/prepare_omniglot.py --out data/omniglot                 # downloads the two zips
     python data/prepare_omniglot.py --out data/omniglot --source a.zip b/
+    python data/prepare_omniglot.py --out data/omniglot-synthetic --synthetic --characters 300 --seed 0
 """
 import argparse
 import hashlib
@@ -292,10 +293,22 @@ def main(argv=None):
     parser.add_argument("--download-dir", type=Path,
                         help="where to keep the downloaded zips (default: <out>/downloads)")
     parser.add_argument("--url-base", default=URL_BASE, help="where to download the official zips from")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="generate a procedural Omniglot-like set instead (data/synthetic_omniglot.py)")
+    parser.add_argument("--characters", type=int, default=300, help="with --synthetic: characters to generate")
+    parser.add_argument("--drawings", type=int, default=DRAWINGS_PER_CHARACTER,
+                        help="with --synthetic: drawings per character")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):
-        sources = args.source or download_archives(args.url_base, args.download_dir or args.out / "downloads")
-        manifest = build_omniglot(sources, args.out, args.seed, args.split)
+        if args.synthetic and args.source:
+            raise UserError("--synthetic generates its own drawings; drop --source")
+        if args.synthetic:
+            # imported here: the generator itself imports this module's split and writing functions
+            from data.synthetic_omniglot import build_synthetic_omniglot
+            manifest = build_synthetic_omniglot(args.out, args.characters, args.drawings, args.seed, args.split)
+        else:
+            sources = args.source or download_archives(args.url_base, args.download_dir or args.out / "downloads")
+            manifest = build_omniglot(sources, args.out, args.seed, args.split)
     summary = [f"{k} {n} characters -> {manifest['shapes'][k]}" for k, n in manifest["split_counts"].items()]
     print(f"wrote {args.out}: {', '.join(summary)}")
 

@@ -250,3 +250,16 @@ def test_report_refuses_missing_or_malformed_results(tmp_path, capsys, content):
         report.main([str(run)])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and str(run) in err, err
+
+
+def test_prepare_omniglot_synthetic_flag_is_the_generator(tmp_path):
+    script = [sys.executable, "data/prepare_omniglot.py", "--out", str(tmp_path / "cli"), "--synthetic",
+              "--characters", "12", "--drawings", "20", "--seed", "4"]
+    result = subprocess.run(script, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    build_synthetic_omniglot(tmp_path / "lib", 12, 20, seed=4)
+    cli, lib = load_omniglot(tmp_path / "cli"), load_omniglot(tmp_path / "lib")
+    assert all(torch.equal(cli[s], lib[s]) for s in cli)
+    refused = subprocess.run(script + ["--source", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and "drop --source" in refused.stderr
