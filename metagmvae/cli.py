@@ -40,6 +40,10 @@ def experiment_parser(description, data_dir, **defaults):
     p.add_argument("--seed", type=int, default=d["seed"], help="seeds python, numpy, torch and the episode draws")
     p.add_argument("--eval-shots", type=int, nargs="+", default=d["eval_shots"], help="shots to test")
     p.add_argument("--eval-way", type=int, help="classes per evaluation episode (default: --way)")
+    p.add_argument("--select-by", default="val-acc", choices=["val-acc", "val-elbo", "last"],
+                   help="model selection: labeled validation accuracy (the reference), the training objective on "
+                        "unlabeled validation sets (no label read before the test), or the last step")
+    p.add_argument("--val-elbo-sets", type=int, default=32, help="unlabeled validation sets for --select-by val-elbo")
     p.add_argument("--amp", action="store_true",
                    help="bf16 autocast for the networks (meant for GPUs); EM, densities and losses stay float32")
     p.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this (0 = off)")
@@ -62,7 +66,7 @@ def finish_args(args):
 def check_args(args, positive=()):
     """Refuse flag combinations that cannot work, before anything is read or written."""
     for name in ["latent_size", "train_mc_sample_size", "test_mc_sample_size", "batch_size", "sample_size",
-                 "train_iters", "freq_iters", "eval_episodes", "way", "eval_way", "query", *positive]:
+                 "train_iters", "freq_iters", "eval_episodes", "way", "eval_way", "query", "val_elbo_sets", *positive]:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})")
     for name in ["unsupervised_em_iters", "semisupervised_em_iters"]:

@@ -7,11 +7,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
+import torch
+
 from .checkpoint import load_checkpoint
+from .episodes import sample_unlabeled_sets
 from .errors import UserError
 from .evaluation import make_eval_set, summarize
 from .rundir import RunDir, check_same_flags
-from .training import evaluate_model, evaluate_selected_checkpoints, fit, make_optimizer
+from .training import evaluate_model, evaluate_selected_checkpoints, fit, make_optimizer, validate, validation_loss
 
 # Flags that define the model or the objective: a resumed run must keep them.
 RESUME_INVARIANT_FLAGS = ("latent_size", "way", "batch_size", "sample_size", "train_mc_sample_size",
@@ -32,18 +35,15 @@ class Experiment:
     write_figures: Callable = None      # (model, data, folder, metrics_csv, args) -> paths, after each validation
 
 
-def check_flags_against_data(args, data, shots):
-    """Refuse evaluation episodes the val/test splits cannot provide."""
-    for split, array in data.items():
-        if split == "train":
-            continue
-        classes, instances = array.shape[:2]
-        if args.eval_way > classes:
-            raise UserError(f"--eval-way {args.eval_way} is larger than the {classes} classes of the {split} split")
-        for shot in shots:
-            if shot + args.query > instances:
-                raise UserError(f"shot {shot} + --query {args.query} is larger than the {instances} items per class "
-                                f"of the {split} split")
+def check_flags_against_data(args, split, array, shots):
+    """Refuse evaluation episodes a split (C, I, ...) cannot provide."""
+    classes, instances = array.shape[:2]
+    if args.eval_way > classes:
+        raise UserError(f"--eval-way {args.eval_way} is larger than the {classes} classes of the {split} split")
+    for shot in shots:
+        if shot + args.query > instances:
+            raise UserError(f"shot {shot} + --query {args.query} is larger than the {instances} items per class "
+                            f"of the {split} split")
 
 
 def load_model_checkpoint(experiment, path, device):
@@ -77,10 +77,37 @@ def score_baselines(experiment, test_sets):
             for name, accuracies in experiment.baselines.items()}
 
 
+def make_validation(experiment, args, val, device):
+    """validation(model) -> (scores, metrics fields) for --select-by, and the checkpoint name each test
+    shot uses.  val-acc: accuracy on labeled validation episodes (the reference); val-elbo: the training
+    objective on fixed unlabeled validation sets, so no label is read before the final test; last: none."""
+    if args.select_by == "val-acc":
+        sets = eval_sets(val, args, experiment.selection_shots(args))
+
+        def validation(model):
+            results = validate(model, sets, args, device)
+            fields = {f"val_{shot}shot{suffix}": r[key] for shot, r in results.items()
+                      for suffix, key in (("", "mean"), ("_ci95", "ci95"))}
+            return {f"{shot}shot": r["mean"] for shot, r in results.items()}, fields
+        return validation, lambda shot: f"best_{experiment.checkpoint_for_test_shot(args, shot)}shot"
+    if args.select_by == "val-elbo":
+        pool = val.flatten(0, 1)
+        unlabeled = sample_unlabeled_sets(len(pool), args.val_elbo_sets, args.sample_size,
+                                          torch.Generator().manual_seed(args.seed))
+
+        def validation(model):
+            loss = validation_loss(model, pool, unlabeled, args, device)
+            return {"elbo": -loss}, {"val_loss": loss}
+        return validation, lambda shot: "best_elbo"
+    return (lambda model: ({}, {})), lambda shot: "last"
+
+
 def train_and_test(experiment, args, device):
-    """Meta-train, keep the best validation checkpoint per selection shot, test; returns results.json's content."""
+    """Meta-train, keep the checkpoints --select-by picks, test them; returns results.json's content."""
     data = experiment.load_data(args, ("train", "val", "test"))
-    check_flags_against_data(args, data, {*args.eval_shots, *experiment.selection_shots(args)})
+    if args.select_by == "val-acc":  # the only mode that reads validation labels
+        check_flags_against_data(args, "val", data["val"], experiment.selection_shots(args))
+    check_flags_against_data(args, "test", data["test"], args.eval_shots)
     run = RunDir(args.save_dir)
     if args.resume:
         check_same_flags(load_checkpoint(run.last_checkpoint)["config"], args, experiment.resume_invariant_flags)
@@ -88,17 +115,16 @@ def train_and_test(experiment, args, device):
     model = experiment.model_class(**experiment.model_config(args, data)).to(device)
     optimizer = make_optimizer(model, args)
     train_pool = data["train"].flatten(0, 1)  # (C * I, *item_shape): classes are never used in training
-    val_sets = eval_sets(data["val"], args, experiment.selection_shots(args))
+    validation, checkpoint_name = make_validation(experiment, args, data["val"], device)
     figures = None
     if experiment.write_figures is not None:
         figures = partial(experiment.write_figures, data=data, folder=run.path / "figures",
                           metrics_csv=run.path / "metrics.csv", args=args)
-    wall_time = fit(model, optimizer, train_pool, val_sets, run, args, device, figures)
-    checkpoints = {shot: run.checkpoint(f"best_{experiment.checkpoint_for_test_shot(args, shot)}shot")
-                   for shot in args.eval_shots}
+    wall_time = fit(model, optimizer, train_pool, validation, run, args, device, figures)
+    checkpoints = {shot: run.checkpoint(checkpoint_name(shot)) for shot in args.eval_shots}
     test_sets = eval_sets(data["test"], args, args.eval_shots)
     results = {"test": evaluate_selected_checkpoints(model, test_sets, checkpoints, args, device),
-               "baselines": score_baselines(experiment, test_sets),
+               "baselines": score_baselines(experiment, test_sets), "select_by": args.select_by,
                "train_iters": args.train_iters, "wall_time_s": wall_time, "config": vars(args)}
     run.write_results(results)
     return results
@@ -107,7 +133,7 @@ def train_and_test(experiment, args, device):
 def evaluate_checkpoint(experiment, args, device):
     """--eval-only: test one checkpoint (ours or the authors') at every --eval-shots."""
     data = experiment.load_data(args, ("test",))
-    check_flags_against_data(args, data, args.eval_shots)
+    check_flags_against_data(args, "test", data["test"], args.eval_shots)
     model = load_model_checkpoint(experiment, args.checkpoint, device)
     test_sets = eval_sets(data["test"], args, args.eval_shots)
     test = evaluate_model(model, test_sets, args, device)

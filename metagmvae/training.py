@@ -1,5 +1,5 @@
 """The meta-training loop shared by the datasets: unlabeled sets -> loss -> Adam; periodic validation,
-best checkpoint per selection shot, final test of the selected checkpoints.
+best checkpoint per selection score, final test of the selected checkpoints.
 
 `args` is the parsed command line of a dataset's main.py (flag names as the reference's).
 """
@@ -52,18 +52,40 @@ def validate(model, eval_sets, args, device):
             for shot, eval_set in eval_sets.items()}
 
 
+@torch.inference_mode()
+def validation_loss(model, pool, sets, args, device):
+    """Mean training objective (rec + kl) on fixed unlabeled sets, in evaluation mode: no label is read.
+
+    pool: (N, *item_shape) validation items; sets: (E, M) indices into it.
+    """
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(args.seed)
+        for start in range(0, len(sets), args.batch_size):
+            batch = sets[start:start + args.batch_size]
+            with autocast(device, args.amp):
+                out = model(pool[batch].to(device), args.way, args.train_mc_sample_size, args.unsupervised_em_iters,
+                            args.fix_pi)
+            total += out["loss"].item() * len(batch)
+    model.train(was_training)
+    return total / len(sets)
+
+
 def checkpoint_state(model, optimizer, step, best, sampler, args, wall_time):
     return {"model": model.state_dict(), "model_config": model.config, "optimizer": optimizer.state_dict(),
             "step": step, "best": best, "rng": rng_state(), "sampler_rng": sampler.get_state(),
             "config": vars(args), "wall_time_s": wall_time}
 
 
-def fit(model, optimizer, train_pool, val_sets, run, args, device, after_validation=None):
+def fit(model, optimizer, train_pool, validation, run, args, device, after_validation=None):
     """Meta-train until args.train_iters, validating every args.freq_iters (and at the last step).
 
-    train_pool: (N, *item_shape) unlabeled training items.  val_sets: {shot: EvalSet}.
-    Keeps best_{shot}shot.pt per validation shot and last.pt (for --resume) in `run`, then calls
-    after_validation(model) if given (figures).  Returns the total wall time in seconds.
+    train_pool: (N, *item_shape) unlabeled training items.  validation(model) -> (scores, fields):
+    scores {name: value, higher is better} select best_{name}.pt, fields go into metrics.csv.
+    Keeps those and last.pt (for --resume) in `run`, then calls after_validation(model) if given
+    (figures).  Returns the total wall time in seconds.
     """
     sampler = torch.Generator().manual_seed(args.seed)
     step, best, wall_time, rows = 0, {}, 0.0, []
@@ -90,15 +112,14 @@ def fit(model, optimizer, train_pool, val_sets, run, args, device, after_validat
             os.kill(os.getpid(), signal.SIGKILL)
         if (step + 1) % args.freq_iters and step + 1 != args.train_iters:
             continue
-        results = validate(model, val_sets, args, device)
+        scores, fields = validation(model)
         wall_time += time.perf_counter() - start
         start = time.perf_counter()
-        row = {"step": step + 1, **{k: v / count for k, v in totals.items()}, "wall_time_s": wall_time}
-        for shot, res in results.items():
-            row[f"val_{shot}shot"], row[f"val_{shot}shot_ci95"] = res["mean"], res["ci95"]
-            if res["mean"] > best.get(shot, -1.0):
-                best[shot] = res["mean"]
-                save_checkpoint(run.checkpoint(f"best_{shot}shot"), checkpoint_state(
+        row = {"step": step + 1, **{k: v / count for k, v in totals.items()}, "wall_time_s": wall_time, **fields}
+        for name, score in scores.items():
+            if name not in best or score > best[name]:
+                best[name] = score
+                save_checkpoint(run.checkpoint(f"best_{name}"), checkpoint_state(
                     model, optimizer, step + 1, best, sampler, args, wall_time))
         rows.append(row)
         run.write_metrics(rows)

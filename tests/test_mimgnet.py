@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from metagmvae.baselines import logistic_regression_accuracies, nearest_class_mean_accuracies
+from metagmvae.checkpoint import load_checkpoint
 from metagmvae.evaluation import make_eval_set
 from metagmvae.experiment import load_model_checkpoint
 from metagmvae.gmvae import count_parameters
@@ -133,3 +134,22 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path):
     first, second = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("straight", "run"))
     assert first["test"] == {k: {**v, "checkpoint": v["checkpoint"].replace("/run/", "/straight/")}
                              for k, v in second["test"].items()}
+
+
+def test_label_free_selection(tmp_path):
+    """val-elbo and last read no validation label: a validation split of 2 classes suffices for 5-way."""
+    data = write_features(tmp_path / "features", classes=(8, 2, 6))
+    common = ["--data-dir", data, *SMALL, "--train-iters", "20", "--freq-iters", "10"]
+    refused = run_main(*common, "--save-dir", tmp_path / "acc")
+    assert refused.returncode == 2 and "larger than the 2 classes of the val split" in refused.stderr
+    for mode, checkpoint in (("val-elbo", "best_elbo.pt"), ("last", "last.pt")):
+        result = run_main(*common, "--save-dir", tmp_path / mode, "--select-by", mode)
+        assert result.returncode == 0, result.stderr[-2000:]
+        results = json.loads((tmp_path / mode / "results.json").read_text())
+        assert results["select_by"] == mode
+        assert {r["checkpoint"] for r in results["test"].values()} == {str(tmp_path / mode / checkpoint)}
+        header = (tmp_path / mode / "metrics.csv").read_text().splitlines()[0].split(",")
+        assert not [c for c in header if c.startswith("val_") and c.endswith("shot")]
+        assert ("val_loss" in header) == (mode == "val-elbo")
+    elbo = load_checkpoint(tmp_path / "val-elbo" / "best_elbo.pt")
+    assert elbo["step"] in (10, 20) and set(elbo["best"]) == {"elbo"}
