@@ -18,7 +18,7 @@ from .training import evaluate_model, evaluate_selected_checkpoints, fit, make_o
 
 # Flags that define the model or the objective: a resumed run must keep them.
 RESUME_INVARIANT_FLAGS = ("latent_size", "way", "batch_size", "sample_size", "train_mc_sample_size",
-                          "unsupervised_em_iters", "fix_pi", "lr", "weight_decay", "seed")
+                          "unsupervised_em_iters", "fix_pi", "lr", "weight_decay", "seed", "select_by")
 
 
 @dataclass
