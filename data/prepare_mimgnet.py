@@ -24,6 +24,7 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
 
 from metagmvae.errors import UserError, exit_on_user_error  # noqa: E402
 from metagmvae.fileio import atomic_path, write_json  # noqa: E402
+from metagmvae.helpformat import HelpFormatter  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "imgnet"
 SPLITS = ("train", "val", "test")
@@ -175,15 +176,8 @@ def prepare_mimgnet(images_dir, splits_dir, out, skip_bad=False):
     return manifest
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults, except the None of flags whose help says what their absence means."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=_HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="output folder for <split>_images.npy and manifest.json")
     parser.add_argument("--images", type=Path, help="folder holding the image files (default: <out>/images)")

@@ -31,6 +31,7 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
 
 from metagmvae.errors import UserError, exit_on_user_error  # noqa: E402
 from metagmvae.fileio import atomic_path, write_json  # noqa: E402
+from metagmvae.helpformat import HelpFormatter  # noqa: E402
 
 URL_BASE = "https://github.com/brendenlake/omniglot/raw/master/python/"
 # Official archive -> number of characters it holds (30 + 20 alphabets, 1623 characters in all).
@@ -274,15 +275,8 @@ def download_archives(url_base, dest, archives=OFFICIAL_ARCHIVES):
     return paths
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults, except the None of flags whose help says what their absence means."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=_HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder for train/val/test.npy and manifest.json")
     parser.add_argument("--source", type=Path, nargs="+", action="extend", metavar="PATH",

@@ -5,6 +5,7 @@ from pathlib import Path
 from .errors import UserError, exit_on_user_error
 from .experiment import evaluate_checkpoint, train_and_test
 from .fileio import write_json
+from .helpformat import HelpFormatter
 from .runtime import resolve_device, seed_everything
 
 
@@ -12,7 +13,7 @@ def experiment_parser(description, data_dir, **defaults):
     """A parser with every flag both datasets share; `defaults` are the dataset's reference defaults
     (latent_size, train_mc_sample_size, test_mc_sample_size, batch_size, sample_size, train_iters, way, lr,
     weight_decay, seed, eval_shots)."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     d = defaults
     p.add_argument("--data-dir", default=str(data_dir), help="folder with the train/val/test arrays")
     p.add_argument("--save-dir", help="run folder: config, metrics, checkpoints, results (required to train)")
