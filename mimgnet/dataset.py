@@ -1,6 +1,7 @@
 """SimCLR features of Mini-ImageNet as simclr/main.py exports them: <split>_features.npy (N, F) float32,
 class-major, with <split>_labels.npy (N,).  The authors' feature files (600 rows per class, no labels)
 load too."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +50,29 @@ def load_split(data_dir, split):
     return torch.from_numpy(array)
 
 
+def check_manifest(data_dir, data):
+    """With simclr/main.py's manifest.json beside the features, each split must have the rows and the
+    feature size it lists (the images of the split CSVs)."""
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        return
+    try:
+        manifest = json.loads(path.read_text())
+        expected = {split: (manifest["splits"][split]["count"], manifest["feature_size"]) for split in data}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a features manifest of simclr/main.py ({e})") from None
+    for split, array in data.items():
+        found = (array.shape[0] * array.shape[1], array.shape[2])
+        if found != expected[split]:
+            raise UserError(f"{split}_features.npy holds {found[0]} rows x {found[1]} features but {path} lists "
+                            f"{expected[split][0]} x {expected[split][1]}")
+
+
 def load_features(data_dir, splits=SPLITS):
     """{split: (C, I, F) tensor}; every split must have the same feature size F."""
     data = {split: load_split(data_dir, split) for split in splits}
     sizes = {split: array.shape[-1] for split, array in data.items()}
     if len(set(sizes.values())) > 1:
         raise UserError(f"feature sizes differ between splits in {data_dir}: {sizes}")
+    check_manifest(data_dir, data)
     return data

@@ -111,6 +111,9 @@ def test_train_and_test_end_to_end(tmp_path):
     (lambda d: (d / "train_labels.npy").unlink(), "not a multiple of 600"),
     (lambda d: np.save(d / "val_labels.npy", np.arange(6 * 40) % 6), "not class-major"),
     (lambda d: (d / "test_features.npy").unlink(), "test_features.npy not found"),
+    (lambda d: (d / "manifest.json").write_text(json.dumps(
+        {"feature_size": 16, "splits": {s: {"count": 600} for s in ("train", "val", "test")}})),
+     "lists 600 x 16"),
 ])
 def test_bad_features_are_refused(tmp_path, damage, text):
     data = write_features(tmp_path / "features")
