@@ -1,12 +1,14 @@
 """A run directory: config.json, metrics.csv, checkpoints (*.pt) and results.json."""
 import csv
 import io
+import shutil
 from pathlib import Path
 
 from .errors import UserError
 from .fileio import write_json, write_text
 
 LAST_CHECKPOINT = "last.pt"
+RUN_FILES = ("config.json", "metrics.csv", "results.json", "eval_results.json")  # besides *.pt and figures/
 
 
 class RunDir:
@@ -25,8 +27,9 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             if overwrite and not resume:
-                for old in [*self.path.glob("*.pt"), self.path / "metrics.csv", self.path / "results.json"]:
+                for old in [*self.path.glob("*.pt"), *(self.path / name for name in RUN_FILES)]:
                     old.unlink(missing_ok=True)
+                shutil.rmtree(self.path / "figures", ignore_errors=True)
             write_json(self.path / "config.json", config)
         except OSError as e:
             raise UserError(f"cannot write to --save-dir {self.path}: {e.strerror or e}") from None

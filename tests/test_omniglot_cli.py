@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,3 +161,16 @@ def test_demo_flags_pick_the_cpu_configuration_and_synthetic_data(tmp_path):
     assert args.overwrite and not args.resume
     mine = omniglot_main.parse_args(["--demo", "--data-dir", str(tmp_path), "--save-dir", str(tmp_path / "run")])
     assert mine.data_dir == str(tmp_path) and mine.save_dir == str(tmp_path / "run")
+
+
+def test_overwrite_replaces_every_file_of_the_old_run(trained, omniglot_sample, tmp_path):
+    save, _ = trained
+    run = tmp_path / "copy"
+    shutil.copytree(save, run)
+    (run / "eval_results.json").write_text("{}")
+    result = run_main("--data-dir", omniglot_sample, "--save-dir", run, *SMALL, "--eval-shots", "1",
+                      "--train-iters", "2", "--overwrite")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in run.iterdir()) == ["best_1shot.pt", "config.json", "figures", "last.pt",
+                                                     "metrics.csv", "results.json"]
+    assert [r["step"] for r in csv.DictReader((run / "metrics.csv").open())] == ["2"]
