@@ -1,4 +1,5 @@
 """Few-shot evaluation: fixed episodes, semi-supervised EM prediction, mean and 95% CI."""
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,25 +41,34 @@ def make_eval_set(data, way, shot, query, num_episodes, seed):
     return EvalSet(sampler, classes, instances)
 
 
+@contextmanager
+def seeded_eval(model, device, seed):
+    """Evaluation mode (BatchNorm running statistics) and a private RNG seeded with `seed`; the model's
+    mode and the global RNG state are restored afterwards, so training continues as if nothing ran."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        model.train(was_training)
+
+
 @torch.inference_mode()
 def episode_accuracies(model, eval_set, mc_samples, em_iters, batch_size, device, seed=0, amp=False):
     """Accuracy of each episode (E,), with the model in evaluation mode (BatchNorm running statistics).
 
     The MC draws use their own seeded RNG, so a checkpoint scores the same wherever it is evaluated.
     """
-    was_training = model.training
-    model.eval()
     accuracies = []
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded_eval(model, device, seed):
         for episodes in eval_set.batches(batch_size):
             with autocast(device, amp):
                 probs = model.predict(episodes.support.to(device), episodes.y_support.to(device),
                                       episodes.query.to(device), eval_set.way, mc_samples, em_iters)
             correct = probs.argmax(-1).cpu() == episodes.y_query
             accuracies.append(correct.float().mean(1))
-    model.train(was_training)
     return torch.cat(accuracies).numpy()
 
 

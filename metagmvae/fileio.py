@@ -1,9 +1,13 @@
-"""Atomic file writes: a crash mid-write leaves the previous file intact."""
+"""File I/O: atomic writes (a crash mid-write leaves the previous file intact) and safe .npy reads."""
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
 
 
 @contextmanager
@@ -34,3 +38,11 @@ def write_json(path, obj):
 def write_text(path, text):
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def load_npy(path, mmap_mode=None):
+    """np.load without pickles; an unreadable file raises UserError naming it."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path} is not a readable .npy file: {e}") from None

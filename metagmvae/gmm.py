@@ -30,15 +30,11 @@ def log_normal_identity(z, mu, z_sq=None):
     return -0.5 * (squared_distances(z, mu, z_sq) + z.shape[-1] * LOG_2PI)
 
 
-def log_normal_diag(z, mu, var, z_sq_elems=None):
-    """log N(z_n; mu_k, diag var_k), expanded into matmuls.  z: (B, N, D), mu, var: (B, K, D) -> (B, K, N).
-
-    z_sq_elems: the precomputed z^2 (B, N, D).
-    """
-    z_sq_elems = z.square() if z_sq_elems is None else z_sq_elems
+def log_normal_diag(z, mu, var):
+    """log N(z_n; mu_k, diag var_k), expanded into matmuls.  z: (B, N, D), mu, var: (B, K, D) -> (B, K, N)."""
     inv_var = var.reciprocal()
     const = (mu.square() * inv_var + var.log()).sum(-1) + z.shape[-1] * LOG_2PI  # (B, K)
-    quad = torch.baddbmm(const.unsqueeze(-1), inv_var, z_sq_elems.transpose(1, 2))
+    quad = torch.baddbmm(const.unsqueeze(-1), inv_var, z.square().transpose(1, 2))
     quad = torch.baddbmm(quad, mu * inv_var, z.transpose(1, 2), alpha=-2)
     return -0.5 * quad
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .episodes import sample_unlabeled_sets
 from .errors import UserError
-from .evaluation import episode_accuracies, summarize
+from .evaluation import episode_accuracies, seeded_eval, summarize
 from .runtime import autocast, rng_state, set_rng_state
 
 
@@ -58,18 +58,14 @@ def validation_loss(model, pool, sets, args, device):
 
     pool: (N, *item_shape) validation items; sets: (E, M) indices into it.
     """
-    was_training = model.training
-    model.eval()
     total = 0.0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(args.seed)
+    with seeded_eval(model, device, args.seed):
         for start in range(0, len(sets), args.batch_size):
             batch = sets[start:start + args.batch_size]
             with autocast(device, args.amp):
                 out = model(pool[batch].to(device), args.way, args.train_mc_sample_size, args.unsupervised_em_iters,
                             args.fix_pi)
             total += out["loss"].item() * len(batch)
-    model.train(was_training)
     return total / len(sets)
 
 

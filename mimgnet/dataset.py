@@ -8,16 +8,10 @@ import numpy as np
 import torch
 
 from metagmvae.errors import UserError
+from metagmvae.fileio import load_npy
 
 SPLITS = ("train", "val", "test")
 REFERENCE_PER_CLASS = 600  # rows per class in the authors' label-free feature files
-
-
-def _load_npy(path):
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise UserError(f"{path} is not a readable .npy file: {e}") from None
 
 
 def load_split(data_dir, split):
@@ -25,14 +19,14 @@ def load_split(data_dir, split):
     path = Path(data_dir) / f"{split}_features.npy"
     if not path.is_file():
         raise UserError(f"{path} not found; export it with `python simclr/main.py --feature-save-dir {data_dir} ...`")
-    features = _load_npy(path)
+    features = load_npy(path)
     if features.ndim != 2 or 0 in features.shape or not np.issubdtype(features.dtype, np.floating):
         raise UserError(f"{path} has shape {features.shape} and dtype {features.dtype}; expected (N, F) floats")
     if not np.isfinite(features).all():
         raise UserError(f"{path} contains NaN or Inf")
     labels_path = path.with_name(f"{split}_labels.npy")
     if labels_path.is_file():
-        labels = _load_npy(labels_path)
+        labels = load_npy(labels_path)
         if labels.shape != (len(features),):
             raise UserError(f"{labels_path} has shape {labels.shape}; expected ({len(features)},) for {path.name}")
         classes, counts = np.unique(labels, return_counts=True)

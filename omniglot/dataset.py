@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from metagmvae.errors import UserError
+from metagmvae.fileio import load_npy
 
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (28, 28, 1)
@@ -16,10 +17,7 @@ def load_split(data_dir, split):
     path = Path(data_dir) / f"{split}.npy"
     if not path.is_file():
         raise UserError(f"{path} not found; build it with `python data/prepare_omniglot.py --out {data_dir}`")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise UserError(f"{path} is not a readable .npy file: {e}") from None
+    array = load_npy(path)
     if array.ndim != 5 or array.shape[2:] != IMAGE_SHAPE or 0 in array.shape[:2]:
         raise UserError(f"{path} has shape {array.shape}; expected (classes, drawings, 28, 28, 1)")
     if not np.issubdtype(array.dtype, np.floating):

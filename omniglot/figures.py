@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from metagmvae.episodes import EpisodeSampler
+from metagmvae.evaluation import seeded_eval
 from metagmvae.errors import UserError
 from metagmvae.fileio import atomic_path
 from metagmvae.gmm import fit_gmm_em, log_normal_identity
@@ -244,8 +245,7 @@ def write_run_figures(model, data, folder, metrics_csv, args):
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(args.seed)
     train = data["train"].flatten(0, 1)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(args.seed)
+    with seeded_eval(model, device, args.seed):
         paths = [save_reconstructions(model, train[torch.randint(len(train), (16,), generator=generator)],
                                       folder / "reconstructions.png"),
                  save_episode_mixture(model, train[torch.randint(len(train), (min(args.sample_size, 60),),

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from metagmvae.errors import UserError
+from metagmvae.fileio import load_npy
 
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (84, 84, 3)
@@ -38,10 +39,7 @@ def load_image_array(data_dir, split, mmap_mode=None):
     path = Path(data_dir) / f"{split}_images.npy"
     if not path.is_file():
         raise UserError(f"{path} not found; {_build_hint(data_dir)}")
-    try:
-        array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise UserError(f"{path} is not a readable .npy file: {e}") from None
+    array = load_npy(path, mmap_mode)
     if array.ndim != 5 or array.shape[2:] != IMAGE_SHAPE or 0 in array.shape[:2]:
         raise UserError(f"{path} has shape {array.shape}; expected (classes, per_class, 84, 84, 3)")
     if array.dtype != np.uint8:
