@@ -19,6 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from metagmvae.keyed_random import EpisodeRandom  # noqa: E402
 from mimgnet.model import FeatureGMVAE  # noqa: E402
 from omniglot.model import OmniglotGMVAE  # noqa: E402
 from simclr.augment import two_views  # noqa: E402
@@ -37,12 +38,13 @@ def feature_items(*shape):
 
 
 def gmvae_train_step(model, items, lr, weight_decay, B, M, S):
-    """One Adam step of the Meta-GMVAE objective on B random sets of M items."""
+    """One Adam step of the Meta-GMVAE objective on B random sets of M items; the MC noise and EM starts
+    come from per-episode keyed streams, as in training."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     x = items(B, M)
 
     def step():
-        out = model(x, WAY, S, EM_ITERS)
+        out = model(x, WAY, S, EM_ITERS, rng=EpisodeRandom.for_episodes(range(B), 0))
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
@@ -57,7 +59,7 @@ def gmvae_predict(model, items, B, S):
 
     def predict():
         with torch.inference_mode():
-            model.predict(support, labels, query, WAY, S, EM_ITERS)
+            model.predict(support, labels, query, WAY, S, EM_ITERS, EpisodeRandom.for_episodes(range(B), 0))
     return predict
 
 

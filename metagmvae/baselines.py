@@ -6,7 +6,7 @@ def nearest_class_mean_accuracies(eval_set, batch_size=64):
     """Accuracy (E,) of labelling each query by the nearest class mean of the raw support items
     (Euclidean distance on flattened pixels or features)."""
     accuracies = []
-    for ep in eval_set.batches(batch_size):
+    for ep, _ in eval_set.batches(batch_size):
         way = eval_set.way
         support, query = ep.support.flatten(2).float(), ep.query.flatten(2).float()
         onehot = torch.nn.functional.one_hot(ep.y_support, way).float()       # (E, Ns, way)
@@ -23,7 +23,7 @@ def logistic_regression_accuracies(eval_set, steps=100, lr=0.1, weight_decay=1e-
     biases (E, way), full-batch Adam on the mean cross-entropy + weight_decay * |W|^2, inputs L2-normalised.
     """
     accuracies = []
-    for ep in eval_set.batches(batch_size):
+    for ep, _ in eval_set.batches(batch_size):
         support = torch.nn.functional.normalize(ep.support.flatten(2).float(), dim=-1)  # (E, Ns, P)
         query = torch.nn.functional.normalize(ep.query.flatten(2).float(), dim=-1)      # (E, Nq, P)
         E, _, P = support.shape

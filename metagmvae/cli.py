@@ -2,11 +2,12 @@
 import argparse
 from pathlib import Path
 
+from . import distributed
 from .errors import UserError, exit_on_user_error
 from .experiment import evaluate_checkpoint, train_and_test
 from .fileio import write_json
 from .helpformat import HelpFormatter
-from .runtime import resolve_device, seed_everything
+from .runtime import seed_everything
 
 
 def experiment_parser(description, data_dir, **defaults):
@@ -25,7 +26,8 @@ def experiment_parser(description, data_dir, **defaults):
                    help="MC samples S per item in training")
     p.add_argument("--test-mc-sample-size", type=int, default=d["test_mc_sample_size"],
                    help="MC samples S per item at prediction")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="episodes per step and per evaluation pass")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help="episodes per step, split over the torchrun processes, and per evaluation pass")
     p.add_argument("--sample-size", type=int, default=d["sample_size"], help="unlabeled items M per training episode")
     p.add_argument("--train-iters", type=int, default=d["train_iters"], help="training steps")
     p.add_argument("--freq-iters", type=int, default=1000, help="validate every this many steps")
@@ -36,7 +38,7 @@ def experiment_parser(description, data_dir, **defaults):
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"],
                    help="L2 added to the gradient (Adam, not AdamW)")
     p.add_argument("--debug", action="store_true", help="smoke run: 20 steps, validation every 10 on 20 episodes")
-    p.add_argument("--gpu-id", type=int, default=0, help="CUDA device index")
+    p.add_argument("--gpu-id", type=int, default=0, help="CUDA device index (under torchrun: LOCAL_RANK)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
     p.add_argument("--seed", type=int, default=d["seed"], help="seeds python, numpy, torch and the episode draws")
     p.add_argument("--eval-shots", type=int, nargs="+", default=d["eval_shots"], help="shots to test")
@@ -92,14 +94,16 @@ def run(experiment, args, prog, positive=()):
     """Check the flags, then train and test, or test one checkpoint; print the test accuracies."""
     with exit_on_user_error(prog):
         check_args(args, positive)
-        device = resolve_device(args.device, args.gpu_id)
-        seed_everything(args.seed)
-        if args.eval_only:
-            results = evaluate_checkpoint(experiment, args, device)
-            if args.save_dir is not None:
-                write_json(Path(args.save_dir) / "eval_results.json", results)
-        else:
-            results = train_and_test(experiment, args, device)
+        with distributed.process_group(args.device, args.gpu_id) as device:
+            seed_everything(args.seed)
+            if args.eval_only:
+                results = evaluate_checkpoint(experiment, args, device)
+                if args.save_dir is not None and distributed.is_main():
+                    write_json(Path(args.save_dir) / "eval_results.json", results)
+            else:
+                results = train_and_test(experiment, args, device)
+    if not distributed.is_main():
+        return results
     for key, res in results["test"].items():
         print(f"{key}: {100 * res['mean']:.2f} +- {100 * res['ci95']:.2f} % over {res['episodes']} episodes")
     for name, tests in results["baselines"].items():

@@ -51,6 +51,7 @@ class EpisodeSampler:
             query=flat(query), y_query=labels.repeat_interleave(self.query, dim=1))
 
 
-def sample_unlabeled_sets(num_images, batch_size, sample_size, generator=None):
-    """Indices (B, M) into the pooled training images, drawn with replacement."""
-    return torch.randint(num_images, (batch_size, sample_size), generator=generator)
+def sample_unlabeled_sets(num_items, sample_size, rng):
+    """Indices (E, M) into the pooled items, drawn with replacement; row e from episode e's stream of
+    rng (an EpisodeRandom)."""
+    return rng.randint(num_items, len(rng), sample_size)

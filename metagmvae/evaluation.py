@@ -1,11 +1,17 @@
-"""Few-shot evaluation: fixed episodes, semi-supervised EM prediction, mean and 95% CI."""
+"""Few-shot evaluation: fixed episodes, semi-supervised EM prediction, mean and 95% CI.
+
+Episode e's classes, items and MC noise are keyed by (seed, way, shot, e), so its score does not depend
+on the batch size or on how torchrun processes share the episodes.
+"""
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from . import distributed
 from .episodes import EpisodeSampler
+from .keyed_random import EVAL_EPISODES, EVAL_NOISE, EpisodeRandom, keyed_generator
 from .metrics import mean_confidence_interval
 from .runtime import autocast
 
@@ -16,6 +22,7 @@ class EvalSet:
     sampler: EpisodeSampler
     classes: torch.Tensor    # (E, way)
     instances: torch.Tensor  # (E, way, shot + query)
+    seed: int
 
     @property
     def way(self):
@@ -28,17 +35,20 @@ class EvalSet:
     def __len__(self):
         return len(self.classes)
 
-    def batches(self, batch_size):
-        for start in range(0, len(self), batch_size):
-            yield self.sampler.gather(self.classes[start:start + batch_size], self.instances[start:start + batch_size])
+    def batches(self, batch_size, start=0, stop=None):
+        """Episodes [start, stop) in batches: (Episodes, EpisodeRandom of their MC noise)."""
+        stop = len(self) if stop is None else stop
+        for first in range(start, stop, batch_size):
+            rows = range(first, min(first + batch_size, stop))
+            yield (self.sampler.gather(self.classes[rows.start:rows.stop], self.instances[rows.start:rows.stop]),
+                   EpisodeRandom.for_episodes(rows, self.seed, EVAL_NOISE, self.way, self.shot))
 
 
 def make_eval_set(data, way, shot, query, num_episodes, seed):
-    """Episodes drawn from their own generator, seeded by (seed, way, shot)."""
+    """Episodes drawn from their own generator, keyed by (seed, way, shot)."""
     sampler = EpisodeSampler(data, way, shot, query)
-    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, way, shot]).generate_state(1)[0]))
-    classes, instances = sampler.sample_indices(num_episodes, generator)
-    return EvalSet(sampler, classes, instances)
+    classes, instances = sampler.sample_indices(num_episodes, keyed_generator(seed, EVAL_EPISODES, way, shot))
+    return EvalSet(sampler, classes, instances, seed)
 
 
 @contextmanager
@@ -56,20 +66,21 @@ def seeded_eval(model, device, seed):
 
 
 @torch.inference_mode()
-def episode_accuracies(model, eval_set, mc_samples, em_iters, batch_size, device, seed=0, amp=False):
+def episode_accuracies(model, eval_set, mc_samples, em_iters, batch_size, device, amp=False):
     """Accuracy of each episode (E,), with the model in evaluation mode (BatchNorm running statistics).
 
-    The MC draws use their own seeded RNG, so a checkpoint scores the same wherever it is evaluated.
+    Each process scores its share of the episodes; every process returns all E.
     """
-    accuracies = []
-    with seeded_eval(model, device, seed):
-        for episodes in eval_set.batches(batch_size):
+    mine = distributed.share(len(eval_set))
+    accuracies = [np.zeros(0, dtype=np.float32)]
+    with seeded_eval(model, device, eval_set.seed):
+        for episodes, rng in eval_set.batches(batch_size, mine.start, mine.stop):
             with autocast(device, amp):
                 probs = model.predict(episodes.support.to(device), episodes.y_support.to(device),
-                                      episodes.query.to(device), eval_set.way, mc_samples, em_iters)
+                                      episodes.query.to(device), eval_set.way, mc_samples, em_iters, rng)
             correct = probs.argmax(-1).cpu() == episodes.y_query
-            accuracies.append(correct.float().mean(1))
-    return torch.cat(accuracies).numpy()
+            accuracies.append(correct.float().mean(1).numpy())
+    return distributed.gather_rows(np.concatenate(accuracies))
 
 
 def summarize(accuracies):

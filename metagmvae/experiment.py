@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-import torch
 
+from . import distributed
 from .checkpoint import load_checkpoint
 from .episodes import sample_unlabeled_sets
 from .errors import UserError
 from .evaluation import make_eval_set, summarize
+from .keyed_random import VALIDATION_SETS, EpisodeRandom
 from .rundir import RunDir, check_same_flags
 from .training import evaluate_model, evaluate_selected_checkpoints, fit, make_optimizer, validate, validation_loss
 
@@ -92,8 +93,8 @@ def make_validation(experiment, args, val, device):
         return validation, lambda shot: f"best_{experiment.checkpoint_for_test_shot(args, shot)}shot"
     if args.select_by == "val-elbo":
         pool = val.flatten(0, 1)
-        unlabeled = sample_unlabeled_sets(len(pool), args.val_elbo_sets, args.sample_size,
-                                          torch.Generator().manual_seed(args.seed))
+        unlabeled = sample_unlabeled_sets(len(pool), args.sample_size,
+                                          EpisodeRandom.for_episodes(range(args.val_elbo_sets), args.seed, VALIDATION_SETS))
 
         def validation(model):
             loss = validation_loss(model, pool, unlabeled, args, device)
@@ -108,10 +109,12 @@ def train_and_test(experiment, args, device):
     if args.select_by == "val-acc":  # the only mode that reads validation labels
         check_flags_against_data(args, "val", data["val"], experiment.selection_shots(args))
     check_flags_against_data(args, "test", data["test"], args.eval_shots)
+    distributed.check_batch_divides(args.batch_size)
     run = RunDir(args.save_dir)
     if args.resume:
         check_same_flags(load_checkpoint(run.last_checkpoint)["config"], args, experiment.resume_invariant_flags)
-    run.prepare(vars(args), resume=args.resume, overwrite=args.overwrite)
+    if distributed.is_main():
+        run.prepare(vars(args), resume=args.resume, overwrite=args.overwrite)
     model = experiment.model_class(**experiment.model_config(args, data)).to(device)
     optimizer = make_optimizer(model, args)
     train_pool = data["train"].flatten(0, 1)  # (C * I, *item_shape): classes are never used in training
@@ -126,7 +129,8 @@ def train_and_test(experiment, args, device):
     results = {"test": evaluate_selected_checkpoints(model, test_sets, checkpoints, args, device),
                "baselines": score_baselines(experiment, test_sets), "select_by": args.select_by,
                "train_iters": args.train_iters, "wall_time_s": wall_time, "config": vars(args)}
-    run.write_results(results)
+    if distributed.is_main():
+        run.write_results(results)
     return results
 
 

@@ -55,11 +55,12 @@ def _weighted_means(weights, z, previous):
 
 
 @torch.no_grad()
-def fit_gmm_em(z, num_components, iters, fix_pi=False, generator=None):
+def fit_gmm_em(z, num_components, iters, fix_pi=False, rng=None):
     """Unsupervised EM with identity covariances (the training prior of one episode each).
 
     z: (B, N, D) latent points.  Returns log_pi (B, K) and mu (B, K, D), both detached.
-    Init: pi uniform, mu = K distinct points of the episode drawn at random.
+    Init: pi uniform, mu = K distinct points of the episode drawn at random (from rng, an EpisodeRandom,
+    or the global RNG when None).
     E-step: r_kn ∝ pi_k N(z_n; mu_k, I).  M-step: pi_k = N_k / N (unless fix_pi), mu_k = Σ_n r_kn z_n / N_k.
     """
     z = z.detach()
@@ -67,7 +68,8 @@ def fit_gmm_em(z, num_components, iters, fix_pi=False, generator=None):
     K = num_components
     if K > N:
         raise ValueError(f"cannot fit {K} components to {N} points")
-    pick = torch.rand(B, N, generator=generator, device=z.device).argsort(dim=1)[:, :K]
+    scores = torch.rand(B, N, device=z.device) if rng is None else rng.rand(B, N).to(z.device)
+    pick = scores.argsort(dim=1)[:, :K]
     mu = torch.gather(z, 1, pick.unsqueeze(-1).expand(B, K, D))
     log_pi = torch.full((B, K), -math.log(K), dtype=z.dtype, device=z.device)
     z_sq = z.square().sum(-1)
@@ -126,12 +128,12 @@ def predict_query(z_support, y_support, z_query, num_classes, iters):
     return probs.view(B, num_classes, Nq, S).mean(-1).transpose(1, 2)
 
 
-def episode_prior_log_prob(z, num_components, iters, fix_pi=False, generator=None):
+def episode_prior_log_prob(z, num_components, iters, fix_pi=False, rng=None):
     """log p(z) under the mixture that EM fits to the episode's own points (the training prior).
 
     z: (B, N, D) -> (B, N).  Gradients flow through z only; the mixture is a constant.
     """
     # Centring by a constant changes no result (identity covariances) and keeps |z|^2 small.
     z = z - z.detach().mean(1, keepdim=True)
-    log_pi, mu = fit_gmm_em(z, num_components, iters, fix_pi, generator)
+    log_pi, mu = fit_gmm_em(z, num_components, iters, fix_pi, rng)
     return mixture_log_prob(z, log_pi, mu)

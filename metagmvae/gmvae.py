@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .gmm import LOG_2PI, episode_prior_log_prob, predict_query
+from .runtime import full_precision
 from .set_transformer import SAB
 
 
@@ -31,42 +32,48 @@ class SetGMVAE(nn.Module):
         """x: (B, M, *item_shape) -> mean, logvar: (B, M, D)."""
         B, M = x.shape[:2]
         features = self.encoder(x.flatten(0, 1)).view(B, M, -1)
-        return self.posterior(features).float().chunk(2, dim=-1)  # float32 also under bf16 autocast
+        return full_precision(self.posterior(features)).chunk(2, dim=-1)
 
     @staticmethod
-    def sample(mean, logvar, num_samples):
-        """Reparameterised z: (B, M, S, D) and log q(z | x): (B, M, S)."""
-        eps = torch.randn(*mean.shape[:2], num_samples, mean.shape[-1], dtype=mean.dtype, device=mean.device)
+    def sample(mean, logvar, num_samples, rng=None):
+        """Reparameterised z: (B, M, S, D) and log q(z | x): (B, M, S).
+
+        rng: an EpisodeRandom with one stream per episode, or None for the global RNG.
+        """
+        shape = (*mean.shape[:2], num_samples, mean.shape[-1])
+        eps = torch.randn(shape, dtype=mean.dtype, device=mean.device) if rng is None else rng.randn(*shape).to(mean)
         std = (0.5 * logvar).exp().unsqueeze(2)
         z = mean.unsqueeze(2) + std * eps
         # (z - mean) / std is eps exactly, so log q needs no division.
         log_q = -0.5 * (eps.pow(2) + logvar.unsqueeze(2) + LOG_2PI).sum(-1)
         return z, log_q
 
-    def forward(self, x, num_components, mc_samples, em_iters, fix_pi=False):
-        """Training objective of one step.  x: (B, M, *item_shape) unlabeled sets.
+    def forward(self, x, num_components, mc_samples, em_iters, fix_pi=False, rng=None):
+        """Training objective of one step.  x: (B, M, *item_shape) unlabeled sets; rng: see `sample`
+        (it draws the MC noise, then the EM start of each episode).
 
         Returns a dict of scalars: rec (reconstruction loss / (B M S)), kl (mean of log q - log p),
         loss = rec + kl.
         """
         B, M = x.shape[:2]
         mean, logvar = self.posterior_params(x)
-        z, log_q = self.sample(mean, logvar, mc_samples)
+        z, log_q = self.sample(mean, logvar, mc_samples, rng)
         with torch.autocast(z.device.type, enabled=False):  # EM and densities in float32, also under --amp
-            log_p = episode_prior_log_prob(z.flatten(1, 2), num_components, em_iters, fix_pi)
+            log_p = episode_prior_log_prob(z.flatten(1, 2), num_components, em_iters, fix_pi, rng)
         kl = (log_q.flatten(1) - log_p).mean()
         rec = self.reconstruction_loss(x, z) / (B * M * mc_samples)
         return {"loss": rec + kl, "rec": rec, "kl": kl}
 
     @torch.no_grad()
-    def predict(self, support, y_support, query, num_classes, mc_samples, em_iters):
+    def predict(self, support, y_support, query, num_classes, mc_samples, em_iters, rng=None):
         """Class probabilities of the queries of B episodes, support and query encoded as one set.
 
         support: (B, Ns, *item_shape), y_support: (B, Ns), query: (B, Nq, *item_shape) -> (B, Nq, K).
+        rng: draws the MC noise (see `sample`).
         """
         Ns = support.shape[1]
         mean, logvar = self.posterior_params(torch.cat([support, query], dim=1))
-        z, _ = self.sample(mean, logvar, mc_samples)
+        z, _ = self.sample(mean, logvar, mc_samples, rng)
         with torch.autocast(z.device.type, enabled=False):
             return predict_query(z[:, :Ns], y_support, z[:, Ns:], num_classes, em_iters)
 

@@ -32,6 +32,11 @@ def autocast(device, enabled):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def full_precision(t):
+    """t as float32 when --amp made it bfloat16; float32 and float64 tensors unchanged."""
+    return t.float() if t.dtype == torch.bfloat16 else t
+
+
 def rng_state():
     """All global RNG states, as objects torch.load(weights_only=True) accepts."""
     np_state = np.random.get_state()

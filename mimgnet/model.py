@@ -6,6 +6,7 @@ from torch import nn
 
 from metagmvae.gmvae import SetGMVAE, SetPosterior
 from metagmvae.reference import convert_state_dict
+from metagmvae.runtime import full_precision
 
 
 class FeatureGMVAE(SetGMVAE):
@@ -28,7 +29,7 @@ class FeatureGMVAE(SetGMVAE):
 
     def reconstruction_loss(self, x, z):
         """Squared error summed over feature dims, items and MC samples.  x: (B, M, F), z: (B, M, S, D)."""
-        return (self.decode(z).float() - x.unsqueeze(2)).pow(2).sum()  # float32 also under bf16 autocast
+        return (full_precision(self.decode(z)) - x.unsqueeze(2)).pow(2).sum()
 
 
 # The authors' checkpoints name the same modules differently (../shared/reference-checkpoint-keys.txt).

@@ -21,6 +21,7 @@ from metagmvae.evaluation import seeded_eval
 from metagmvae.errors import UserError
 from metagmvae.fileio import atomic_path
 from metagmvae.gmm import fit_gmm_em, log_normal_identity
+from metagmvae.keyed_random import EpisodeRandom
 
 SCALE = 3
 TILE = 28 * SCALE
@@ -108,8 +109,7 @@ def save_episode_mixture(model, images, num_components, em_iters, path, max_item
     with _inference(model) as device:
         mean, _ = model.posterior_params(torch.as_tensor(images, dtype=torch.float32, device=device)[None])
         centre = mean.mean(1, keepdim=True)  # EM on centred points, as the training prior
-        generator = torch.Generator(device=device).manual_seed(seed)
-        log_pi, mu = fit_gmm_em(mean - centre, num_components, em_iters, generator=generator)
+        log_pi, mu = fit_gmm_em(mean - centre, num_components, em_iters, rng=EpisodeRandom([(seed,)]))
         assignment = (log_pi.unsqueeze(-1) + log_normal_identity(mean - centre, mu)).argmax(1)[0]  # (M,)
         component_means = torch.sigmoid(model.decode(mu + centre))[0]  # (K, 1, 28, 28)
     cols = 1 + min(len(images), max_items)

@@ -10,7 +10,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.synthetic_omniglot import build_synthetic_omniglot  # noqa: E402
-from metagmvae import cli  # noqa: E402
+from metagmvae import cli, distributed  # noqa: E402
 from omniglot.trainer import OMNIGLOT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def main(argv=None):
         print(f"building {DEMO_CHARACTERS} procedural characters in {args.data_dir}")
         build_synthetic_omniglot(args.data_dir, DEMO_CHARACTERS, seed=0)
     results = cli.run(OMNIGLOT, args, "omniglot/main.py", positive=["hidden_size"])
-    if args.save_dir is not None and not args.eval_only:
+    if args.save_dir is not None and not args.eval_only and distributed.is_main():
         print(f"run files in {args.save_dir}; figures in {Path(args.save_dir) / 'figures'}")
     return results
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from metagmvae.gmvae import SetGMVAE, SetPosterior
 from metagmvae.reference import convert_state_dict
+from metagmvae.runtime import full_precision
 
 
 def conv_block(in_channels, out_channels):
@@ -58,7 +59,7 @@ class OmniglotGMVAE(SetGMVAE):
         x: (B, M, 1, 28, 28) in [0, 1], z: (B, M, S, D).  BCE(x, sigmoid(l)) = softplus(l) - x l;
         the target is broadcast over S rather than repeated, and x l summed over S first.
         """
-        logits = self.decode(z).float()  # (B, M, S, 1, 28, 28); float32 also under bf16 autocast
+        logits = full_precision(self.decode(z))  # (B, M, S, 1, 28, 28)
         return F.softplus(logits).sum() - (x * logits.sum(2)).sum()
 
 

@@ -18,9 +18,10 @@ GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_t
 
 
 def to_float(images):
-    """uint8 in [0, 255] -> float in [0, 1] (as ToTensor); a float batch is returned unchanged."""
+    """uint8 in [0, 255] -> float in [0, 1] (as ToTensor) of the default dtype; a float batch is returned
+    unchanged."""
     if images.dtype == torch.uint8:
-        return images.float() / 255
+        return images.to(torch.get_default_dtype()) / 255
     if not images.is_floating_point():
         raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
     return images
@@ -215,6 +216,10 @@ class AugmentParams:
         """The same parameters on `device`."""
         return AugmentParams(**{k: v.to(device) for k, v in vars(self).items()})
 
+    def rows(self, start, stop):
+        """The parameters of images [start, stop)."""
+        return AugmentParams(**{k: v[start:stop] for k, v in vars(self).items()})
+
 
 class SimCLRAugment:
     """One SimCLR view: resize, random resized crop, flip, colour jitter, grayscale, normalise.
@@ -265,14 +270,18 @@ class SimCLRAugment:
         return self.apply(x, self.sample(x.shape[0], *x.shape[-2:], generator))
 
 
-def two_views(images, generator, augment=None):
+def two_views(images, generator, augment=None, share=None):
     """Two independent views of each image: (N, 3, H, W) -> two (N, 3, 84, 84) batches.
 
-    augment: a SimCLRAugment (default: the reference's settings).
+    augment: a SimCLRAugment (default: the reference's settings).  share: when the images are one
+    process's rows of a larger batch (distributed.Share), the parameters of the whole batch are drawn and
+    these rows used, so every image gets the views it would get in a single process.
     """
     augment = augment or SimCLRAugment()
     x = resize(to_float(images), augment.size)  # shared by both views
-    return augment(x, generator), augment(x, generator)
+    total, start, stop = (len(x), 0, len(x)) if share is None else (share.total, share.start, share.stop)
+    return tuple(augment.apply(x, augment.sample(total, *x.shape[-2:], generator).rows(start, stop))
+                 for _ in range(2))
 
 
 def eval_transform(images, size=84, mean=IMAGENET_MEAN, std=IMAGENET_STD):

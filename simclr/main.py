@@ -11,8 +11,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metagmvae import distributed  # noqa: E402
 from metagmvae.errors import UserError, exit_on_user_error  # noqa: E402
-from metagmvae.runtime import resolve_device, seed_everything  # noqa: E402
+from metagmvae.runtime import seed_everything  # noqa: E402
 from simclr.trainer import DEBUG_BATCHES, export_checkpoint, train_and_export  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "imgnet"
@@ -25,13 +26,14 @@ def parse_args(argv=None):
     p.add_argument("--save-dir", help="run folder: config, metrics, last.pt (required to train)")
     p.add_argument("--feature-save-dir", required=True, help="where to write <split>_features.npy and labels")
     p.add_argument("--hidden-size", type=int, default=64, help="conv channels h (features F = 4h)")
-    p.add_argument("--batch-size", type=int, default=512, help="images per step (and per export pass)")
+    p.add_argument("--batch-size", type=int, default=512,
+                   help="images per step, split over the torchrun processes (and per export pass)")
     p.add_argument("--train-epochs", type=int, default=400, help="epochs; the cosine decay spans all of them")
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate")
     p.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature")
     p.add_argument("--debug", action="store_true",
                    help=f"smoke run: {DEBUG_EPOCHS} epochs of at most {DEBUG_BATCHES} batches each")
-    p.add_argument("--gpu-id", type=int, default=0, help="CUDA device index")
+    p.add_argument("--gpu-id", type=int, default=0, help="CUDA device index (under torchrun: LOCAL_RANK)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the shuffling and the augmentations")
     p.add_argument("--resume", action="store_true", help="continue the run in --save-dir from last.pt")
@@ -67,10 +69,14 @@ def main(argv=None):
     args = parse_args(argv)
     with exit_on_user_error("simclr/main.py"):
         check_args(args)
-        device = resolve_device(args.device, args.gpu_id)
-        seed_everything(args.seed)
-        run = export_checkpoint if args.export_only else train_and_export
-        manifest = run(args, device)
+        with distributed.process_group(args.device, args.gpu_id) as device:
+            seed_everything(args.seed)
+            if args.export_only and not distributed.is_main():
+                return
+            run = export_checkpoint if args.export_only else train_and_export
+            manifest = run(args, device)
+    if not distributed.is_main():
+        return
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['count']} x {manifest['feature_size']} features of {len(info['classes'])} classes")
     print(f"wrote {args.feature_save_dir}")

@@ -1,8 +1,10 @@
 """SimCLR pre-training on the Mini-ImageNet train split, and export of the Conv5 encoder features.
 
 Shapes: B images per batch, N images of a split, F = hidden * 2 * 2 features (256 at hidden 64).
-`args` is the parsed command line of simclr/main.py.
+`args` is the parsed command line of simclr/main.py.  Under torchrun each process takes b = B / processes
+images of every batch and NT-Xent uses the negatives of all processes (distributed.py); rank 0 writes.
 """
+import math
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from metagmvae import distributed
 from metagmvae.checkpoint import load_checkpoint, save_checkpoint
 from metagmvae.errors import UserError
 from metagmvae.fileio import atomic_path, write_json
@@ -57,20 +60,25 @@ def batches_per_epoch(num_images, args):
     return min(batches, DEBUG_BATCHES) if args.debug else batches
 
 
-def train_step(model, optimizer, x, augment_rng, args):
-    """One NT-Xent update on x: (B, 3, 84, 84) uint8. Returns the loss as a float.
+def train_step(model, optimizer, x, augment_rng, args, share):
+    """One NT-Xent update on x: (b, 3, 84, 84) uint8, this process's rows (share) of the batch.
+    Returns the loss of the whole batch as a float.
 
-    Both views go through one forward pass, so BatchNorm normalises over all 2B views.
+    Both views go through one forward pass, so BatchNorm normalises over all 2B views; the embeddings
+    of every process are gathered (with their gradient), so each anchor has the 2B - 2 negatives of the
+    whole batch, as in one process.
     """
-    view1, view2 = two_views(x, augment_rng)  # each (B, 3, 84, 84)
-    z = model(torch.cat([view1, view2]))  # (2B, 128)
-    loss = nt_xent(*z.chunk(2), temperature=args.temperature)
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(f"loss is {loss.item()}; the last good checkpoint is kept")
+    view1, view2 = two_views(x, augment_rng, share=share)  # each (b, 3, 84, 84)
+    z1, z2 = model(torch.cat([view1, view2])).chunk(2)  # each (b, 128)
+    loss = nt_xent(distributed.all_gather_with_grad(z1), distributed.all_gather_with_grad(z2),
+                   temperature=args.temperature, rows=share.rows)
+    batch_loss = distributed.mean_over_processes(loss.unsqueeze(0)).item()
+    if not math.isfinite(batch_loss):  # the same on every process, so all of them stop
+        raise TrainingDiverged(f"loss is {batch_loss}; the last good checkpoint is kept")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item()
+    return batch_loss
 
 
 def train_epoch(model, optimizer, images, batches, rngs, args, device, epoch):
@@ -78,12 +86,15 @@ def train_epoch(model, optimizer, images, batches, rngs, args, device, epoch):
     shuffle_rng, augment_rng = rngs
     model.train()
     order = torch.randperm(len(images), generator=shuffle_rng)
+    share = distributed.share(args.batch_size)
     total = 0.0
-    progress = tqdm(range(batches), desc=f"epoch {epoch + 1}/{args.train_epochs}", dynamic_ncols=True)
+    progress = tqdm(range(batches), desc=f"epoch {epoch + 1}/{args.train_epochs}", dynamic_ncols=True,
+                    disable=not distributed.is_main())
     for b in progress:
+        first = b * args.batch_size
         # contiguous: `images` is a channels-first view of channels-last memory
-        x = images[order[b * args.batch_size:(b + 1) * args.batch_size]].contiguous()
-        loss = train_step(model, optimizer, x.to(device, non_blocking=True), augment_rng, args)
+        x = images[order[first + share.start:first + share.stop]].contiguous()
+        loss = train_step(model, optimizer, x.to(device, non_blocking=True), augment_rng, args, share)
         total += loss
         progress.set_postfix(loss=f"{loss:.4f}")
     return total / batches
@@ -111,7 +122,8 @@ def fit(model, optimizer, scheduler, images, run, args, device, resume_state=Non
 
     images: (N, 3, 84, 84) uint8 train images. resume_state: a checkpoint to continue exactly.
     The shuffling and the augmentation parameters come from two CPU generators with distinct seeds,
-    so CPU and GPU runs see the same batches and views; the augmentations run on `device`.
+    the same in every process, so CPU and GPU runs, and any number of processes, see the same batches and
+    views; the augmentations run on `device`.
     """
     rngs = (torch.Generator().manual_seed(2 * args.seed), torch.Generator().manual_seed(2 * args.seed + 1))
     epoch, wall_time, rows = 0, 0.0, []
@@ -125,16 +137,18 @@ def fit(model, optimizer, scheduler, images, run, args, device, resume_state=Non
         epoch, wall_time = resume_state["epoch"], resume_state["wall_time_s"]
         rows = run.read_metrics(up_to=epoch, key="epoch")
     batches = batches_per_epoch(len(images), args)
+    trained = distributed.wrap_for_training(model, device)
     for epoch in range(epoch, args.train_epochs):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        loss = train_epoch(model, optimizer, images, batches, rngs, args, device, epoch)
+        loss = train_epoch(trained, optimizer, images, batches, rngs, args, device, epoch)
         scheduler.step()
         wall_time += time.perf_counter() - start
         rows.append({"epoch": epoch + 1, "loss": loss, "lr": lr, "wall_time_s": wall_time})
-        save_checkpoint(run.last_checkpoint, checkpoint_state(model, optimizer, scheduler, epoch + 1, rngs, args,
-                                                              wall_time))
-        run.write_metrics(rows)
+        if distributed.is_main():
+            save_checkpoint(run.last_checkpoint, checkpoint_state(model, optimizer, scheduler, epoch + 1, rngs, args,
+                                                                  wall_time))
+            run.write_metrics(rows)
 
 
 @torch.inference_mode()
@@ -197,18 +211,23 @@ def pretrain(args, device):
     """Train on the train split (or continue with --resume); returns the model and its last.pt path."""
     images, _, _ = load_split(args.data_dir, "train")
     batches_per_epoch(len(images), args)
+    distributed.check_batch_divides(args.batch_size)
     run = RunDir(args.save_dir)
     resume_state = read_resume_state(run, args) if args.resume else None
-    run.prepare(vars(args), resume=args.resume, overwrite=args.overwrite)
+    if distributed.is_main():
+        run.prepare(vars(args), resume=args.resume, overwrite=args.overwrite)
     model, optimizer, scheduler = make_training(args, device)
     fit(model, optimizer, scheduler, images, run, args, device, resume_state)
     return model, run.last_checkpoint
 
 
 def train_and_export(args, device):
-    """Pre-train, then export the features of every split; returns the features manifest."""
+    """Pre-train, then export the features of every split (rank 0 alone); returns the features manifest,
+    or None in the other processes."""
     check_data(args.data_dir)
     model, checkpoint = pretrain(args, device)
+    if not distributed.is_main():
+        return None
     return export_features(model, args.data_dir, args.feature_save_dir, checkpoint, args.batch_size, device)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from metagmvae import gmm
+from metagmvae.keyed_random import EpisodeRandom
 from metagmvae.metrics import mean_confidence_interval
 
 
@@ -59,8 +60,8 @@ def test_unsupervised_em_matches_naive_loop(fix_pi):
     torch.manual_seed(1)
     B, N, D, K, iters = 3, 12, 4, 3, 4
     z = torch.randn(B, N, D) * 2
-    log_pi, mu = gmm.fit_gmm_em(z, K, iters, fix_pi=fix_pi, generator=torch.Generator().manual_seed(5))
-    pick = torch.rand(B, N, generator=torch.Generator().manual_seed(5)).argsort(1)[:, :K]
+    log_pi, mu = gmm.fit_gmm_em(z, K, iters, fix_pi=fix_pi, rng=EpisodeRandom.for_episodes(range(B), 5))
+    pick = EpisodeRandom.for_episodes(range(B), 5).rand(B, N).argsort(1)[:, :K]
     for b in range(B):
         init_mu = [z[b, i].tolist() for i in pick[b]]
         assert len({tuple(m) for m in init_mu}) == K  # K distinct points
@@ -80,8 +81,8 @@ def test_em_recovers_separated_clusters():
     centres = torch.randn(B, K, D) * 20
     labels = torch.arange(K).repeat_interleave(per)
     z = centres[:, labels] + torch.randn(B, K * per, D)
-    log_pi, mu = gmm.fit_gmm_em(z, K, 20, generator=torch.Generator().manual_seed(7))
-    pick = torch.rand(B, K * per, generator=torch.Generator().manual_seed(7)).argsort(1)[:, :K]
+    log_pi, mu = gmm.fit_gmm_em(z, K, 20, rng=EpisodeRandom.for_episodes(range(B), 7))
+    pick = EpisodeRandom.for_episodes(range(B), 7).rand(B, K * per).argsort(1)[:, :K]
     covered = [b for b in range(B) if len(set(labels[pick[b]].tolist())) == K]
     assert len(covered) >= 5
     for b in covered:
@@ -106,9 +107,8 @@ def test_em_fit_has_no_gradient_but_prior_log_prob_does():
 def test_prior_log_prob_is_unchanged_by_centring():
     torch.manual_seed(3)
     z = torch.randn(2, 50, 6) + 1e3
-    g = torch.Generator().manual_seed(0)
-    centred = gmm.episode_prior_log_prob(z, 4, 10, generator=g)
-    log_pi, mu = gmm.fit_gmm_em(z, 4, 10, generator=torch.Generator().manual_seed(0))
+    centred = gmm.episode_prior_log_prob(z, 4, 10, rng=EpisodeRandom.for_episodes(range(2), 0))
+    log_pi, mu = gmm.fit_gmm_em(z, 4, 10, rng=EpisodeRandom.for_episodes(range(2), 0))
     np.testing.assert_allclose(centred.numpy(), gmm.mixture_log_prob(z, log_pi, mu).numpy(), rtol=1e-9)
 
 

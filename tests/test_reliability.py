@@ -67,7 +67,7 @@ def test_a_nan_loss_stops_training_with_the_step_number():
         model.decoder[0].weight[0, 0] = float("nan")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(TrainingDiverged, match="at step 5"):
-        train_step(model, optimizer, torch.rand(2, 4, 8), args, step=4)
+        train_step(model, optimizer, torch.rand(2, 4, 8), None, args, step=4)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).any() for k in before)
 
@@ -98,6 +98,6 @@ def test_grad_clip_bounds_the_update():
                      lr=1.0, weight_decay=0.0, amp=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     before = [p.clone() for p in model.parameters()]
-    train_step(model, optimizer, torch.rand(2, 4, 8) * 100, args, step=0)
+    train_step(model, optimizer, torch.rand(2, 4, 8) * 100, None, args, step=0)
     moved = torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before)])
     assert moved.norm() <= 1e-3 * (1 + 1e-4)
