@@ -1,11 +1,13 @@
 """Accuracy run on the real Omniglot sample (../shared/data/omniglot), sized for a 2-core CPU.
 
 Builds the sample dataset, trains with omniglot/main.py at the authors' reduced CPU configuration
-(5-way prior, B=1, M=100, S=8), first for --steps-a steps, then resumes to --steps-b, and after each
-stage tests the best validation checkpoint per shot on 1000 test episodes beside a pixel-space
-nearest-class-mean baseline on the very same episodes.  Prints a Markdown table.
+(5-way prior, B=1, M=100, S=8), first for --steps-a steps, then resumes to --steps-b (0: no second
+stage), and after each stage tests the checkpoints --select-by keeps on 1000 test episodes beside a
+pixel-space nearest-class-mean baseline on the very same episodes.  Prints a Markdown table.
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/omniglot_sample_accuracy.py --out runs/sample-accuracy
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/omniglot_sample_accuracy.py --out runs/sample-elbo \
+        --select-by val-elbo --steps-b 0
 """
 import argparse
 import json
@@ -35,12 +37,19 @@ def run(cmd):
     return time.perf_counter() - start
 
 
-def test_best_checkpoints(run_dir, data_dir, seed, episodes):
+# --select-by -> {name in the table: checkpoint tested at each shot}
+CHECKPOINTS = {"val-acc": {"val-acc": "best_{shot}shot"},
+               "val-elbo": {"val-elbo": "best_elbo", "last": "last"}}
+
+
+def test_checkpoints(run_dir, data_dir, seed, episodes, checkpoint):
+    """{"5way-<shot>shot": summary} of checkpoint.format(shot=shot) tested at 1 and 5 shots."""
     results = {}
     for shot in (1, 5):
-        out = run_dir / f"test_{shot}shot"
+        name = checkpoint.format(shot=shot)
+        out = run_dir / f"test_{name}_{shot}shot"
         run([sys.executable, "omniglot/main.py", "--data-dir", data_dir, "--eval-only", "--checkpoint",
-             run_dir / f"best_{shot}shot.pt", "--eval-shots", shot, "--eval-way", 5, "--eval-episodes", episodes,
+             run_dir / f"{name}.pt", "--eval-shots", shot, "--eval-way", 5, "--eval-episodes", episodes,
              "--seed", seed, "--save-dir", out])
         results.update(json.loads((out / "eval_results.json").read_text())["test"])
     return results
@@ -52,7 +61,9 @@ def main():
     p.add_argument("--source", type=Path, nargs="+", help="Omniglot zips (default: the shared sample zips)")
     p.add_argument("--steps-a", type=int, default=2500,
                    help="first stage (about the 16 CPU minutes of the authors' 1000 steps)")
-    p.add_argument("--steps-b", type=int, default=5000, help="second stage, resumed from the first")
+    p.add_argument("--steps-b", type=int, default=5000, help="second stage, resumed from the first (0: none)")
+    p.add_argument("--select-by", default="val-acc", choices=list(CHECKPOINTS),
+                   help="val-elbo also tests the last checkpoint")
     p.add_argument("--test-episodes", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -65,30 +76,30 @@ def main():
     baseline = {f"5way-{shot}shot": summarize(nearest_class_mean_accuracies(
         make_eval_set(test, 5, shot, 15, args.test_episodes, args.seed))) for shot in (1, 5)}
 
-    stage_a, stage_b = args.out / f"run-{args.steps_a}", args.out / f"run-{args.steps_b}"
-    for stale in (stage_a, stage_b):
+    stages = [args.out / f"run-{steps}" for steps in (args.steps_a, args.steps_b) if steps]
+    for stale in stages:
         shutil.rmtree(stale, ignore_errors=True)
-    common = [sys.executable, "omniglot/main.py", "--data-dir", data_dir, *TRAIN_FLAGS, "--seed", args.seed]
-    run([*common, "--save-dir", stage_a, "--train-iters", args.steps_a])
-    results_a = test_best_checkpoints(stage_a, data_dir, args.seed, args.test_episodes)
-    shutil.copytree(stage_a, stage_b)
-    run([*common, "--save-dir", stage_b, "--train-iters", args.steps_b, "--resume"])
-    results_b = test_best_checkpoints(stage_b, data_dir, args.seed, args.test_episodes)
-
-    wall = {stage: json.loads((stage / "results.json").read_text())["wall_time_s"] for stage in (stage_a, stage_b)}
-    summary = {"config": TRAIN_FLAGS, "seed": args.seed, "pixel_ncm": baseline,
-               f"gmvae_{args.steps_a}": results_a, f"gmvae_{args.steps_b}": results_b,
-               "train_wall_time_s": {str(k.name): v for k, v in wall.items()}}
+    common = [sys.executable, "omniglot/main.py", "--data-dir", data_dir, *TRAIN_FLAGS, "--seed", args.seed,
+              "--select-by", args.select_by]
+    run([*common, "--save-dir", stages[0], "--train-iters", args.steps_a])
+    if len(stages) == 2:
+        shutil.copytree(stages[0], stages[1])
+        run([*common, "--save-dir", stages[1], "--train-iters", args.steps_b, "--resume"])
+    tests = {stage.name: {name: test_checkpoints(stage, data_dir, args.seed, args.test_episodes, checkpoint)
+                          for name, checkpoint in CHECKPOINTS[args.select_by].items()} for stage in stages}
+    wall = {stage.name: json.loads((stage / "results.json").read_text())["wall_time_s"] for stage in stages}
+    summary = {"config": TRAIN_FLAGS, "seed": args.seed, "select_by": args.select_by, "pixel_ncm": baseline,
+               "test": tests, "train_wall_time_s": wall}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
 
     def cell(res):
         return f"{100 * res['mean']:.2f} ± {100 * res['ci95']:.2f}"
     print("\n| method | train steps | train wall time | 5-way 1-shot | 5-way 5-shot |\n|---|---|---|---|---|")
     print(f"| pixel nearest class mean | - | - | {cell(baseline['5way-1shot'])} | {cell(baseline['5way-5shot'])} |")
-    for steps, res, stage in ((args.steps_a, results_a, stage_a), (args.steps_b, results_b, stage_b)):
-        print(f"| Meta-GMVAE (ours) | {steps} | {wall[stage] / 60:.1f} min | {cell(res['5way-1shot'])} | "
-              f"{cell(res['5way-5shot'])} |")
-
+    for stage in stages:
+        for name, res in tests[stage.name].items():
+            print(f"| Meta-GMVAE (ours), {name} | {stage.name[4:]} | {wall[stage.name] / 60:.1f} min | "
+                  f"{cell(res['5way-1shot'])} | {cell(res['5way-5shot'])} |")
 
 if __name__ == "__main__":
     main()

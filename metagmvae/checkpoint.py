@@ -23,14 +23,14 @@ def save_checkpoint(path, state):
         torch.save(state, tmp)
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint dict without unpickling arbitrary objects; bad files raise UserError."""
+def load_checkpoint(path):
+    """Load a checkpoint dict onto the CPU without unpickling arbitrary objects; bad files raise UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
         with torch.serialization.safe_globals(_NUMPY_SCALAR_TYPES):
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a readable checkpoint (truncated or foreign file): {first_line}") from None

@@ -6,6 +6,7 @@ the evaluation episodes); DDP averages the gradients, BatchNorm statistics are t
 processes, draws are keyed per episode (keyed_random.py), and only rank 0 writes files and prints.
 So the same flags give the same run, within float rounding, on any number of processes.
 """
+import io
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,10 +106,26 @@ def gather_rows(array):
     return np.concatenate(parts)
 
 
-def barrier():
-    """Wait for every process (e.g. until rank 0 has written the checkpoints the others will read)."""
-    if is_distributed():
-        dist.barrier()
+def from_main(task):
+    """task() run by rank 0 alone, its result sent to every process: files are read and written by rank 0
+    only, so nodes need not share a filesystem for the run folder.  A UserError it raises is raised in
+    every process, so all of them stop with the same message."""
+    if not is_distributed():
+        return task()
+    box = [None]
+    if rank() == 0:
+        try:
+            outcome = (None, task())
+        except UserError as e:
+            outcome = (str(e), None)
+        buffer = io.BytesIO()
+        torch.save(outcome, buffer)  # tensors inside survive this, unlike plain pickling
+        box = [buffer.getvalue()]
+    dist.broadcast_object_list(box, src=0)
+    error, result = torch.load(io.BytesIO(box[0]), weights_only=False)  # written by rank 0 just now
+    if error is not None:
+        raise UserError(error)
+    return result
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-
 from . import distributed
 from .checkpoint import load_checkpoint
 from .episodes import sample_unlabeled_sets
@@ -49,7 +48,7 @@ def check_flags_against_data(args, split, array, shots):
 
 def load_model_checkpoint(experiment, path, device):
     """A model from our checkpoint or the authors' (a dict whose "state_dict" uses their names)."""
-    state = load_checkpoint(path, map_location=device)
+    state = distributed.from_main(lambda: load_checkpoint(path))
     if "model" in state:
         state_dict, config = state["model"], state["model_config"]
     elif "state_dict" in state:
@@ -93,8 +92,8 @@ def make_validation(experiment, args, val, device):
         return validation, lambda shot: f"best_{experiment.checkpoint_for_test_shot(args, shot)}shot"
     if args.select_by == "val-elbo":
         pool = val.flatten(0, 1)
-        unlabeled = sample_unlabeled_sets(len(pool), args.sample_size,
-                                          EpisodeRandom.for_episodes(range(args.val_elbo_sets), args.seed, VALIDATION_SETS))
+        set_rng = EpisodeRandom.for_episodes(range(args.val_elbo_sets), args.seed, VALIDATION_SETS)
+        unlabeled = sample_unlabeled_sets(len(pool), args.sample_size, set_rng)
 
         def validation(model):
             loss = validation_loss(model, pool, unlabeled, args, device)
@@ -112,9 +111,9 @@ def train_and_test(experiment, args, device):
     distributed.check_batch_divides(args.batch_size)
     run = RunDir(args.save_dir)
     if args.resume:
-        check_same_flags(load_checkpoint(run.last_checkpoint)["config"], args, experiment.resume_invariant_flags)
-    if distributed.is_main():
-        run.prepare(vars(args), resume=args.resume, overwrite=args.overwrite)
+        config = distributed.from_main(lambda: load_checkpoint(run.last_checkpoint)["config"])
+        check_same_flags(config, args, experiment.resume_invariant_flags)
+    distributed.from_main(lambda: run.prepare(vars(args), resume=args.resume, overwrite=args.overwrite))
     model = experiment.model_class(**experiment.model_config(args, data)).to(device)
     optimizer = make_optimizer(model, args)
     train_pool = data["train"].flatten(0, 1)  # (C * I, *item_shape): classes are never used in training

@@ -99,16 +99,16 @@ def fit(model, optimizer, train_pool, validation, run, args, device, after_valid
     scores {name: value, higher is better} select best_{name}.pt, fields go into metrics.csv.
     Keeps those and last.pt (for --resume) in `run`, then calls after_validation(model) if given
     (figures).  Step t's draws depend on (seed, t) only, so a resumed run continues exactly.
-    Returns the total wall time in seconds, once every checkpoint is written.
+    Returns the total wall time in seconds.
     """
     step, best, wall_time, rows = 0, {}, 0.0, []
     if args.resume:
-        state = load_checkpoint(run.last_checkpoint, map_location=device)
+        state = distributed.from_main(lambda: load_checkpoint(run.last_checkpoint))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step, best, wall_time = state["step"], state["best"], state["wall_time_s"]
-        rows = run.read_metrics(up_to=step)
+        rows = distributed.from_main(lambda: run.read_metrics(up_to=step))
     trained = distributed.wrap_for_training(model, device)
     model.train()
     crash_at = int(os.environ.get(CRASH_AT_STEP, 0))
@@ -144,7 +144,6 @@ def fit(model, optimizer, train_pool, validation, run, args, device, after_valid
             f"{k} {v:.4f}" for k, v in row.items() if k not in ("step", "wall_time_s")))
         if after_validation is not None:
             after_validation(model)
-    distributed.barrier()
     return wall_time
 
 
@@ -162,7 +161,7 @@ def evaluate_selected_checkpoints(model, test_sets, checkpoint_for_shot, args, d
     results = {}
     for shot, eval_set in test_sets.items():
         path = checkpoint_for_shot[shot]
-        model.load_state_dict(load_checkpoint(path, map_location=device)["model"])
+        model.load_state_dict(distributed.from_main(lambda: load_checkpoint(path)["model"]))
         for key, summary in evaluate_model(model, {shot: eval_set}, args, device).items():
             results[key] = {**summary, "checkpoint": str(path)}
     return results

@@ -109,7 +109,7 @@ def checkpoint_state(model, optimizer, scheduler, epoch, rngs, args, wall_time):
 
 def read_resume_state(run, args):
     """last.pt of the run, after checking it is ours and was made with the same invariant flags."""
-    state = load_checkpoint(run.last_checkpoint)
+    state = distributed.from_main(lambda: load_checkpoint(run.last_checkpoint))
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise UserError(f"{run.last_checkpoint}: not a checkpoint of simclr/main.py (missing {', '.join(missing)})")
@@ -135,7 +135,7 @@ def fit(model, optimizer, scheduler, images, run, args, device, resume_state=Non
         rngs[1].set_state(resume_state["augment_rng"])
         set_rng_state(resume_state["rng"])
         epoch, wall_time = resume_state["epoch"], resume_state["wall_time_s"]
-        rows = run.read_metrics(up_to=epoch, key="epoch")
+        rows = distributed.from_main(lambda: run.read_metrics(up_to=epoch, key="epoch"))
     batches = batches_per_epoch(len(images), args)
     trained = distributed.wrap_for_training(model, device)
     for epoch in range(epoch, args.train_epochs):
@@ -214,8 +214,7 @@ def pretrain(args, device):
     distributed.check_batch_divides(args.batch_size)
     run = RunDir(args.save_dir)
     resume_state = read_resume_state(run, args) if args.resume else None
-    if distributed.is_main():
-        run.prepare(vars(args), resume=args.resume, overwrite=args.overwrite)
+    distributed.from_main(lambda: run.prepare(vars(args), resume=args.resume, overwrite=args.overwrite))
     model, optimizer, scheduler = make_training(args, device)
     fit(model, optimizer, scheduler, images, run, args, device, resume_state)
     return model, run.last_checkpoint

@@ -18,7 +18,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from metagmvae import distributed
-from metagmvae.training import draw_training_sets, make_optimizer, train_step
+from metagmvae.checkpoint import load_checkpoint
+from metagmvae.training import CRASH_AT_STEP, draw_training_sets, make_optimizer, train_step
 from omniglot.model import OmniglotGMVAE
 from simclr.model import SimCLR
 from simclr.trainer import train_epoch
@@ -125,10 +126,10 @@ def test_shares_cover_every_row_once(tmp_path):
         assert rows == list(range(n))
 
 
-def torchrun(*args, processes=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun(*args, script="omniglot/main.py", processes=2, **env):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                           "--master_port", str(free_port()), "omniglot/main.py", *map(str, args)],
+                           "--master_port", str(free_port()), script, *map(str, args)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -176,3 +177,22 @@ def test_torchrun_refuses_a_batch_the_processes_cannot_split(omniglot_sample, tm
     assert result.returncode != 0
     assert "--batch-size 3 is not a multiple of the 2 processes" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_resume_continues_exactly(omniglot_sample, tmp_path):
+    flags = ["--data-dir", omniglot_sample, *SMALL, "--eval-episodes", "8", "--train-iters", "4",
+             "--freq-iters", "2", "--select-by", "last"]
+    straight = torchrun(*flags, "--save-dir", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    crashed = torchrun(*flags, "--save-dir", tmp_path / "run", **{CRASH_AT_STEP: "3"})
+    assert crashed.returncode != 0 and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
+    resumed = torchrun(*flags, "--save-dir", tmp_path / "run", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (load_checkpoint(p / "last.pt")["model"] for p in (tmp_path / "straight", tmp_path / "run"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    def losses(run):
+        return [(r["step"], r["loss"], r["rec"], r["kl"]) for r in read_metrics(run)]
+    assert losses(tmp_path / "run") == losses(tmp_path / "straight")
+    straight, resumed = (json.loads((p / "results.json").read_text())["test"]
+                         for p in (tmp_path / "straight", tmp_path / "run"))
+    assert {k: v["mean"] for k, v in resumed.items()} == {k: v["mean"] for k, v in straight.items()}

@@ -22,6 +22,7 @@ from simclr.data import load_split
 from simclr.main import main as simclr_main
 
 from .conftest import REPO_ROOT
+from .test_distributed import torchrun
 
 PER_CLASS = 12
 # split -> synsets in CSV order; train's is not sorted, to show that preparing keeps the CSV order
@@ -243,3 +244,18 @@ def test_exported_features_feed_mimgnet_end_to_end(trained, tmp_path):
     results = json.loads((tmp_path / "gmvae" / "results.json").read_text())
     assert set(results["test"]) == {"2way-1shot", "2way-5shot"}
     assert all(0 <= r["mean"] <= 1 and r["episodes"] == 6 for r in results["test"].values())
+
+
+def test_torchrun_simclr_trains_and_exports_like_one_process(prepared, trained, tmp_path):
+    result = torchrun("--data-dir", prepared[0], "--save-dir", tmp_path / "run", "--feature-save-dir",
+                      tmp_path / "features", *SMALL, script="simclr/main.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote ") == 1  # rank 0 alone exports and prints
+    one, two = (list(csv.DictReader(open(run / "metrics.csv"))) for run in (trained[0], tmp_path / "run"))
+    # float32: the first batch differs by rounding only, the next after Adam amplified it (test_distributed.py)
+    for a, b in zip(one, two):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-4)
+    features_one, features_two = load_features(trained[1]), load_features(tmp_path / "features")
+    for name, array in features_one.items():
+        assert features_two[name].shape == array.shape
+        np.testing.assert_allclose(features_two[name], array, rtol=0, atol=0.02)
