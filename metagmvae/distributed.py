@@ -40,13 +40,17 @@ def is_main():
 
 @contextmanager
 def process_group(device_name, gpu_id):
-    """Yield this process's device.  Under torchrun (WORLD_SIZE set) join the process group for the block:
-    NCCL with GPU cuda:LOCAL_RANK, or gloo on CPU; --gpu-id is then ignored."""
-    if "WORLD_SIZE" not in os.environ:
+    """Yield this process's device.  Under torchrun (which sets RANK, LOCAL_RANK and WORLD_SIZE) join the
+    process group for the block: NCCL with GPU cuda:LOCAL_RANK, or gloo on CPU; --gpu-id is then ignored."""
+    if not all(name in os.environ for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
         yield resolve_device(device_name, gpu_id)
         return
-    device = resolve_device(device_name, int(os.environ["LOCAL_RANK"]))
+    device, local_rank = resolve_device(device_name), int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"torchrun started more processes per node than the {torch.cuda.device_count()} "
+                            "GPUs visible")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:

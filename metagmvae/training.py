@@ -68,7 +68,7 @@ def validation_loss(model, pool, sets, args, device):
     pool: (N, *item_shape) validation items; sets: (E, M) indices into it.  Each process scores its share.
     """
     mine = distributed.share(len(sets))
-    total = torch.zeros(())
+    total = torch.zeros((), device=device)
     with seeded_eval(model, device, args.seed):
         for start in range(mine.start, mine.stop, args.batch_size):
             rows = range(start, min(start + args.batch_size, mine.stop))
@@ -76,7 +76,7 @@ def validation_loss(model, pool, sets, args, device):
             with autocast(device, args.amp):
                 out = model(pool[sets[rows.start:rows.stop]].to(device), args.way, args.train_mc_sample_size,
                             args.unsupervised_em_iters, args.fix_pi, rng=rng)
-            total += out["loss"].cpu() * len(rows)
+            total += out["loss"] * len(rows)
     return distributed.sum_over_processes(total).item() / len(sets)
 
 
