@@ -77,10 +77,10 @@ def share(total):
     return Share(total * r // n, total * (r + 1) // n, total)
 
 
-def check_batch_divides(batch_size, flag="--batch-size"):
+def check_batch_divides(batch_size):
     """Refuse a training batch that the processes cannot split evenly (their losses are averaged)."""
     if batch_size % world_size():
-        raise UserError(f"{flag} {batch_size} is not a multiple of the {world_size()} processes: "
+        raise UserError(f"--batch-size {batch_size} is not a multiple of the {world_size()} processes: "
                         "each process takes an equal share of a step")
 
 
@@ -123,7 +123,7 @@ def from_main(task):
         except UserError as e:
             outcome = (str(e), None)
         buffer = io.BytesIO()
-        torch.save(outcome, buffer)  # tensors inside survive this, unlike plain pickling
+        torch.save(outcome, buffer)  # broadcast_object_list's own pickling fails on checkpoint tensors
         box = [buffer.getvalue()]
     dist.broadcast_object_list(box, src=0)
     error, result = torch.load(io.BytesIO(box[0]), weights_only=False)  # written by rank 0 just now

@@ -1,4 +1,5 @@
 """mimgnet/: the feature-space model, its loss, feature loading and the command line."""
+import csv
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from mimgnet.model import REFERENCE_PREFIXES, FeatureGMVAE
 from mimgnet.trainer import MIMGNET
 
 from .conftest import REPO_ROOT, reference_key_shapes, to_reference_state_dict
+from .test_distributed import torchrun
 
 
 def test_parameter_count_and_reference_names():
@@ -156,3 +158,16 @@ def test_label_free_selection(tmp_path):
         assert ("val_loss" in header) == (mode == "val-elbo")
     elbo = load_checkpoint(tmp_path / "val-elbo" / "best_elbo.pt")
     assert elbo["step"] in (10, 20) and set(elbo["best"]) == {"elbo"}
+
+
+def test_torchrun_trains_like_one_process(tmp_path):
+    """mimgnet has no BatchNorm: two processes share the 4 episodes of a step and the evaluation episodes."""
+    data = write_features(tmp_path / "features")
+    flags = ["--data-dir", data, *SMALL, "--train-iters", "4", "--freq-iters", "2"]
+    one = run_main(*flags, "--save-dir", tmp_path / "one")
+    two = torchrun(*flags, "--save-dir", tmp_path / "two", script="mimgnet/main.py")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    rows = [list(csv.DictReader(open(run / "metrics.csv"))) for run in (tmp_path / "one", tmp_path / "two")]
+    for a, b in zip(*rows):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-5)
+        assert float(b["val_1shot"]) == pytest.approx(float(a["val_1shot"]), abs=0.005)  # a query may flip
