@@ -1,5 +1,8 @@
 import math
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,17 @@ def to_reference_state_dict(model, prefixes, way=5):
     state["log_norm_constant"] = torch.tensor(-0.5 * math.log(2 * math.pi))
     state["uniform_pi"] = torch.full((way,), 1.0 / way)
     return state
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args, script="omniglot/main.py", processes=2, **env):
+    """`torchrun --nproc_per_node processes script args` on CPU, one thread per process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                           "--master_port", str(free_port()), script, *map(str, args)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)

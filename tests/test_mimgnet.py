@@ -20,8 +20,7 @@ from mimgnet.dataset import load_features
 from mimgnet.model import REFERENCE_PREFIXES, FeatureGMVAE
 from mimgnet.trainer import MIMGNET
 
-from .conftest import REPO_ROOT, reference_key_shapes, to_reference_state_dict
-from .test_distributed import torchrun
+from .conftest import REPO_ROOT, reference_key_shapes, to_reference_state_dict, torchrun
 
 
 def test_parameter_count_and_reference_names():

@@ -21,8 +21,7 @@ from metagmvae.errors import UserError
 from simclr.data import load_split
 from simclr.main import main as simclr_main
 
-from .conftest import REPO_ROOT
-from .test_distributed import torchrun
+from .conftest import REPO_ROOT, torchrun
 
 PER_CLASS = 12
 # split -> synsets in CSV order; train's is not sorted, to show that preparing keeps the CSV order
