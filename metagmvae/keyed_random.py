@@ -6,11 +6,11 @@ Each stream is a CPU generator, so CPU and GPU runs draw the same numbers.
 import numpy as np
 import torch
 
-# The first element of every key after the seed: what the draws are for.
+# The element after the seed in every key: what the draws are for.
 TRAINING = 0           # (seed, TRAINING, step, episode): an unlabeled set, its MC noise and its EM start
 EVAL_EPISODES = 1      # (seed, EVAL_EPISODES, way, shot): the classes and items of fixed evaluation episodes
 EVAL_NOISE = 2         # (seed, EVAL_NOISE, way, shot, episode): the MC noise of one evaluation episode
-VALIDATION_SETS = 3    # (seed, VALIDATION_SETS): the unlabeled validation sets of --select-by val-elbo
+VALIDATION_SETS = 3    # (seed, VALIDATION_SETS, set): the items of one unlabeled validation set (val-elbo)
 VALIDATION_NOISE = 4   # (seed, VALIDATION_NOISE, set): the MC noise and EM start of one validation set
 
 

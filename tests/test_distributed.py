@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 
 from metagmvae import distributed
 from metagmvae.checkpoint import load_checkpoint
+from metagmvae.keyed_random import TRAINING, EpisodeRandom
 from metagmvae.training import CRASH_AT_STEP, draw_training_sets, make_optimizer, train_step
 from omniglot.model import OmniglotGMVAE
 from simclr.model import SimCLR
@@ -103,6 +104,17 @@ def test_two_simclr_processes_train_as_one(tmp_path, float64):
     for rank_loss, rank_state in on_processes(train_simclr, tmp_path):
         assert rank_loss == pytest.approx(loss, rel=1e-12)
         assert_same_state(rank_state, state)
+
+
+def test_an_episode_draws_the_same_numbers_in_any_batch():
+    whole = EpisodeRandom.for_episodes(range(4), 0, TRAINING, 7)
+    part = EpisodeRandom.for_episodes(range(2, 4), 0, TRAINING, 7)
+    assert torch.equal(whole.randint(100, 4, 5)[2:], part.randint(100, 2, 5))
+    assert torch.equal(whole.randn(4, 3, 2)[2:], part.randn(2, 3, 2))
+    again, other_step = (EpisodeRandom.for_episodes(range(2, 4), 0, TRAINING, step) for step in (7, 8))
+    assert not torch.equal(other_step.randn(2, 3, 2), again.randn(2, 3, 2))
+    with pytest.raises(ValueError, match="3 rows asked of 2 episode streams"):
+        part.rand(3, 5)
 
 
 def shares():
