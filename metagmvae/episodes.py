@@ -31,11 +31,13 @@ class EpisodeSampler:
             raise ValueError("way, shot and query must be positive")
         self.data, self.way, self.shot, self.query = data, way, shot, query
 
-    def sample_indices(self, num_episodes, generator=None):
-        """Random (classes (E, way), instances (E, way, shot + query)), distinct within an episode."""
+    def sample_indices(self, rng):
+        """Random (classes (E, way), instances (E, way, shot + query)), distinct within an episode, for the E
+        episodes of rng (an EpisodeRandom): episode e from its own stream."""
         C, I = self.data.shape[:2]
-        classes = torch.rand(num_episodes, C, generator=generator).argsort(-1)[:, :self.way]
-        instances = torch.rand(num_episodes, self.way, I, generator=generator).argsort(-1)[..., :self.shot + self.query]
+        E = len(rng)
+        classes = rng.rand(E, C).argsort(-1)[:, :self.way]
+        instances = rng.rand(E, self.way, I).argsort(-1)[..., :self.shot + self.query]
         return classes, instances
 
     def gather(self, classes, instances):

@@ -11,7 +11,7 @@ import torch
 
 from . import distributed
 from .episodes import EpisodeSampler
-from .keyed_random import EVAL_EPISODES, EVAL_NOISE, EpisodeRandom, keyed_generator
+from .keyed_random import EVAL_EPISODES, EVAL_NOISE, EpisodeRandom
 from .metrics import mean_confidence_interval
 from .runtime import autocast
 
@@ -45,9 +45,10 @@ class EvalSet:
 
 
 def make_eval_set(data, way, shot, query, num_episodes, seed):
-    """Episodes drawn from their own generator, keyed by (seed, way, shot)."""
+    """Episodes drawn from streams keyed by (seed, way, shot, episode)."""
     sampler = EpisodeSampler(data, way, shot, query)
-    classes, instances = sampler.sample_indices(num_episodes, keyed_generator(seed, EVAL_EPISODES, way, shot))
+    classes, instances = sampler.sample_indices(EpisodeRandom.for_episodes(range(num_episodes), seed, EVAL_EPISODES,
+                                                                           way, shot))
     return EvalSet(sampler, classes, instances, seed)
 
 

@@ -243,16 +243,14 @@ def write_run_figures(model, data, folder, metrics_csv, args):
     """
     folder = Path(folder)
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(args.seed)
+    rng = EpisodeRandom([(args.seed,)])  # one stream: the same items and episode at every validation
     train = data["train"].flatten(0, 1)
     with seeded_eval(model, device, args.seed):
-        paths = [save_reconstructions(model, train[torch.randint(len(train), (16,), generator=generator)],
-                                      folder / "reconstructions.png"),
-                 save_episode_mixture(model, train[torch.randint(len(train), (min(args.sample_size, 60),),
-                                                                 generator=generator)],
+        paths = [save_reconstructions(model, train[rng.randint(len(train), 1, 16)[0]], folder / "reconstructions.png"),
+                 save_episode_mixture(model, train[rng.randint(len(train), 1, min(args.sample_size, 60))[0]],
                                       args.way, args.unsupervised_em_iters, folder / "mixture.png")]
         sampler = EpisodeSampler(data["val"], args.eval_way, 1, min(args.query, 3))
-        ep = sampler.gather(*sampler.sample_indices(1, generator))
+        ep = sampler.gather(*sampler.sample_indices(rng))
         with _inference(model):
             probs = model.predict(ep.support.to(device), ep.y_support.to(device), ep.query.to(device), args.eval_way,
                                   args.test_mc_sample_size, args.semisupervised_em_iters)
