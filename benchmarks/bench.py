@@ -1,9 +1,11 @@
 """Speed benchmark: ms per training step and per prediction batch, with peak memory.
 
-Each configuration runs in a fresh subprocess so that its peak resident memory is its own.
+Each configuration runs in a fresh subprocess so that its peak memory (resident on CPU, allocated on the
+GPU) is its own.
 
     python benchmarks/bench.py                 # all configurations
     python benchmarks/bench.py --only omniglot-train-reduced --repeats 5
+    python benchmarks/bench.py --device cuda --amp
 """
 import argparse
 import json
@@ -20,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from metagmvae.keyed_random import EpisodeRandom  # noqa: E402
+from metagmvae.runtime import autocast  # noqa: E402
 from mimgnet.model import FeatureGMVAE  # noqa: E402
 from omniglot.model import OmniglotGMVAE  # noqa: E402
 from simclr.augment import two_views  # noqa: E402
@@ -37,84 +40,93 @@ def feature_items(*shape):
     return torch.relu(torch.randn(*shape, 256))
 
 
-def gmvae_train_step(model, items, lr, weight_decay, B, M, S):
+def gmvae_train_step(model, items, lr, weight_decay, B, M, S, device, amp):
     """One Adam step of the Meta-GMVAE objective on B random sets of M items; the MC noise and EM starts
     come from per-episode keyed streams, as in training."""
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    x = items(B, M)
+    x = items(B, M).to(device)
 
     def step():
-        out = model(x, WAY, S, EM_ITERS, rng=EpisodeRandom.for_episodes(range(B), 0))
+        with autocast(device, amp):
+            out = model(x, WAY, S, EM_ITERS, rng=EpisodeRandom.for_episodes(range(B), 0))
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
     return step
 
 
-def gmvae_predict(model, items, B, S):
+def gmvae_predict(model, items, B, S, device, amp):
     """Prediction for B five-way one-shot episodes with 15 queries per class."""
-    model.eval()
-    support, query = items(B, WAY * SHOT), items(B, WAY * QUERY)
-    labels = torch.arange(WAY).repeat_interleave(SHOT).expand(B, -1)
+    model.to(device).eval()
+    support, query = items(B, WAY * SHOT).to(device), items(B, WAY * QUERY).to(device)
+    labels = torch.arange(WAY, device=device).repeat_interleave(SHOT).expand(B, -1)
 
     def predict():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, amp):
             model.predict(support, labels, query, WAY, S, EM_ITERS, EpisodeRandom.for_episodes(range(B), 0))
     return predict
 
 
-def simclr_train_step(batch):
+def simclr_train_step(batch, device, amp):
     """Two augmented views of a uint8 batch, forward, NT-Xent, backward, Adam."""
-    model = SimCLR()
+    model = SimCLR().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    images = torch.randint(0, 256, (batch, 3, 84, 84), dtype=torch.uint8)
+    images = torch.randint(0, 256, (batch, 3, 84, 84), dtype=torch.uint8).to(device)
     generator = torch.Generator().manual_seed(0)
 
     def step():
         view1, view2 = two_views(images, generator)
-        loss = nt_xent(*model(torch.cat([view1, view2])).chunk(2))
+        with autocast(device, amp):
+            z = model(torch.cat([view1, view2]))
+        loss = nt_xent(*z.float().chunk(2))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return step
 
 
-def simclr_augment(batch):
-    images = torch.randint(0, 256, (batch, 3, 84, 84), dtype=torch.uint8)
+def simclr_augment(batch, device, amp):
+    images = torch.randint(0, 256, (batch, 3, 84, 84), dtype=torch.uint8).to(device)
     generator = torch.Generator().manual_seed(0)
     return lambda: two_views(images, generator)
 
 
-# name -> (description of the work, runner factory); the reference's cost is in REFERENCE.md
+# name -> (description of the work, runner factory (device, amp)); the reference's cost is in REFERENCE.md
 CONFIGS = {
-    "omniglot-train-default": ("B=4 M=200 S=32", lambda: gmvae_train_step(
-        OmniglotGMVAE(), omniglot_items, 1e-3, 1e-6, 4, 200, 32)),
-    "omniglot-train-reduced": ("B=1 M=100 S=8", lambda: gmvae_train_step(
-        OmniglotGMVAE(), omniglot_items, 1e-3, 1e-6, 1, 100, 8)),
-    "omniglot-predict": ("4 episodes 5-way 1-shot 15 query, S=32", lambda: gmvae_predict(
-        OmniglotGMVAE(), omniglot_items, 4, 32)),
-    "mimgnet-train-default": ("B=16 M=5 S=256", lambda: gmvae_train_step(
-        FeatureGMVAE(), feature_items, 1e-4, 5e-2, 16, 5, 256)),
-    "mimgnet-predict": ("16 episodes 5-way 1-shot 15 query, S=256", lambda: gmvae_predict(
-        FeatureGMVAE(), feature_items, 16, 256)),
-    "simclr-augment-512": ("two views of 512 images", lambda: simclr_augment(512)),
-    "simclr-train-512": ("batch 512 incl. augmentation", lambda: simclr_train_step(512)),
+    "omniglot-train-default": ("B=4 M=200 S=32", lambda *d: gmvae_train_step(
+        OmniglotGMVAE(), omniglot_items, 1e-3, 1e-6, 4, 200, 32, *d)),
+    "omniglot-train-reduced": ("B=1 M=100 S=8", lambda *d: gmvae_train_step(
+        OmniglotGMVAE(), omniglot_items, 1e-3, 1e-6, 1, 100, 8, *d)),
+    "omniglot-predict": ("4 episodes 5-way 1-shot 15 query, S=32", lambda *d: gmvae_predict(
+        OmniglotGMVAE(), omniglot_items, 4, 32, *d)),
+    "mimgnet-train-default": ("B=16 M=5 S=256", lambda *d: gmvae_train_step(
+        FeatureGMVAE(), feature_items, 1e-4, 5e-2, 16, 5, 256, *d)),
+    "mimgnet-predict": ("16 episodes 5-way 1-shot 15 query, S=256", lambda *d: gmvae_predict(
+        FeatureGMVAE(), feature_items, 16, 256, *d)),
+    "simclr-augment-512": ("two views of 512 images", lambda *d: simclr_augment(512, *d)),
+    "simclr-train-512": ("batch 512 incl. augmentation", lambda *d: simclr_train_step(512, *d)),
 }
 
 
-def measure(name, repeats, warmup):
+def measure(name, repeats, warmup, device, amp):
+    """Min and median ms over `repeats` runs after `warmup`; peak GPU memory allocated, or peak RSS on CPU."""
     torch.manual_seed(0)
-    run = CONFIGS[name][1]()
+    run = CONFIGS[name][1](device, amp)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         run()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         run()
+        sync()
         times.append(1000 * (time.perf_counter() - start))
+    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"config": name, "work": CONFIGS[name][0], "min_ms": min(times),
-            "median_ms": statistics.median(times), "repeats": repeats,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "median_ms": statistics.median(times), "repeats": repeats, "peak_mib": peak}
 
 
 def main():
@@ -122,19 +134,25 @@ def main():
     p.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="configurations to run (default: all)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for the networks, as the --amp flag of main.py")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    device = torch.device(args.device)
     if args.child:
-        print(json.dumps(measure(args.child, args.repeats, args.warmup)))
+        print(json.dumps(measure(args.child, args.repeats, args.warmup, device, args.amp)))
         return
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{torch.backends.mkldnn.is_available() and 'oneDNN' or 'no oneDNN'}, python {sys.version.split()[0]}")
-    print("| configuration | work | min ms | median ms | peak RSS MiB |\n|---|---|---|---|---|")
+    where = (torch.cuda.get_device_name() if device.type == "cuda" else
+             f"threads {torch.get_num_threads()}, {torch.backends.mkldnn.is_available() and 'oneDNN' or 'no oneDNN'}")
+    print(f"torch {torch.__version__}, {where}, amp {args.amp}, python {sys.version.split()[0]}")
+    memory = "peak GPU MiB" if device.type == "cuda" else "peak RSS MiB"
+    print(f"| configuration | work | min ms | median ms | {memory} |\n|---|---|---|---|---|")
     for name in args.only or CONFIGS:
         out = subprocess.run([sys.executable, __file__, "--child", name, "--repeats", str(args.repeats),
-                              "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
+                              "--warmup", str(args.warmup), "--device", args.device, *(["--amp"] * args.amp)],
+                             capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {name} | {r['work']} | {r['min_ms']:.0f} | {r['median_ms']:.0f} | {r['peak_rss_mib']:.0f} |",
+        print(f"| {name} | {r['work']} | {r['min_ms']:.0f} | {r['median_ms']:.0f} | {r['peak_mib']:.0f} |",
               flush=True)
 
 
