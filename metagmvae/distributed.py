@@ -184,8 +184,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and is_distributed()):
             return super().forward(x)
         dims, shape = (0, 2, 3), (1, -1, 1, 1)
-        count = sum_over_processes(torch.tensor(x.numel() // x.shape[1], dtype=torch.float64)).item()
-        mean = all_reduce_sum_with_grad(x.sum(dims)) / count
+        # one collective for the sums and the item count: (C + 1,)
+        totals = all_reduce_sum_with_grad(torch.cat([x.sum(dims), x.new_tensor([x.numel() // x.shape[1]])]))
+        count = totals[-1].item()
+        mean = totals[:-1] / count
         centred = x - mean.view(shape)
         var = all_reduce_sum_with_grad(centred.square().sum(dims)) / count
         scale = self.weight * (var + self.eps).rsqrt()
