@@ -21,8 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metagmvae.keyed_random import EpisodeRandom  # noqa: E402
-from metagmvae.runtime import autocast  # noqa: E402
+from metagmvae.episodes import EpisodeRandom  # noqa: E402
+from metagmvae.gmvae import autocast  # noqa: E402
 from mimgnet.model import FeatureGMVAE  # noqa: E402
 from omniglot.model import OmniglotGMVAE  # noqa: E402
 from simclr.augment import two_views  # noqa: E402
@@ -92,7 +92,7 @@ def simclr_augment(batch, device, amp):
     return lambda: two_views(images, generator)
 
 
-# name -> (description of the work, runner factory (device, amp)); the reference's cost is in REFERENCE.md
+# name -> (description of the work, runner factory (device, amp))
 CONFIGS = {
     "omniglot-train-default": ("B=4 M=200 S=32", lambda *d: gmvae_train_step(
         OmniglotGMVAE(), omniglot_items, 1e-3, 1e-6, 4, 200, 32, *d)),

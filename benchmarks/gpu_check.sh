@@ -5,12 +5,12 @@
 #   2. --amp against float32 on the real Omniglot sample: same seed, the reduced configuration, STEPS steps,
 #      1000 test episodes per shot, so the two accuracies compare within their 95% CIs;
 #   3. torchrun with one process on the GPU: the NCCL, SyncBatchNorm and DDP path.
-# Usage: bash benchmarks/gpu_check.sh [OUT_DIR]; the sample zips are read from $OMNIGLOT_ZIPS
-# (default ../shared/data/omniglot). DEVICE=cpu STEPS=3 smoke-tests the script without a GPU.
+# Usage: OMNIGLOT_ZIPS=DIR bash benchmarks/gpu_check.sh [OUT_DIR], DIR holding the official
+# images_background_small1.zip and small2.zip. DEVICE=cpu STEPS=3 smoke-tests the script without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/gpu-check}
-zips=${OMNIGLOT_ZIPS:-../shared/data/omniglot}
+zips=${OMNIGLOT_ZIPS:?set OMNIGLOT_ZIPS to the folder holding images_background_small1.zip and small2.zip}
 device=${DEVICE:-cuda}
 steps=${STEPS:-2500}
 configs=(omniglot-train-default omniglot-train-reduced omniglot-predict mimgnet-train-default mimgnet-predict

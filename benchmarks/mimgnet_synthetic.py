@@ -24,9 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metagmvae.baselines import nearest_class_mean_accuracies  # noqa: E402
-from metagmvae.checkpoint import save_checkpoint  # noqa: E402
-from metagmvae.evaluation import make_eval_set, summarize  # noqa: E402
+from metagmvae.episodes import make_eval_set  # noqa: E402
+from metagmvae.evaluation import nearest_class_mean_accuracies, summarize  # noqa: E402
+from metagmvae.runfiles import save_checkpoint  # noqa: E402
 from mimgnet.dataset import load_features  # noqa: E402
 from simclr.model import SimCLR  # noqa: E402
 from simclr.trainer import IMAGE_SIZE  # noqa: E402

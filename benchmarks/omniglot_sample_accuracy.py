@@ -1,4 +1,5 @@
-"""Accuracy run on the real Omniglot sample (../shared/data/omniglot), sized for a 2-core CPU.
+"""Accuracy run on the real Omniglot sample (the official images_background_small1/2.zip), sized for a
+2-core CPU.
 
 Builds the sample dataset, trains with omniglot/main.py at the authors' reduced CPU configuration
 (5-way prior, B=1, M=100, S=8), first for --steps-a steps, then resumes to --steps-b (0: no second
@@ -7,11 +8,12 @@ pixel-space nearest-class-mean baseline on the very same episodes.  Prints a Mar
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/omniglot_sample_accuracy.py --out runs/sample-accuracy
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/omniglot_sample_accuracy.py --out runs/sample-elbo \
-        --select-by val-elbo --steps-b 0
+        --select-by val-elbo --steps-b 0 --zips images_background_small1.zip images_background_small2.zip
+
+Without --zips the two zips are downloaded from the official Omniglot repository into <out>/downloads.
 """
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data.prepare_omniglot import build_omniglot  # noqa: E402
-from metagmvae.baselines import nearest_class_mean_accuracies  # noqa: E402
-from metagmvae.evaluation import make_eval_set, summarize  # noqa: E402
+from data.prepare_omniglot import SAMPLE_ARCHIVES, URL_BASE, build_omniglot, download_archives  # noqa: E402
+from metagmvae.episodes import make_eval_set  # noqa: E402
+from metagmvae.evaluation import nearest_class_mean_accuracies, summarize  # noqa: E402
 from omniglot.dataset import load_split  # noqa: E402
 
 TRAIN_FLAGS = ["--way", "5", "--sample-size", "100", "--batch-size", "1", "--train-mc-sample-size", "8",
@@ -58,7 +60,8 @@ def test_checkpoints(run_dir, data_dir, seed, episodes, checkpoint):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "sample-accuracy")
-    p.add_argument("--source", type=Path, nargs="+", help="Omniglot zips (default: the shared sample zips)")
+    p.add_argument("--zips", type=Path, nargs="+",
+                   help="images_background_small1.zip and small2.zip (None: download them into <out>/downloads)")
     p.add_argument("--steps-a", type=int, default=2500,
                    help="first stage (about the 16 CPU minutes of the authors' 1000 steps)")
     p.add_argument("--steps-b", type=int, default=5000, help="second stage, resumed from the first (0: none)")
@@ -68,8 +71,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    shared = Path(os.environ.get("METAGMVAE_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    sources = args.source or sorted((shared / "omniglot").glob("images_background_small*.zip"))
+    sources = args.zips or download_archives(URL_BASE, args.out / "downloads", SAMPLE_ARCHIVES)
     data_dir = args.out / "data"
     build_omniglot(sources, data_dir, seed=0)
     test = load_split(data_dir, "test")

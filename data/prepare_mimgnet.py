@@ -4,7 +4,7 @@ Each image is converted to RGB and resized to 84x84 with Pillow's Image.BILINEAR
 bilinear filter when it shrinks, i.e. it antialiases; the aspect ratio is not kept). Every split is
 written as uint8 (classes, per_class, 84, 84, 3): classes in the order they first appear in the CSV,
 images in CSV order within a class. manifest.json lists the class names (synsets), the per-class count,
-the source CSVs and any skipped image (REFERENCE.md, "Datasets and splits").
+the source CSVs and any skipped image (docs/method.md).
 
     python data/prepare_mimgnet.py                          # reads data/imgnet/{images/,train.csv,...}
     python data/prepare_mimgnet.py --images DIR --splits DIR --out data/imgnet --skip-bad
@@ -22,9 +22,8 @@ from tqdm import tqdm
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metagmvae.errors import UserError, exit_on_user_error  # noqa: E402
-from metagmvae.fileio import atomic_path, write_json  # noqa: E402
-from metagmvae.helpformat import HelpFormatter  # noqa: E402
+from metagmvae.runfiles import UserError, atomic_path, exit_on_user_error, write_json  # noqa: E402
+from metagmvae.cli import HelpFormatter  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "imgnet"
 SPLITS = ("train", "val", "test")

@@ -1,8 +1,8 @@
 """Build the Omniglot arrays train.npy / val.npy / test.npy from the official zips.
 
 Each character's 20 drawings (105x105, black ink on white) are resized to 28x28 with Lanczos
-filtering and inverted so ink = 1.0. Characters are split 1200 / 100 / 323 (REFERENCE.md, "Datasets
-and splits") by a seeded permutation, and each rotation by 0, 90, 180, 270 degrees is a class of its
+filtering and inverted so ink = 1.0. Characters are split 1200 / 100 / 323 (docs/method.md) by
+a seeded permutation, and each rotation by 0, 90, 180, 270 degrees is a class of its
 own: every split file is shaped (4 * characters, 20, 28, 28, 1) float32.
 
     python data/prepare_omniglot.py --out data/omniglot                 # downloads the two zips
@@ -18,7 +18,6 @@ import sys
 import urllib.request
 import zipfile
 import zlib
-from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,18 +28,17 @@ from tqdm import tqdm
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metagmvae.errors import UserError, exit_on_user_error  # noqa: E402
-from metagmvae.fileio import atomic_path, write_json  # noqa: E402
-from metagmvae.helpformat import HelpFormatter  # noqa: E402
+from data.omniglot_build import IMAGE_SIZE, SPLITS, split_characters, with_rotations, write_build  # noqa: E402
+from data.synthetic_omniglot import build_synthetic_omniglot  # noqa: E402
+from metagmvae.cli import HelpFormatter  # noqa: E402
+from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 
 URL_BASE = "https://github.com/brendenlake/omniglot/raw/master/python/"
 # Official archive -> number of characters it holds (30 + 20 alphabets, 1623 characters in all).
 OFFICIAL_ARCHIVES = {"images_background.zip": 964, "images_evaluation.zip": 659}
+# The official small sample (8 alphabets, 242 distinct characters: Greek and Latin are in both).
+SAMPLE_ARCHIVES = {"images_background_small1.zip": 136, "images_background_small2.zip": 156}
 DRAWINGS_PER_CHARACTER = 20
-REFERENCE_SPLIT = (1200, 100, 323)  # train / val / test characters of the full set
-SPLITS = ("train", "val", "test")
-ROTATIONS = 4  # 0, 90, 180, 270 degrees
-IMAGE_SIZE = 28
 LAYOUT = "<Alphabet>/<characterNN>/<drawing>.png (e.g. images_background/Greek/character01/0394_01.png)"
 PREPROCESSING = (
     "PNG -> grayscale -> 28x28 with Pillow LANCZOS -> float32 1 - pixel/255 (ink = 1.0, background = 0.0); "
@@ -148,36 +146,6 @@ def load_character(drawings):
     return np.stack(images)
 
 
-def split_counts(n):
-    """(train, val, test) character counts in the reference proportions 1200:100:323, each >= 1."""
-    if n < len(SPLITS):
-        raise UserError(f"{n} characters cannot fill {len(SPLITS)} splits")
-    total = sum(REFERENCE_SPLIT)
-    val, test = (max(1, round(n * c / total)) for c in REFERENCE_SPLIT[1:])
-    return n - val - test, val, test
-
-
-def split_characters(n, seed, counts=None):
-    """Seeded split of characters 0..n-1: three sorted index arrays (train, val, test).
-
-    `counts` gives the three sizes (default: split_counts(n)); they must sum to n, each >= 1.
-    """
-    counts = tuple(counts) if counts is not None else split_counts(n)
-    if len(counts) != len(SPLITS) or sum(counts) != n or min(counts) < 1:
-        given = " ".join(map(str, counts))
-        raise UserError(f"--split {given}: need {len(SPLITS)} counts >= 1 summing to {n}")
-    perm = np.random.default_rng(seed).permutation(n)
-    bounds = np.cumsum(counts)[:-1]
-    return tuple(np.sort(part) for part in np.split(perm, bounds))
-
-
-def with_rotations(images):
-    """(C, 20, 28, 28) characters -> (4C, 20, 28, 28, 1) classes; class 4c + r is rotated by 90r degrees."""
-    rotated = [np.rot90(images, r, axes=(-2, -1)) for r in range(ROTATIONS)]
-    rotated = np.stack(rotated, axis=1)  # (C, 4, 20, 28, 28)
-    return np.ascontiguousarray(rotated.reshape(-1, *images.shape[1:], 1))
-
-
 def sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -210,19 +178,6 @@ def build_omniglot(sources, out, seed=0, split=None):
     }
     write_build(out, arrays, manifest)
     return manifest
-
-
-def write_build(out, arrays, manifest):
-    """Write {split}.npy and manifest.json atomically; the files are renamed into place together."""
-    out = Path(out)
-    try:
-        with ExitStack() as stack:  # renames happen on exit, in reverse order: the manifest last
-            write_json(stack.enter_context(atomic_path(out / "manifest.json")), manifest)
-            for name, array in arrays.items():
-                with open(stack.enter_context(atomic_path(out / f"{name}.npy")), "wb") as f:
-                    np.save(f, array)
-    except OSError as e:
-        raise UserError(f"{out}: cannot write the outputs ({e})") from None
 
 
 def _fetch(url, path):
@@ -279,6 +234,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder for train/val/test.npy and manifest.json")
+    parser.add_argument("--sample", action="store_true",
+                        help="download the official small sample (images_background_small1/2.zip) instead")
     parser.add_argument("--source", type=Path, nargs="+", action="extend", metavar="PATH",
                         help="local Omniglot zips or extracted folders (default: download the official zips)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the character split")
@@ -297,11 +254,11 @@ def main(argv=None):
         if args.synthetic and args.source:
             raise UserError("--synthetic generates its own drawings; drop --source")
         if args.synthetic:
-            # imported here: the generator itself imports this module's split and writing functions
-            from data.synthetic_omniglot import build_synthetic_omniglot
             manifest = build_synthetic_omniglot(args.out, args.characters, args.drawings, args.seed, args.split)
         else:
-            sources = args.source or download_archives(args.url_base, args.download_dir or args.out / "downloads")
+            archives = SAMPLE_ARCHIVES if args.sample else OFFICIAL_ARCHIVES
+            sources = args.source or download_archives(args.url_base, args.download_dir or args.out / "downloads",
+                                                       archives)
             manifest = build_omniglot(sources, args.out, args.seed, args.split)
     summary = [f"{k} {n} characters -> {manifest['shapes'][k]}" for k, n in manifest["split_counts"].items()]
     print(f"wrote {args.out}: {', '.join(summary)}")

@@ -25,7 +25,7 @@ from PIL import Image
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metagmvae.errors import UserError, exit_on_user_error  # noqa: E402
+from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 NOISE_STD = 12.0  # per pixel and channel, in uint8 levels

@@ -6,7 +6,7 @@ is a few of its alphabet's templates, each perturbed, scaled, rotated and placed
 Each of its drawings is one drawer's attempt: noise on every control point and stroke, a pen width of its
 own and a small affine change (rotation, scale, shear, translation). Drawings are rendered white-on-black
 at 105x105 (Omniglot's size), resized to 28x28 with Lanczos filtering and scaled to [0, 1], ink = 1, as
-the real images are. The split, the four rotations as classes and the files come from prepare_omniglot.
+the real images are. The split, the four rotations as classes and the files come from omniglot_build.py.
 
     python data/synthetic_omniglot.py --out data/synthetic_omniglot --characters 300
 """
@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.prepare_omniglot import IMAGE_SIZE, SPLITS, split_characters, with_rotations, write_build  # noqa: E402
-from metagmvae.errors import UserError, exit_on_user_error  # noqa: E402
+from data.omniglot_build import IMAGE_SIZE, SPLITS, split_characters, with_rotations, write_build  # noqa: E402
+from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 
 RENDER_SIZE = 105  # Omniglot's drawings are 105x105
 HALF_EXTENT = 0.36  # the character box [-1, 1]^2 spans 2 * 0.36 of the canvas side

@@ -1,13 +1,20 @@
-"""The command line shared by omniglot/main.py and mimgnet/main.py (the reference's flag names)."""
+"""The command line that omniglot/main.py and mimgnet/main.py share (the reference's flag names), its
+checks, and the printed results."""
 import argparse
-from pathlib import Path
 
 from . import distributed
-from .errors import UserError, exit_on_user_error
-from .experiment import evaluate_checkpoint, train_and_test
-from .fileio import write_json
-from .helpformat import HelpFormatter
-from .runtime import seed_everything
+from .runfiles import RunDir, UserError
+
+# Flags that define the model or the objective: a resumed run must keep them.
+RESUME_INVARIANT_FLAGS = ("latent_size", "way", "batch_size", "sample_size", "train_mc_sample_size",
+                          "unsupervised_em_iters", "fix_pi", "lr", "weight_decay", "seed", "select_by")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse help with defaults shown, except a None whose meaning the help states."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def experiment_parser(description, data_dir, **defaults):
@@ -58,7 +65,7 @@ def experiment_parser(description, data_dir, **defaults):
 
 
 def finish_args(args):
-    """Fill derived defaults after parsing."""
+    """Fill derived defaults after parsing; returns args."""
     if args.eval_way is None:
         args.eval_way = args.way
     if args.debug:
@@ -90,23 +97,15 @@ def check_args(args, positive=()):
         raise UserError("--resume and --overwrite exclude each other")
 
 
-def run(experiment, args, prog, positive=()):
-    """Check the flags, then train and test, or test one checkpoint; print the test accuracies."""
-    with exit_on_user_error(prog):
-        check_args(args, positive)
-        with distributed.process_group(args.device, args.gpu_id) as device:
-            seed_everything(args.seed)
-            if args.eval_only:
-                results = evaluate_checkpoint(experiment, args, device)
-                if args.save_dir is not None and distributed.is_main():
-                    write_json(Path(args.save_dir) / "eval_results.json", results)
-            else:
-                results = train_and_test(experiment, args, device)
+def finish(results, eval_results_dir=None):
+    """Rank 0 prints the test accuracies and the baselines', in %; with eval_results_dir (--eval-only
+    --save-dir) it also writes them to eval_results.json there."""
     if not distributed.is_main():
-        return results
+        return
+    if eval_results_dir is not None:
+        RunDir(eval_results_dir).write_results(results, "eval_results.json")
     for key, res in results["test"].items():
         print(f"{key}: {100 * res['mean']:.2f} +- {100 * res['ci95']:.2f} % over {res['episodes']} episodes")
     for name, tests in results["baselines"].items():
         print(f"baseline {name}: " + ", ".join(f"{key} {100 * res['mean']:.2f} +- {100 * res['ci95']:.2f} %"
                                              for key, res in tests.items()))
-    return results

@@ -17,8 +17,20 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import UserError
-from .runtime import resolve_device
+from .runfiles import UserError
+
+
+def resolve_device(name="auto", gpu_id=0):
+    """'auto' -> cuda:gpu_id when available, else cpu; asking for cuda without one is an error."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown device {name!r} (use auto, cpu or cuda)")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available")
+    if gpu_id >= torch.cuda.device_count():
+        raise UserError(f"--gpu-id {gpu_id} does not exist ({torch.cuda.device_count()} GPUs visible)")
+    return torch.device("cuda", gpu_id)
 
 
 def is_distributed():

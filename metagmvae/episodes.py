@@ -1,13 +1,63 @@
-"""Episode sampling.
+"""Episodes: keyed random streams, labeled N-way K-shot episodes, unlabeled training sets, and the
+fixed evaluation episodes.
 
-Labeled test episodes come from arrays shaped (C classes, I instances, ...): N-way, `shot` support
-and `query` query items per class.  Unlabeled training sets are drawn with replacement from all
-training images pooled, so meta-training never reads a label.
+Every random draw is keyed by what it is for, so results do not depend on batching or on the number of
+processes: each episode has its own stream, seeded by (seed, purpose, ..., global episode index). A stream
+is a numpy PCG64 generator seeded through SeedSequence, so distinct keys give independent streams (torch's
+CPU generator keeps only 32 bits of a seed, too few for the 240,000 episodes of a run), and CPU and GPU
+runs draw the same numbers.
+
+Labeled episodes come from arrays shaped (C classes, I instances, ...): N-way, `shot` support and `query`
+query items per class. Unlabeled training sets are drawn with replacement from all training images
+pooled, so meta-training never reads a label.
 """
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .runfiles import UserError
+
+# The element after the seed in every key: what the draws are for.
+TRAINING = 0           # (seed, TRAINING, step, episode): an unlabeled set, its MC noise and its EM start
+EVAL_EPISODES = 1      # (seed, EVAL_EPISODES, way, shot, episode): the classes and items of an evaluation episode
+EVAL_NOISE = 2         # (seed, EVAL_NOISE, way, shot, episode): the MC noise of one evaluation episode
+VALIDATION_SETS = 3    # (seed, VALIDATION_SETS, set): the items of one unlabeled validation set (val-elbo)
+VALIDATION_NOISE = 4   # (seed, VALIDATION_NOISE, set): the MC noise and EM start of one validation set
+
+
+class EpisodeRandom:
+    """One random stream per episode.  Draws have shape (E, ...): row e comes from episode e's stream,
+    so an episode gets the same numbers whichever episodes share its batch or process."""
+
+    def __init__(self, keys):
+        """keys: one tuple of non-negative integers per episode."""
+        self.streams = [np.random.default_rng(np.random.SeedSequence(list(key))) for key in keys]
+
+    @classmethod
+    def for_episodes(cls, episodes, *prefix):
+        """Streams keyed (*prefix, e) for each global episode index e in `episodes`."""
+        return cls([(*prefix, e) for e in episodes])
+
+    def __len__(self):
+        return len(self.streams)
+
+    def _draw(self, draw, shape):
+        if shape[0] != len(self.streams):
+            raise ValueError(f"{shape[0]} rows asked of {len(self.streams)} episode streams")
+        return torch.from_numpy(np.stack([draw(stream, shape[1:]) for stream in self.streams]))
+
+    def rand(self, *shape):
+        """Uniform [0, 1) float32 CPU tensor of shape (E, ...)."""
+        return self._draw(lambda stream, s: stream.random(s, dtype=np.float32), shape)
+
+    def randn(self, *shape):
+        """Standard normal float32 CPU tensor of shape (E, ...)."""
+        return self._draw(lambda stream, s: stream.standard_normal(s, dtype=np.float32), shape)
+
+    def randint(self, high, *shape):
+        """Integers in [0, high), int64 CPU tensor of shape (E, ...)."""
+        return self._draw(lambda stream, s: stream.integers(high, size=s), shape)
 
 @dataclass
 class Episodes:
@@ -57,3 +107,55 @@ def sample_unlabeled_sets(num_items, sample_size, rng):
     """Indices (E, M) into the pooled items, drawn with replacement; row e from episode e's stream of
     rng (an EpisodeRandom)."""
     return rng.randint(num_items, len(rng), sample_size)
+
+
+@dataclass
+class EvalSet:
+    """E fixed episodes of one split: the same episodes at every validation and for every checkpoint."""
+    sampler: EpisodeSampler
+    classes: torch.Tensor    # (E, way)
+    instances: torch.Tensor  # (E, way, shot + query)
+    seed: int
+
+    @property
+    def way(self):
+        return self.sampler.way
+
+    @property
+    def shot(self):
+        return self.sampler.shot
+
+    def __len__(self):
+        return len(self.classes)
+
+    def batches(self, batch_size, start=0, stop=None):
+        """Episodes [start, stop) in batches: (Episodes, EpisodeRandom of their MC noise)."""
+        stop = len(self) if stop is None else stop
+        for first in range(start, stop, batch_size):
+            rows = range(first, min(first + batch_size, stop))
+            yield (self.sampler.gather(self.classes[rows.start:rows.stop], self.instances[rows.start:rows.stop]),
+                   EpisodeRandom.for_episodes(rows, self.seed, EVAL_NOISE, self.way, self.shot))
+
+
+def make_eval_set(data, way, shot, query, num_episodes, seed):
+    """Episodes drawn from streams keyed by (seed, way, shot, episode)."""
+    sampler = EpisodeSampler(data, way, shot, query)
+    classes, instances = sampler.sample_indices(EpisodeRandom.for_episodes(range(num_episodes), seed, EVAL_EPISODES,
+                                                                           way, shot))
+    return EvalSet(sampler, classes, instances, seed)
+
+
+def make_eval_sets(data, way, shots, query, num_episodes, seed):
+    """{shot: EvalSet} of data (C, I, ...) at each shot."""
+    return {shot: make_eval_set(data, way, shot, query, num_episodes, seed) for shot in shots}
+
+
+def check_episodes_fit(split, array, way, query, shots):
+    """Refuse evaluation episodes that a split (C, I, ...) cannot provide."""
+    classes, instances = array.shape[:2]
+    if way > classes:
+        raise UserError(f"--eval-way {way} is larger than the {classes} classes of the {split} split")
+    for shot in shots:
+        if shot + query > instances:
+            raise UserError(f"shot {shot} + --query {query} is larger than the {instances} items per class "
+                            f"of the {split} split")

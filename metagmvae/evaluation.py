@@ -1,55 +1,16 @@
-"""Few-shot evaluation: fixed episodes, semi-supervised EM prediction, mean and 95% CI.
+"""Few-shot evaluation on fixed episodes: semi-supervised EM prediction, accuracy per episode, mean and
+95% CI, and the baselines scored on the very same episodes.
 
-Episode e's classes, items and MC noise are keyed by (seed, way, shot, e), so its score does not depend
-on the batch size or on how torchrun processes share the episodes.
+Episode e's classes, items and MC noise are keyed by (seed, way, shot, e) (episodes.py), so its score does
+not depend on the batch size or on how torchrun processes share the episodes.
 """
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import distributed
-from .episodes import EpisodeSampler
-from .keyed_random import EVAL_EPISODES, EVAL_NOISE, EpisodeRandom
-from .metrics import mean_confidence_interval
-from .runtime import autocast
-
-
-@dataclass
-class EvalSet:
-    """E fixed episodes of one split: the same episodes at every validation and for every checkpoint."""
-    sampler: EpisodeSampler
-    classes: torch.Tensor    # (E, way)
-    instances: torch.Tensor  # (E, way, shot + query)
-    seed: int
-
-    @property
-    def way(self):
-        return self.sampler.way
-
-    @property
-    def shot(self):
-        return self.sampler.shot
-
-    def __len__(self):
-        return len(self.classes)
-
-    def batches(self, batch_size, start=0, stop=None):
-        """Episodes [start, stop) in batches: (Episodes, EpisodeRandom of their MC noise)."""
-        stop = len(self) if stop is None else stop
-        for first in range(start, stop, batch_size):
-            rows = range(first, min(first + batch_size, stop))
-            yield (self.sampler.gather(self.classes[rows.start:rows.stop], self.instances[rows.start:rows.stop]),
-                   EpisodeRandom.for_episodes(rows, self.seed, EVAL_NOISE, self.way, self.shot))
-
-
-def make_eval_set(data, way, shot, query, num_episodes, seed):
-    """Episodes drawn from streams keyed by (seed, way, shot, episode)."""
-    sampler = EpisodeSampler(data, way, shot, query)
-    classes, instances = sampler.sample_indices(EpisodeRandom.for_episodes(range(num_episodes), seed, EVAL_EPISODES,
-                                                                           way, shot))
-    return EvalSet(sampler, classes, instances, seed)
+from .gmvae import autocast
 
 
 @contextmanager
@@ -84,6 +45,75 @@ def episode_accuracies(model, eval_set, mc_samples, em_iters, batch_size, device
     return distributed.gather_rows(np.concatenate(accuracies))
 
 
+def mean_confidence_interval(accuracies):
+    """Mean and 95% half-width 1.96 * std / sqrt(E) (population std, ddof=0, as the reference)."""
+    acc = np.asarray(accuracies, dtype=np.float64)
+    return float(acc.mean()), float(1.96 * acc.std() / np.sqrt(len(acc)))
+
+
 def summarize(accuracies):
     mean, ci95 = mean_confidence_interval(accuracies)
     return {"mean": mean, "ci95": ci95, "episodes": int(len(np.asarray(accuracies)))}
+
+
+def evaluate_shots(model, eval_sets, mc_samples, em_iters, batch_size, device, amp=False):
+    """{shot: {"mean", "ci95", "episodes"}} of the model on each shot's fixed episodes ({shot: EvalSet})."""
+    return {shot: summarize(episode_accuracies(model, eval_set, mc_samples, em_iters, batch_size, device, amp))
+            for shot, eval_set in eval_sets.items()}
+
+
+def result_key(eval_set):
+    """"<way>way-<shot>shot", the key of results.json."""
+    return f"{eval_set.way}way-{eval_set.shot}shot"
+
+
+def with_baselines(test, test_sets, baselines, **fields):
+    """results.json's content: the model's "test" entries, "baselines" scored on the very same test_sets
+    ({name: EvalSet -> accuracies (E,)} -> {name: {"<way>way-<shot>shot": summary}}), and other fields."""
+    scores = {name: {result_key(s): summarize(accuracies(s)) for s in test_sets.values()}
+              for name, accuracies in baselines.items()}
+    return {"test": test, "baselines": scores, **fields}
+
+
+# ---- baselines
+
+def nearest_class_mean_accuracies(eval_set, batch_size=64):
+    """Accuracy (E,) of labelling each query by the nearest class mean of the raw support items
+    (Euclidean distance on flattened pixels or features)."""
+    accuracies = []
+    for ep, _ in eval_set.batches(batch_size):
+        way = eval_set.way
+        support, query = ep.support.flatten(2).float(), ep.query.flatten(2).float()
+        onehot = torch.nn.functional.one_hot(ep.y_support, way).float()       # (E, Ns, way)
+        means = onehot.transpose(1, 2) @ support / onehot.sum(1).unsqueeze(-1)  # (E, way, P)
+        predicted = torch.cdist(query, means).argmin(-1)                       # (E, Nq)
+        accuracies.append((predicted == ep.y_query).float().mean(1))
+    return torch.cat(accuracies).numpy()
+
+
+def logistic_regression_accuracies(eval_set, steps=100, lr=0.1, weight_decay=1e-3, batch_size=256):
+    """Accuracy (E,) of a softmax regression fitted to each episode's support set alone.
+
+    All episodes of a batch are fitted at once (their losses are independent): weights (E, P, way) and
+    biases (E, way), full-batch Adam on the mean cross-entropy + weight_decay * |W|^2, inputs L2-normalised.
+    """
+    accuracies = []
+    for ep, _ in eval_set.batches(batch_size):
+        support = torch.nn.functional.normalize(ep.support.flatten(2).float(), dim=-1)  # (E, Ns, P)
+        query = torch.nn.functional.normalize(ep.query.flatten(2).float(), dim=-1)      # (E, Nq, P)
+        E, _, P = support.shape
+        weight = torch.zeros(E, P, eval_set.way, requires_grad=True)
+        bias = torch.zeros(E, 1, eval_set.way, requires_grad=True)
+        optimizer = torch.optim.Adam([weight, bias], lr=lr)
+        with torch.enable_grad():
+            for _ in range(steps):
+                logits = support @ weight + bias
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ep.y_support.flatten())
+                loss = E * loss + weight_decay * weight.pow(2).sum()  # E * mean: each episode's own mean loss
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():
+            predicted = (query @ weight + bias).argmax(-1)
+        accuracies.append((predicted == ep.y_query).float().mean(1))
+    return torch.cat(accuracies).numpy()

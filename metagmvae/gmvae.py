@@ -8,8 +8,17 @@ import torch
 from torch import nn
 
 from .gmm import LOG_2PI, episode_prior_log_prob, predict_query
-from .runtime import full_precision
 from .set_transformer import SAB
+
+
+def autocast(device, enabled):
+    """bf16 autocast for the networks when `enabled` (--amp); a no-op context otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def full_precision(t):
+    """t as float32 when --amp made it bfloat16; float32 and float64 tensors unchanged."""
+    return t.float() if t.dtype == torch.bfloat16 else t
 
 
 class SetPosterior(nn.Sequential):

@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from .errors import UserError, exit_on_user_error
+from .runfiles import UserError, exit_on_user_error
 
 RESULT_FILES = ("results.json", "eval_results.json")
 KEY = re.compile(r"(\d+)way-(\d+)shot")

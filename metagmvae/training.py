@@ -1,167 +1,251 @@
-"""The meta-training loop shared by the datasets: unlabeled sets -> loss -> Adam; periodic validation,
-best checkpoint per selection score, final test of the selected checkpoints.
+"""Meta-training pieces that omniglot/trainer.py and mimgnet/trainer.py call, in this order: draw a step's
+unlabeled sets, one Adam step on the objective, validate for model selection, log and checkpoint, and
+finally test the selected checkpoints.
 
-`args` is the parsed command line of a dataset's main.py (flag names as the reference's).  Under torchrun
-each process trains on its share of the step's episodes and evaluates its share of the episodes
-(distributed.py); rank 0 writes the files.
+Under torchrun each process trains on its share of a step's episodes and evaluates its share of the
+evaluation episodes (distributed.py); rank 0 writes the files.
 """
 import math
-import os
-import signal
 import time
+from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
-from .episodes import sample_unlabeled_sets
-from .errors import UserError
-from .evaluation import episode_accuracies, seeded_eval, summarize
-from .keyed_random import TRAINING, VALIDATION_NOISE, EpisodeRandom
-from .runtime import autocast, rng_state, set_rng_state
-
-
-# Read by the resume tests only: SIGKILL this process right after the given training step.
-CRASH_AT_STEP = "METAGMVAE_TEST_CRASH_AT_STEP"
+from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRandom, check_episodes_fit, make_eval_sets,
+                       sample_unlabeled_sets)
+from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
+from .gmvae import autocast
+from .runfiles import (RunDir, UserError, build_model, check_same_flags, load_checkpoint, rng_state, save_checkpoint,
+                       set_rng_state)
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or Inf; the last good checkpoint is kept."""
+    """The loss became NaN or Inf."""
 
 
-def make_optimizer(model, args):
-    # L2 added to the gradient (torch Adam's weight_decay), as the reference; not AdamW.
-    return torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+@dataclass(frozen=True)
+class Objective:
+    """Settings of the training objective: an EM prior of `num_components` Gaussians fitted with `em_iters`
+    iterations to `mc_samples` latent samples per item (--way, --train-mc-sample-size,
+    --unsupervised-em-iters, --fix-pi)."""
+    num_components: int
+    mc_samples: int
+    em_iters: int
+    fix_pi: bool = False
+
+    def __call__(self, model, x, rng):
+        """The model's losses {"loss", "rec", "kl"} on x: (b, M, *item_shape), noise and EM starts from rng."""
+        return model(x, self.num_components, self.mc_samples, self.em_iters, self.fix_pi, rng=rng)
 
 
-def train_step(model, optimizer, x, rng, args, step):
-    """One update on x: (b, M, *item_shape), this process's b episodes; rng: their EpisodeRandom.
+def draw_training_sets(pool, step, batch_size, sample_size, seed):
+    """This process's episodes of a step: unlabeled sets (b, M, *item_shape) drawn with replacement from
+    pool (N, *item_shape), and their EpisodeRandom keyed (seed, TRAINING, step, global episode), which
+    then draws their MC noise and EM start.  So step t's draws depend on (seed, t) only."""
+    rng = EpisodeRandom.for_episodes(distributed.share(batch_size).rows, seed, TRAINING, step)
+    return pool[sample_unlabeled_sets(len(pool), sample_size, rng)], rng
 
-    Returns the losses averaged over all processes, as floats.
+
+def train_step(model, optimizer, x, rng, objective, step, amp=False, grad_clip=0.0):
+    """Training step `step` (1-based): one update on x (b, M, *item_shape), this process's episodes;
+    rng: their EpisodeRandom.
+
+    Returns the losses averaged over all processes, as floats; a NaN or Inf loss raises TrainingDiverged
+    in every process, before the update.
     """
-    with autocast(x.device, args.amp):
-        out = model(x, args.way, args.train_mc_sample_size, args.unsupervised_em_iters, args.fix_pi, rng=rng)
+    with autocast(x.device, amp):
+        out = objective(model, x, rng)
     names = list(out)
     stats = dict(zip(names, distributed.mean_over_processes(torch.stack([out[k] for k in names])).tolist()))
-    if not math.isfinite(stats["loss"]):  # the same on every process, so all of them stop
-        raise TrainingDiverged(f"loss is {stats['loss']} at step {step + 1}; the last good checkpoint is kept")
+    if not math.isfinite(stats["loss"]):
+        raise TrainingDiverged(f"loss is {stats['loss']} at step {step}")
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
-    if args.grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return stats
 
 
-def validate(model, eval_sets, args, device):
-    """{shot: {"mean", "ci95", "episodes"}} on fixed episodes ({shot: EvalSet})."""
-    return {shot: summarize(episode_accuracies(model, eval_set, args.test_mc_sample_size,
-                                               args.semisupervised_em_iters, args.batch_size, device, args.amp))
-            for shot, eval_set in eval_sets.items()}
+def validation_due(step, freq_iters, train_iters):
+    """Validate after every freq_iters-th step and after the last one."""
+    return step % freq_iters == 0 or step == train_iters
+
+
+@dataclass
+class UnlabeledSets:
+    """Fixed unlabeled validation sets for --select-by val-elbo: indices (E, M) into pool (N, *item_shape)."""
+    pool: torch.Tensor
+    sets: torch.Tensor
+
+    @classmethod
+    def draw(cls, data, num_sets, sample_size, seed):
+        """num_sets sets of sample_size items of data (C, I, *item_shape), labels dropped."""
+        pool = data.flatten(0, 1)
+        rng = EpisodeRandom.for_episodes(range(num_sets), seed, VALIDATION_SETS)
+        return cls(pool, sample_unlabeled_sets(len(pool), sample_size, rng))
 
 
 @torch.inference_mode()
-def validation_loss(model, pool, sets, args, device):
-    """Mean training objective (rec + kl) on fixed unlabeled sets, in evaluation mode: no label is read.
-
-    pool: (N, *item_shape) validation items; sets: (E, M) indices into it.  Each process scores its share.
-    """
-    mine = distributed.share(len(sets))
+def validation_loss(model, unlabeled, objective, batch_size, seed, device, amp=False):
+    """Mean training objective (rec + kl) on fixed UnlabeledSets, in evaluation mode: no label is read.
+    Each process scores its share of the sets."""
+    mine = distributed.share(len(unlabeled.sets))
     total = torch.zeros((), device=device)
-    with seeded_eval(model, device, args.seed):
-        for start in range(mine.start, mine.stop, args.batch_size):
-            rows = range(start, min(start + args.batch_size, mine.stop))
-            rng = EpisodeRandom.for_episodes(rows, args.seed, VALIDATION_NOISE)
-            with autocast(device, args.amp):
-                out = model(pool[sets[rows.start:rows.stop]].to(device), args.way, args.train_mc_sample_size,
-                            args.unsupervised_em_iters, args.fix_pi, rng=rng)
+    with seeded_eval(model, device, seed):
+        for start in range(mine.start, mine.stop, batch_size):
+            rows = range(start, min(start + batch_size, mine.stop))
+            x = unlabeled.pool[unlabeled.sets[rows.start:rows.stop]].to(device)
+            with autocast(device, amp):
+                out = objective(model, x, EpisodeRandom.for_episodes(rows, seed, VALIDATION_NOISE))
             total += out["loss"] * len(rows)
-    return distributed.sum_over_processes(total).item() / len(sets)
+    return distributed.sum_over_processes(total).item() / len(unlabeled.sets)
 
 
-def checkpoint_state(model, optimizer, step, best, args, wall_time):
-    return {"model": model.state_dict(), "model_config": model.config, "optimizer": optimizer.state_dict(),
-            "step": step, "best": best, "rng": rng_state(), "config": vars(args), "wall_time_s": wall_time}
+def validation_episodes(select_by, data, shots, way, query, num_episodes, num_sets, sample_size, seed):
+    """What --select-by validates on, from the validation split data (C, I, *item_shape): {shot: EvalSet}
+    of labeled way-way episodes (val-acc), num_sets UnlabeledSets (val-elbo), or None (last)."""
+    if select_by == "val-acc":
+        return make_eval_sets(data, way, shots, query, num_episodes, seed)
+    if select_by == "val-elbo":
+        return UnlabeledSets.draw(data, num_sets, sample_size, seed)
+    return None
 
 
-def draw_training_sets(train_pool, step, args):
-    """This process's episodes of a step: their unlabeled sets (b, M, *item_shape) and their EpisodeRandom,
-    keyed (seed, TRAINING, step, global episode), which then draws their MC noise and EM start."""
-    rng = EpisodeRandom.for_episodes(distributed.share(args.batch_size).rows, args.seed, TRAINING, step)
-    return train_pool[sample_unlabeled_sets(len(train_pool), args.sample_size, rng)], rng
+def validate(model, val, objective, mc_samples, em_iters, batch_size, seed, device, amp=False):
+    """Scores for model selection and their metrics.csv fields, by what `val` holds (--select-by):
+    {shot: EvalSet} labeled episodes -> accuracy per shot (the reference's rule); UnlabeledSets -> the
+    training objective (no label read before the test); None (last) -> nothing.
 
-
-def fit(model, optimizer, train_pool, validation, run, args, device, after_validation=None):
-    """Meta-train until args.train_iters, validating every args.freq_iters (and at the last step).
-
-    train_pool: (N, *item_shape) unlabeled training items.  validation(model) -> (scores, fields):
-    scores {name: value, higher is better} select best_{name}.pt, fields go into metrics.csv.
-    Keeps those and last.pt (for --resume) in `run`, then calls after_validation(model) if given
-    (figures).  Step t's draws depend on (seed, t) only, so a resumed run continues exactly.
-    Returns the total wall time in seconds.
+    Returns ({name: score, higher is better}, {metrics field: value}); name n selects best_{n}.pt.
     """
-    step, best, wall_time, rows = 0, {}, 0.0, []
-    if args.resume:
-        state = distributed.from_main(lambda: load_checkpoint(run.last_checkpoint))
+    if isinstance(val, UnlabeledSets):
+        loss = validation_loss(model, val, objective, batch_size, seed, device, amp)
+        return {"elbo": -loss}, {"val_loss": loss}
+    if val is None:
+        return {}, {}
+    results = evaluate_shots(model, val, mc_samples, em_iters, batch_size, device, amp)
+    fields = {f"val_{shot}shot{suffix}": r[key] for shot, r in results.items()
+              for suffix, key in (("", "mean"), ("_ci95", "ci95"))}
+    return {f"{shot}shot": r["mean"] for shot, r in results.items()}, fields
+
+
+def selected_checkpoint(select_by, shot):
+    """Name of the checkpoint --select-by keeps for a selection shot."""
+    return {"val-acc": f"best_{shot}shot", "val-elbo": "best_elbo", "last": "last"}[select_by]
+
+
+class RunLog:
+    """A run's progress: the step, running sums of the step losses since the last validation, one metrics
+    row per validation, the best score of each selection name, and the wall time of training and
+    validation (checkpoint writing excluded)."""
+
+    def __init__(self, step=0, best=None, wall_time=0.0, rows=()):
+        self.step, self.best, self.wall_time, self.rows = step, dict(best or {}), wall_time, list(rows)
+        self.totals, self.count, self.started = {}, 0, time.perf_counter()
+        self.improved = []
+
+    @classmethod
+    def resume(cls, state, model, optimizer, rows):
+        """Load a checkpoint state into the model, the optimizer and the global RNGs; rows: its metrics."""
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-        step, best, wall_time = state["step"], state["best"], state["wall_time_s"]
-        rows = distributed.from_main(lambda: run.read_metrics(up_to=step))
-    trained = distributed.wrap_for_training(model, device)
-    model.train()
-    crash_at = int(os.environ.get(CRASH_AT_STEP, 0))
-    totals, count, start = {}, 0, time.perf_counter()
-    progress = tqdm(range(step, args.train_iters), initial=step, total=args.train_iters, desc="train",
-                    dynamic_ncols=True, disable=not distributed.is_main())
-    for step in progress:
-        x, rng = draw_training_sets(train_pool, step, args)
-        stats = train_step(trained, optimizer, x.to(device, non_blocking=True), rng, args, step)
-        totals = {k: totals.get(k, 0.0) + v for k, v in stats.items()}
-        count += 1
-        progress.set_postfix(rec=f"{stats['rec']:.2f}", kl=f"{stats['kl']:.2f}")
-        if step + 1 == crash_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if (step + 1) % args.freq_iters and step + 1 != args.train_iters:
-            continue
-        scores, fields = validation(model)
-        wall_time += time.perf_counter() - start
-        start = time.perf_counter()
-        row = {"step": step + 1, **{k: v / count for k, v in totals.items()}, "wall_time_s": wall_time, **fields}
-        rows.append(row)
-        totals, count = {}, 0
-        improved = [name for name, score in scores.items() if name not in best or score > best[name]]
-        best.update((name, scores[name]) for name in improved)
-        if not distributed.is_main():
-            continue
-        state = checkpoint_state(model, optimizer, step + 1, best, args, wall_time)
-        for name in improved:
-            save_checkpoint(run.checkpoint(f"best_{name}"), state)
-        run.write_metrics(rows)
-        save_checkpoint(run.last_checkpoint, state)
-        progress.write(f"step {step + 1}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in row.items() if k not in ("step", "wall_time_s")))
-        if after_validation is not None:
-            after_validation(model)
-    return wall_time
+        return cls(state["step"], state["best"], state["wall_time_s"], rows)
+
+    def add(self, step, stats):
+        """The losses of training step `step` (1-based)."""
+        self.step = step
+        self.totals = {k: self.totals.get(k, 0.0) + v for k, v in stats.items()}
+        self.count += 1
+
+    def validation(self, scores, fields):
+        """Close the rows since the last validation; returns the new metrics row.  self.improved lists the
+        selection names whose score is a new best (their checkpoints are due)."""
+        now = time.perf_counter()
+        self.wall_time += now - self.started
+        row = {"step": self.step, **{k: v / self.count for k, v in self.totals.items()},
+               "wall_time_s": self.wall_time, **fields}
+        self.rows.append(row)
+        self.totals, self.count = {}, 0
+        self.improved = [name for name, score in scores.items() if name not in self.best or score > self.best[name]]
+        self.best.update((name, scores[name]) for name in self.improved)
+        return row
+
+    def restart_clock(self):
+        self.started = time.perf_counter()
+
+    def checkpoint(self, model, optimizer, config):
+        """The checkpoint dict of this moment: weights, optimizer, progress, RNG states and the flags."""
+        return {"model": model.state_dict(), "model_config": model.config, "optimizer": optimizer.state_dict(),
+                "step": self.step, "best": self.best, "rng": rng_state(), "config": config,
+                "wall_time_s": self.wall_time}
 
 
-def evaluate_model(model, test_sets, args, device):
-    """{"<way>way-<shot>shot": {"mean", "ci95", "episodes"}} of one model on each shot's test episodes."""
-    return {f"{test_sets[shot].way}way-{shot}shot": summary
-            for shot, summary in validate(model, test_sets, args, device).items()}
+def save_after_validation(run, log, state):
+    """Write best_{name}.pt for each improved name, metrics.csv, then last.pt (rank 0 only)."""
+    for name in log.improved:
+        save_checkpoint(run.checkpoint(f"best_{name}"), state)
+    run.write_metrics(log.rows)
+    save_checkpoint(run.last_checkpoint, state)
 
 
-def evaluate_selected_checkpoints(model, test_sets, checkpoint_for_shot, args, device):
-    """Load each shot's selected checkpoint (ours) and test it on that shot's episodes.
+def save_results(run, results):
+    """Rank 0 writes results.json into the run folder; returns `results`."""
+    if distributed.is_main():
+        run.write_results(results)
+    return results
 
-    test_sets: {shot: EvalSet}; checkpoint_for_shot: {shot: path}.  Returns results.json's "test" dict.
-    """
+
+def format_row(row):
+    return f"step {row['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
+                                             if k not in ("step", "wall_time_s"))
+
+
+def test_model(model, test_sets, checkpoint, mc_samples, em_iters, batch_size, device, amp=False):
+    """results.json's "test" entries of one model on {shot: EvalSet}:
+    {"<way>way-<shot>shot": {"mean", "ci95", "episodes", "checkpoint"}}."""
+    summaries = evaluate_shots(model, test_sets, mc_samples, em_iters, batch_size, device, amp)
+    return {result_key(test_sets[shot]): {**summary, "checkpoint": str(checkpoint)}
+            for shot, summary in summaries.items()}
+
+
+def test_checkpoints(model, test_sets, paths, mc_samples, em_iters, batch_size, device, amp=False):
+    """Load each shot's checkpoint (ours; paths: {shot: path}) into `model` and test it on that shot's
+    episodes (test_sets: {shot: EvalSet}).  Returns results.json's "test" dict."""
     results = {}
     for shot, eval_set in test_sets.items():
-        path = checkpoint_for_shot[shot]
-        model.load_state_dict(distributed.from_main(lambda: load_checkpoint(path)["model"]))
-        for key, summary in evaluate_model(model, {shot: eval_set}, args, device).items():
-            results[key] = {**summary, "checkpoint": str(path)}
+        model.load_state_dict(distributed.from_main(lambda: load_checkpoint(paths[shot])["model"]))
+        results.update(test_model(model, {shot: eval_set}, paths[shot], mc_samples, em_iters, batch_size, device, amp))
     return results
+
+
+def evaluate_checkpoint(model, checkpoint, test, baselines, way, shots, query, num_episodes, seed, mc_samples,
+                        em_iters, batch_size, device, amp=False):
+    """--eval-only: a model loaded from `checkpoint` on fixed way-way test episodes of test (C, I, ...) at
+    each shot, beside `baselines` on the same episodes; returns results.json's "test" and "baselines"."""
+    check_episodes_fit("test", test, way, query, shots)
+    test_sets = make_eval_sets(test, way, shots, query, num_episodes, seed)
+    return with_baselines(test_model(model, test_sets, checkpoint, mc_samples, em_iters, batch_size, device, amp),
+                          test_sets, baselines)
+
+
+def load_model(path, model_class, convert_reference, name, device):
+    """A model_class from our checkpoint or the authors' (see runfiles.build_model); rank 0 reads the file."""
+    state = distributed.from_main(lambda: load_checkpoint(path))
+    return build_model(state, path, model_class, convert_reference, name).to(device)
+
+
+def start_run(save_dir, config, resume, overwrite, invariant_flags):
+    """Check and prepare the run folder (rank 0 reads and writes, every process gets the outcome).
+
+    config: the flags as a dict; a resumed run must agree with its last.pt on `invariant_flags`.
+    Returns (RunDir, the last.pt state to resume from, or None).
+    """
+    run, state = RunDir(save_dir), None
+    if resume:
+        state = distributed.from_main(lambda: load_checkpoint(run.last_checkpoint))
+        check_same_flags(state["config"], config, invariant_flags)
+    distributed.from_main(lambda: run.prepare(config, resume=resume, overwrite=overwrite))
+    return run, state

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metagmvae.errors import UserError
-from metagmvae.fileio import load_npy
+from metagmvae.runfiles import UserError, load_npy
 
 SPLITS = ("train", "val", "test")
 REFERENCE_PER_CLASS = 600  # rows per class in the authors' label-free feature files

@@ -9,8 +9,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metagmvae import cli  # noqa: E402
-from mimgnet.trainer import MIMGNET  # noqa: E402
+from metagmvae import cli, distributed  # noqa: E402
+from metagmvae.runfiles import exit_on_user_error, seed_everything  # noqa: E402
+from mimgnet import trainer  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "imgnet" / "features"
 REFERENCE_DEFAULTS = dict(latent_size=32, train_mc_sample_size=256, test_mc_sample_size=256, batch_size=16,
@@ -25,7 +26,14 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    return cli.run(MIMGNET, parse_args(argv), "mimgnet/main.py", positive=["shot"])
+    args = parse_args(argv)
+    with exit_on_user_error("mimgnet/main.py"):
+        cli.check_args(args, positive=["shot"])
+        with distributed.process_group(args.device, args.gpu_id) as device:
+            seed_everything(args.seed)
+            results = trainer.evaluate(args, device) if args.eval_only else trainer.train(args, device)
+        cli.finish(results, args.save_dir if args.eval_only else None)
+    return results
 
 
 if __name__ == "__main__":

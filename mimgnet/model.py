@@ -1,12 +1,11 @@
-"""Meta-GMVAE on F-dimensional SimCLR features of Mini-ImageNet (REFERENCE.md, "Mini-ImageNet architecture").
+"""Meta-GMVAE on F-dimensional SimCLR features of Mini-ImageNet (docs/method.md, "Mini-ImageNet").
 
 Shapes: B episodes, M items, S MC samples, F feature size, D latent size.
 """
 from torch import nn
 
-from metagmvae.gmvae import SetGMVAE, SetPosterior
-from metagmvae.reference import convert_state_dict
-from metagmvae.runtime import full_precision
+from metagmvae.gmvae import SetGMVAE, SetPosterior, full_precision
+from metagmvae.runfiles import convert_state_dict
 
 
 class FeatureGMVAE(SetGMVAE):
@@ -32,7 +31,7 @@ class FeatureGMVAE(SetGMVAE):
         return (full_precision(self.decode(z)) - x.unsqueeze(2)).pow(2).sum()
 
 
-# The authors' checkpoints name the same modules differently (../shared/reference-checkpoint-keys.txt).
+# The authors' checkpoints name the same modules differently (tests/data/reference_checkpoint_keys.txt).
 REFERENCE_PREFIXES = {"q_z_given_x_net.": "posterior.", "proj.": "decoder."}
 
 

@@ -1,20 +1,92 @@
-"""The Mini-ImageNet experiment: Meta-GMVAE on SimCLR features, selected by validation at --shot.
-The loop itself is shared: metagmvae/experiment.py and metagmvae/training.py."""
-from metagmvae.baselines import logistic_regression_accuracies, nearest_class_mean_accuracies
-from metagmvae.experiment import Experiment
+"""The Mini-ImageNet experiment, top to bottom: SimCLR features -> model and Adam -> meta-training with
+validation at --shot and checkpoints -> test of the selected checkpoint at every --eval-shots beside two
+feature baselines -> results.json.
+
+`args` is the parsed command line of mimgnet/main.py (the reference's flag names).  Under torchrun each
+process trains on its share of a step's episodes and evaluates its share of the evaluation episodes;
+rank 0 alone writes files and prints (metagmvae/distributed.py).
+"""
+import torch
+from tqdm import tqdm
+
+from metagmvae import distributed, training
+from metagmvae.cli import RESUME_INVARIANT_FLAGS
+from metagmvae.episodes import check_episodes_fit, make_eval_sets
+from metagmvae.evaluation import logistic_regression_accuracies, nearest_class_mean_accuracies, with_baselines
+from metagmvae.runfiles import load_checkpoint
+from metagmvae.training import (Objective, RunLog, draw_training_sets, evaluate_checkpoint, format_row,
+                                save_after_validation, save_results, selected_checkpoint, start_run, test_model,
+                                train_step, validate, validation_due, validation_episodes)
 
 from .dataset import load_features
 from .model import FeatureGMVAE, convert_reference_state_dict
 
-MIMGNET = Experiment(
-    name="Mini-ImageNet",
-    model_class=FeatureGMVAE,
-    model_config=lambda args, data: {"feature_size": data["train"].shape[-1], "latent_size": args.latent_size},
-    load_data=lambda args, splits: load_features(args.data_dir, splits),
-    convert_reference=convert_reference_state_dict,
+
+def load_model(path, device):
+    """A FeatureGMVAE from our checkpoint or the authors'."""
+    return training.load_model(path, FeatureGMVAE, convert_reference_state_dict, "Mini-ImageNet", device)
+
+
+BASELINES = {"feature_nearest_class_mean": nearest_class_mean_accuracies,
+             "feature_logistic_regression": logistic_regression_accuracies}
+
+
+def evaluate(args, device):
+    """--eval-only: test --checkpoint (ours or the authors') at every --eval-shots; returns the results."""
+    test = load_features(args.data_dir, ("test",))["test"]
+    results = evaluate_checkpoint(load_model(args.checkpoint, device), args.checkpoint, test, BASELINES, args.eval_way,
+                                  args.eval_shots, args.query, args.eval_episodes, args.seed, args.test_mc_sample_size,
+                                  args.semisupervised_em_iters, args.batch_size, device, args.amp)
+    return {**results, "config": vars(args)}
+
+
+def train(args, device):
+    """Meta-train, keep the checkpoint --select-by picks, test it; returns results.json's content."""
+    # Data: (C, I, F) features per split; training features pooled without labels.
+    features = load_features(args.data_dir)
+    if args.select_by == "val-acc":  # the only mode that reads validation labels
+        check_episodes_fit("val", features["val"], args.eval_way, args.query, [args.shot])
+    check_episodes_fit("test", features["test"], args.eval_way, args.query, args.eval_shots)
+    distributed.check_batch_divides(args.batch_size)
+    train_pool = features["train"].flatten(0, 1)  # (C * I, F)
+
     # The reference keeps one checkpoint, the best validation accuracy at --shot, and tests it at every shot.
-    selection_shots=lambda args: [args.shot],
-    checkpoint_for_test_shot=lambda args, shot: args.shot,
-    baselines={"feature_nearest_class_mean": nearest_class_mean_accuracies,
-               "feature_logistic_regression": logistic_regression_accuracies},
-)
+    val = validation_episodes(args.select_by, features["val"], [args.shot], args.eval_way, args.query,
+                              args.eval_episodes, args.val_elbo_sets, args.sample_size, args.seed)
+
+    run, resume_state = start_run(args.save_dir, vars(args), args.resume, args.overwrite, RESUME_INVARIANT_FLAGS)
+    model = FeatureGMVAE(train_pool.shape[-1], args.latent_size).to(device)
+    # L2 added to the gradient (torch Adam's weight_decay), as the reference; not AdamW.
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if resume_state is None:
+        log = RunLog()
+    else:
+        rows = distributed.from_main(lambda: run.read_metrics(up_to=resume_state["step"]))
+        log = RunLog.resume(resume_state, model, optimizer, rows)
+    trained = distributed.wrap_for_training(model, device)  # DDP under torchrun, `model` itself otherwise
+    objective = Objective(args.way, args.train_mc_sample_size, args.unsupervised_em_iters, args.fix_pi)
+
+    model.train()
+    for step in tqdm(range(log.step, args.train_iters), initial=log.step, total=args.train_iters, desc="train",
+                     dynamic_ncols=True, disable=not distributed.is_main()):
+        x, rng = draw_training_sets(train_pool, step, args.batch_size, args.sample_size, args.seed)
+        log.add(step + 1, train_step(trained, optimizer, x.to(device, non_blocking=True), rng, objective, step + 1,
+                                     args.amp, args.grad_clip))
+        if validation_due(step + 1, args.freq_iters, args.train_iters):
+            scores, fields = validate(model, val, objective, args.test_mc_sample_size,
+                                      args.semisupervised_em_iters, args.batch_size, args.seed, device, args.amp)
+            row = log.validation(scores, fields)
+            if distributed.is_main():
+                save_after_validation(run, log, log.checkpoint(model, optimizer, vars(args)))
+                tqdm.write(format_row(row))
+            log.restart_clock()
+
+    # Test: the selected checkpoint at every shot, beside the baselines on the same episodes.
+    test_sets = make_eval_sets(features["test"], args.eval_way, args.eval_shots, args.query, args.eval_episodes,
+                               args.seed)
+    path = run.checkpoint(selected_checkpoint(args.select_by, args.shot))
+    model.load_state_dict(distributed.from_main(lambda: load_checkpoint(path)["model"]))
+    test = test_model(model, test_sets, path, args.test_mc_sample_size, args.semisupervised_em_iters,
+                      args.batch_size, device, args.amp)
+    return save_results(run, with_baselines(test, test_sets, BASELINES, select_by=args.select_by,
+                                            train_iters=args.train_iters, wall_time_s=log.wall_time, config=vars(args)))

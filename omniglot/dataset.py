@@ -5,8 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metagmvae.errors import UserError
-from metagmvae.fileio import load_npy
+from metagmvae.runfiles import UserError, load_npy
 
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (28, 28, 1)

@@ -10,12 +10,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metagmvae.errors import exit_on_user_error  # noqa: E402
-from metagmvae.experiment import load_model_checkpoint  # noqa: E402
-from metagmvae.runtime import resolve_device  # noqa: E402
+from metagmvae.distributed import resolve_device  # noqa: E402
+from metagmvae.runfiles import exit_on_user_error  # noqa: E402
 from omniglot.dataset import load_omniglot  # noqa: E402
 from omniglot.figures import write_run_figures  # noqa: E402
-from omniglot.trainer import OMNIGLOT  # noqa: E402
+from omniglot.trainer import load_model  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -41,10 +40,12 @@ def main(argv=None):
     args = parse_args(argv)
     with exit_on_user_error("omniglot/draw_figures.py"):
         device = resolve_device(args.device)
-        model = load_model_checkpoint(OMNIGLOT, args.checkpoint, device)
+        model = load_model(args.checkpoint, device)
         data = load_omniglot(args.data_dir, ("train", "val"))
         metrics = args.metrics or Path(args.out) / "metrics.csv"
-        paths = write_run_figures(model, data, args.out, metrics, args)
+        paths = write_run_figures(model, data, args.out, metrics, args.way, args.eval_way, args.sample_size, args.query,
+                                  args.unsupervised_em_iters, args.semisupervised_em_iters, args.test_mc_sample_size,
+                                  args.seed)
     for path in paths:
         print(path)
 

@@ -25,12 +25,10 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metagmvae.errors import UserError, exit_on_user_error  # noqa: E402
-from metagmvae.experiment import load_model_checkpoint  # noqa: E402
-from metagmvae.fileio import write_text  # noqa: E402
-from metagmvae.metrics import mean_confidence_interval  # noqa: E402
-from metagmvae.runtime import resolve_device, seed_everything  # noqa: E402
-from omniglot.trainer import OMNIGLOT  # noqa: E402
+from metagmvae.distributed import resolve_device  # noqa: E402
+from metagmvae.evaluation import mean_confidence_interval  # noqa: E402
+from metagmvae.runfiles import UserError, exit_on_user_error, seed_everything, write_text  # noqa: E402
+from omniglot.trainer import load_model  # noqa: E402
 
 IMAGE_SIZE = 28
 
@@ -177,7 +175,7 @@ def main(argv=None):
             raise UserError("--mc-samples must be positive and --em-iters >= 0")
         device = resolve_device(args.device)
         episodes = load_episodes(args.episodes)
-        model = load_model_checkpoint(OMNIGLOT, args.checkpoint, device).eval()
+        model = load_model(args.checkpoint, device).eval()
         seed_everything(args.seed)
         _, rows = evaluate(model, episodes, args, device)
         if rows:

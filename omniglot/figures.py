@@ -16,12 +16,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from metagmvae.episodes import EpisodeSampler
+from metagmvae.episodes import EpisodeRandom, EpisodeSampler
 from metagmvae.evaluation import seeded_eval
-from metagmvae.errors import UserError
-from metagmvae.fileio import atomic_path
 from metagmvae.gmm import fit_gmm_em, log_normal_identity
-from metagmvae.keyed_random import EpisodeRandom
+from metagmvae.runfiles import UserError, atomic_path
 
 SCALE = 3
 TILE = 28 * SCALE
@@ -235,25 +233,28 @@ def save_learning_curves(metrics_csv, path):
     return _save(canvas, path)
 
 
-def write_run_figures(model, data, folder, metrics_csv, args):
-    """All four figures of a run into `folder`, from fixed draws (seeded by args.seed) that leave the
-    global RNG untouched, so a run with figures gives the same numbers as one without.
+def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_size, query, unsupervised_em_iters,
+                      semisupervised_em_iters, mc_samples, seed):
+    """All four figures of a run into `folder`, from fixed draws (seeded by `seed`) that leave the global
+    RNG untouched, so a run with figures gives the same numbers as one without.
 
-    data: {"train": (C, I, 1, 28, 28), "val": ...}; returns the paths written.
+    data: {"train": (C, I, 1, 28, 28), "val": ...}; the mixture figure fits `way` components to at most 60
+    of `sample_size` training items, the test episode is eval_way-way 1-shot with at most 3 queries per
+    class.  Returns the paths written.
     """
     folder = Path(folder)
     device = next(model.parameters()).device
-    rng = EpisodeRandom([(args.seed,)])  # one stream: the same items and episode at every validation
+    rng = EpisodeRandom([(seed,)])  # one stream: the same items and episode at every validation
     train = data["train"].flatten(0, 1)
-    with seeded_eval(model, device, args.seed):
+    with seeded_eval(model, device, seed):
         paths = [save_reconstructions(model, train[rng.randint(len(train), 1, 16)[0]], folder / "reconstructions.png"),
-                 save_episode_mixture(model, train[rng.randint(len(train), 1, min(args.sample_size, 60))[0]],
-                                      args.way, args.unsupervised_em_iters, folder / "mixture.png")]
-        sampler = EpisodeSampler(data["val"], args.eval_way, 1, min(args.query, 3))
+                 save_episode_mixture(model, train[rng.randint(len(train), 1, min(sample_size, 60))[0]],
+                                      way, unsupervised_em_iters, folder / "mixture.png")]
+        sampler = EpisodeSampler(data["val"], eval_way, 1, min(query, 3))
         ep = sampler.gather(*sampler.sample_indices(rng))
         with _inference(model):
-            probs = model.predict(ep.support.to(device), ep.y_support.to(device), ep.query.to(device), args.eval_way,
-                                  args.test_mc_sample_size, args.semisupervised_em_iters)
+            probs = model.predict(ep.support.to(device), ep.y_support.to(device), ep.query.to(device), eval_way,
+                                  mc_samples, semisupervised_em_iters)
         paths.append(save_test_episode(ep.support[0], ep.y_support[0], ep.query[0], ep.y_query[0],
                                        probs.argmax(-1)[0].cpu(), folder / "test_episode.png"))
     if Path(metrics_csv).exists():

@@ -11,7 +11,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from data.synthetic_omniglot import build_synthetic_omniglot  # noqa: E402
 from metagmvae import cli, distributed  # noqa: E402
-from omniglot.trainer import OMNIGLOT  # noqa: E402
+from metagmvae.runfiles import exit_on_user_error, seed_everything  # noqa: E402
+from omniglot import trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = ROOT / "data" / "omniglot"
@@ -42,11 +43,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.demo and not (Path(args.data_dir) / "test.npy").exists():
-        print(f"building {DEMO_CHARACTERS} procedural characters in {args.data_dir}")
-        build_synthetic_omniglot(args.data_dir, DEMO_CHARACTERS, seed=0)
-    results = cli.run(OMNIGLOT, args, "omniglot/main.py", positive=["hidden_size"])
-    if args.save_dir is not None and not args.eval_only and distributed.is_main():
+    with exit_on_user_error("omniglot/main.py"):
+        cli.check_args(args, positive=["hidden_size"])
+        if args.demo and not (Path(args.data_dir) / "test.npy").exists():
+            print(f"building {DEMO_CHARACTERS} procedural characters in {args.data_dir}")
+            build_synthetic_omniglot(args.data_dir, DEMO_CHARACTERS, seed=0)
+        with distributed.process_group(args.device, args.gpu_id) as device:
+            seed_everything(args.seed)
+            results = trainer.evaluate(args, device) if args.eval_only else trainer.train(args, device)
+        cli.finish(results, args.save_dir if args.eval_only else None)
+    if distributed.is_main() and not args.eval_only:
         print(f"run files in {args.save_dir}; figures in {Path(args.save_dir) / 'figures'}")
     return results
 

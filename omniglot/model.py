@@ -1,4 +1,4 @@
-"""Meta-GMVAE for 28x28 Omniglot images (REFERENCE.md, "Omniglot architecture").
+"""Meta-GMVAE for 28x28 Omniglot images (docs/method.md, "Omniglot").
 
 Shapes: B episodes, M items, S MC samples, D latent size, h hidden channels.
 """
@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metagmvae.gmvae import SetGMVAE, SetPosterior
-from metagmvae.reference import convert_state_dict
-from metagmvae.runtime import full_precision
+from metagmvae.gmvae import SetGMVAE, SetPosterior, full_precision
+from metagmvae.runfiles import convert_state_dict
 
 
 def conv_block(in_channels, out_channels):
@@ -63,7 +62,7 @@ class OmniglotGMVAE(SetGMVAE):
         return F.softplus(logits).sum() - (x * logits.sum(2)).sum()
 
 
-# The authors' checkpoints name the same modules differently (../shared/reference-checkpoint-keys.txt).
+# The authors' checkpoints name the same modules differently (tests/data/reference_checkpoint_keys.txt).
 REFERENCE_PREFIXES = {"encoder.encoder.": "encoder.", "q_z_given_x_net.": "posterior.",
                       "proj.": "latent_to_feature.", "decoder.decoder.": "decoder."}
 

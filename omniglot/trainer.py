@@ -1,22 +1,92 @@
-"""The Omniglot experiment: its model, data and model-selection rule (one best checkpoint per shot).
-The loop itself is shared: metagmvae/experiment.py and metagmvae/training.py."""
-from metagmvae.baselines import nearest_class_mean_accuracies
-from metagmvae.experiment import RESUME_INVARIANT_FLAGS, Experiment
+"""The Omniglot experiment, top to bottom: data -> model and Adam -> meta-training with validation and
+checkpoints -> test of the selected checkpoints beside a pixel baseline -> results.json.
+
+`args` is the parsed command line of omniglot/main.py (the reference's flag names).  Under torchrun each
+process trains on its share of a step's episodes and evaluates its share of the evaluation episodes;
+rank 0 alone writes files and prints (metagmvae/distributed.py).
+"""
+import torch
+from tqdm import tqdm
+
+from metagmvae import distributed, training
+from metagmvae.cli import RESUME_INVARIANT_FLAGS
+from metagmvae.episodes import check_episodes_fit, make_eval_sets
+from metagmvae.evaluation import nearest_class_mean_accuracies, with_baselines
+from metagmvae.training import (Objective, RunLog, draw_training_sets, evaluate_checkpoint, format_row,
+                                save_after_validation, save_results, selected_checkpoint, start_run, test_checkpoints,
+                                train_step, validate, validation_due, validation_episodes)
 
 from .dataset import load_omniglot
 from .figures import write_run_figures
 from .model import OmniglotGMVAE, convert_reference_state_dict
 
-OMNIGLOT = Experiment(
-    name="Omniglot",
-    model_class=OmniglotGMVAE,
-    model_config=lambda args, data: {"hidden_size": args.hidden_size, "latent_size": args.latent_size},
-    load_data=lambda args, splits: load_omniglot(args.data_dir, splits),
-    convert_reference=convert_reference_state_dict,
-    # The reference validates every test shot and tests each with its own best checkpoint.
-    selection_shots=lambda args: args.eval_shots,
-    checkpoint_for_test_shot=lambda args, shot: shot,
-    resume_invariant_flags=RESUME_INVARIANT_FLAGS + ("hidden_size",),
-    baselines={"pixel_nearest_class_mean": nearest_class_mean_accuracies},
-    write_figures=write_run_figures,
-)
+
+def load_model(path, device):
+    """An OmniglotGMVAE from our checkpoint or the authors'."""
+    return training.load_model(path, OmniglotGMVAE, convert_reference_state_dict, "Omniglot", device)
+
+
+BASELINES = {"pixel_nearest_class_mean": nearest_class_mean_accuracies}
+
+
+def evaluate(args, device):
+    """--eval-only: test --checkpoint (ours or the authors') at every --eval-shots; returns the results."""
+    test = load_omniglot(args.data_dir, ("test",))["test"]
+    return {**evaluate_checkpoint(load_model(args.checkpoint, device), args.checkpoint, test, BASELINES, args.eval_way,
+                                  args.eval_shots, args.query, args.eval_episodes, args.seed, args.test_mc_sample_size,
+                                  args.semisupervised_em_iters, args.batch_size, device, args.amp),
+            "config": vars(args)}
+
+
+def train(args, device):
+    """Meta-train, keep the checkpoints --select-by picks, test them; returns results.json's content."""
+    # Data: training images pooled without labels; labeled validation and test episodes.
+    data = load_omniglot(args.data_dir)
+    if args.select_by == "val-acc":  # the only mode that reads validation labels
+        check_episodes_fit("val", data["val"], args.eval_way, args.query, args.eval_shots)
+    check_episodes_fit("test", data["test"], args.eval_way, args.query, args.eval_shots)
+    distributed.check_batch_divides(args.batch_size)
+    train_pool = data["train"].flatten(0, 1)  # (C * I, 1, 28, 28)
+
+    # The reference validates at every test shot and tests each shot with its own best checkpoint.
+    val = validation_episodes(args.select_by, data["val"], args.eval_shots, args.eval_way, args.query,
+                              args.eval_episodes, args.val_elbo_sets, args.sample_size, args.seed)
+
+    run, resume_state = start_run(args.save_dir, vars(args), args.resume, args.overwrite,
+                                  RESUME_INVARIANT_FLAGS + ("hidden_size",))
+    model = OmniglotGMVAE(args.hidden_size, args.latent_size).to(device)
+    # L2 added to the gradient (torch Adam's weight_decay), as the reference; not AdamW.
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    log = RunLog() if resume_state is None else RunLog.resume(
+        resume_state, model, optimizer, distributed.from_main(lambda: run.read_metrics(up_to=resume_state["step"])))
+    trained = distributed.wrap_for_training(model, device)  # DDP under torchrun, `model` itself otherwise
+    objective = Objective(args.way, args.train_mc_sample_size, args.unsupervised_em_iters, args.fix_pi)
+
+    model.train()
+    progress = tqdm(range(log.step, args.train_iters), initial=log.step, total=args.train_iters, desc="train",
+                    dynamic_ncols=True, disable=not distributed.is_main())
+    for step in progress:
+        x, rng = draw_training_sets(train_pool, step, args.batch_size, args.sample_size, args.seed)
+        stats = train_step(trained, optimizer, x.to(device, non_blocking=True), rng, objective, step + 1,
+                           args.amp, args.grad_clip)
+        log.add(step + 1, stats)
+        progress.set_postfix(rec=f"{stats['rec']:.2f}", kl=f"{stats['kl']:.2f}")
+        if not validation_due(step + 1, args.freq_iters, args.train_iters):
+            continue
+        row = log.validation(*validate(model, val, objective, args.test_mc_sample_size, args.semisupervised_em_iters,
+                                       args.batch_size, args.seed, device, args.amp))
+        if distributed.is_main():
+            save_after_validation(run, log, log.checkpoint(model, optimizer, vars(args)))
+            progress.write(format_row(row))
+            write_run_figures(model, data, run.figures, run.metrics, args.way, args.eval_way, args.sample_size,
+                              args.query, args.unsupervised_em_iters, args.semisupervised_em_iters,
+                              args.test_mc_sample_size, args.seed)
+        log.restart_clock()
+
+    # Test: each shot with the checkpoint selected for it, beside the baseline on the same episodes.
+    test_sets = make_eval_sets(data["test"], args.eval_way, args.eval_shots, args.query, args.eval_episodes, args.seed)
+    paths = {shot: run.checkpoint(selected_checkpoint(args.select_by, shot)) for shot in args.eval_shots}
+    test = test_checkpoints(model, test_sets, paths, args.test_mc_sample_size, args.semisupervised_em_iters,
+                            args.batch_size, device, args.amp)
+    return save_results(run, with_baselines(test, test_sets, BASELINES, select_by=args.select_by,
+                                            train_iters=args.train_iters, wall_time_s=log.wall_time, config=vars(args)))

@@ -12,8 +12,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metagmvae import distributed  # noqa: E402
-from metagmvae.errors import UserError, exit_on_user_error  # noqa: E402
-from metagmvae.runtime import seed_everything  # noqa: E402
+from metagmvae.runfiles import UserError, exit_on_user_error, seed_everything  # noqa: E402
 from simclr.trainer import DEBUG_BATCHES, export_checkpoint, train_and_export  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "imgnet"

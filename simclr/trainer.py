@@ -14,11 +14,8 @@ import torch
 from tqdm import tqdm
 
 from metagmvae import distributed
-from metagmvae.checkpoint import load_checkpoint, save_checkpoint
-from metagmvae.errors import UserError
-from metagmvae.fileio import atomic_path, write_json
-from metagmvae.rundir import RunDir, check_same_flags
-from metagmvae.runtime import rng_state, set_rng_state
+from metagmvae.runfiles import (RunDir, UserError, atomic_path, check_same_flags, load_checkpoint, rng_state,
+                                save_checkpoint, set_rng_state, write_json)
 from metagmvae.training import TrainingDiverged
 
 from .augment import eval_transform, two_views
@@ -38,7 +35,7 @@ EXPORT_TRANSFORM = "simclr.augment.eval_transform: resize the smaller edge to 84
 def make_training(args, device):
     """Model, Adam and a cosine decay of the learning rate over the whole run (stepped once per epoch).
 
-    The reference restarts its cosine every 150 epochs by accident (REFERENCE.md); we decay once.
+    The reference restarts its cosine every 150 epochs by accident (docs/differences.md); we decay once.
     """
     model = SimCLR(**model_config(args)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -113,7 +110,7 @@ def read_resume_state(run, args):
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise UserError(f"{run.last_checkpoint}: not a checkpoint of simclr/main.py (missing {', '.join(missing)})")
-    check_same_flags(state["config"], args, RESUME_INVARIANT_FLAGS)
+    check_same_flags(state["config"], vars(args), RESUME_INVARIANT_FLAGS)
     return state
 
 

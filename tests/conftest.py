@@ -1,8 +1,10 @@
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("METAGMVAE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+SAMPLE_CHARACTERS = 242  # distinct characters in the two official images_background_small zips
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +32,7 @@ def omniglot_zips(shared_data) -> list:
 
 
 @pytest.fixture(scope="session")
-def omniglot_sample(omniglot_zips, tmp_path_factory) -> Path:
+def real_omniglot_sample(omniglot_zips, tmp_path_factory) -> Path:
     """train/val/test.npy built from the real sample zips (seed 0): 716 / 60 / 192 classes."""
     from data.prepare_omniglot import build_omniglot
 
@@ -38,13 +41,23 @@ def omniglot_sample(omniglot_zips, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def omniglot_sample(request, tmp_path_factory) -> Path:
+    """Omniglot arrays for end-to-end runs: the real sample when its zips are at hand, else as many
+    procedural characters (data/synthetic_omniglot.py, a few seconds), with the same split sizes."""
+    if sorted((SHARED_DATA / "omniglot").glob("images_background_small*.zip")):
+        return request.getfixturevalue("real_omniglot_sample")
+    from data.synthetic_omniglot import build_synthetic_omniglot
+
+    out = tmp_path_factory.mktemp("omniglot_procedural")
+    build_synthetic_omniglot(out, SAMPLE_CHARACTERS, seed=0)
+    return out
+
+
 def reference_key_shapes(model_name):
-    """{parameter name: shape} of the authors' checkpoints, from ../shared/reference-checkpoint-keys.txt."""
-    keys_file = SHARED_DATA.parent / "reference-checkpoint-keys.txt"
-    if not keys_file.exists():
-        pytest.skip(f"{keys_file} not found")
+    """{parameter name: shape} of the authors' checkpoints of `model_name` (tests/data)."""
     shapes = {}
-    for line in keys_file.read_text().splitlines():
+    for line in (REPO_ROOT / "tests" / "data" / "reference_checkpoint_keys.txt").read_text().splitlines():
         if line.startswith(f"{model_name} "):
             _, name, shape = line.split(" ", 2)
             shapes[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
@@ -75,3 +88,17 @@ def torchrun(*args, script="omniglot/main.py", processes=2, **env):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                            "--master_port", str(free_port()), script, *map(str, args)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def kill_once_written(command, path, timeout=300, **env):
+    """Run `command` (a list, from the repository root) and SIGKILL it with all its processes as soon as
+    `path` exists (a checkpoint, say); returns the command's exit status, -SIGKILL when it was killed.
+    The run must be long enough not to finish first: give it more --train-iters than the resumed run."""
+    process = subprocess.Popen(list(map(str, command)), cwd=REPO_ROOT, env={**os.environ, **env},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    return process.wait()

@@ -7,6 +7,7 @@ weight by about +-lr whatever the gradient's size, turn rounding into visible we
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import types
@@ -17,20 +18,18 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from metagmvae import distributed
-from metagmvae.checkpoint import load_checkpoint
-from metagmvae.keyed_random import TRAINING, EpisodeRandom
-from metagmvae.training import CRASH_AT_STEP, draw_training_sets, make_optimizer, train_step
+from metagmvae.runfiles import load_checkpoint
+from metagmvae.episodes import TRAINING, EpisodeRandom
+from metagmvae.training import Objective, draw_training_sets, train_step
 from omniglot.model import OmniglotGMVAE
 from simclr.model import SimCLR
 from simclr.trainer import train_epoch
 
-from .conftest import REPO_ROOT, free_port, torchrun
+from .conftest import REPO_ROOT, free_port, kill_once_written, torchrun
 from .test_omniglot_cli import SMALL
 
 STEPS = 3
-GMVAE_ARGS = types.SimpleNamespace(seed=3, batch_size=4, sample_size=10, way=3, train_mc_sample_size=4,
-                                   unsupervised_em_iters=3, fix_pi=False, amp=False, grad_clip=0.0, lr=1e-3,
-                                   weight_decay=1e-6)
+SEED, BATCH_SIZE, SAMPLE_SIZE, OBJECTIVE = 3, 4, 10, Objective(num_components=3, mc_samples=4, em_iters=3)
 SIMCLR_ARGS = types.SimpleNamespace(seed=0, batch_size=8, train_epochs=1, temperature=0.5)
 
 
@@ -39,12 +38,12 @@ def train_omniglot():
     torch.manual_seed(0)
     model = OmniglotGMVAE(hidden_size=8, latent_size=4)
     pool = (torch.rand(50, 1, 28, 28, generator=torch.Generator().manual_seed(1)) > 0.7).to(torch.float64)
-    optimizer = make_optimizer(model, GMVAE_ARGS)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-6)
     trained = distributed.wrap_for_training(model, torch.device("cpu"))
     losses = []
     for step in range(STEPS):
-        x, rng = draw_training_sets(pool, step, GMVAE_ARGS)
-        losses.append(train_step(trained, optimizer, x, rng, GMVAE_ARGS, step)["loss"])
+        x, rng = draw_training_sets(pool, step, BATCH_SIZE, SAMPLE_SIZE, SEED)
+        losses.append(train_step(trained, optimizer, x, rng, OBJECTIVE, step + 1)["loss"])
     return losses, model.state_dict()
 
 
@@ -180,8 +179,10 @@ def test_torchrun_resume_continues_exactly(omniglot_sample, tmp_path):
              "--freq-iters", "2", "--select-by", "last"]
     straight = torchrun(*flags, "--save-dir", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
-    crashed = torchrun(*flags, "--save-dir", tmp_path / "run", **{CRASH_AT_STEP: "3"})
-    assert crashed.returncode != 0 and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+               "omniglot/main.py", *flags, "--save-dir", tmp_path / "run", "--train-iters", "1000"]
+    crashed = kill_once_written(command, tmp_path / "run" / "last.pt", OMP_NUM_THREADS="1")
+    assert crashed == -signal.SIGKILL and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
     resumed = torchrun(*flags, "--save-dir", tmp_path / "run", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = (load_checkpoint(p / "last.pt")["model"] for p in (tmp_path / "straight", tmp_path / "run"))

@@ -42,10 +42,10 @@ def test_drawings_of_a_character_are_closer_than_other_characters():
     assert (nearest_mean == np.arange(12)[:, None]).mean() > 0.6
 
 
-def test_synthetic_build_has_the_layout_of_the_real_build(omniglot_sample, tmp_path, capsys):
+def test_synthetic_build_has_the_layout_of_the_real_build(real_omniglot_sample, tmp_path, capsys):
     manifest = build_synthetic_omniglot(tmp_path / "syn", 30, drawings=20, seed=1)
-    real, synthetic = load_omniglot(omniglot_sample), load_omniglot(tmp_path / "syn")
-    assert {p.name for p in (tmp_path / "syn").iterdir()} == {p.name for p in omniglot_sample.iterdir()}
+    real, synthetic = load_omniglot(real_omniglot_sample), load_omniglot(tmp_path / "syn")
+    assert {p.name for p in (tmp_path / "syn").iterdir()} == {p.name for p in real_omniglot_sample.iterdir()}
     for split in ("train", "val", "test"):
         assert synthetic[split].shape[1:] == real[split].shape[1:] and synthetic[split].dtype == real[split].dtype
         assert len(synthetic[split]) == 4 * manifest["split_counts"][split]
@@ -53,7 +53,7 @@ def test_synthetic_build_has_the_layout_of_the_real_build(omniglot_sample, tmp_p
     assert sum(manifest["split_counts"].values()) == 30
     train = synthetic["train"]
     assert torch.equal(train[1], torch.rot90(train[0], 1, dims=(-2, -1)))  # class 4c + r: rotated 90r degrees
-    real_manifest = json.loads((omniglot_sample / "manifest.json").read_text())
+    real_manifest = json.loads((real_omniglot_sample / "manifest.json").read_text())
     written = json.loads((tmp_path / "syn" / "manifest.json").read_text())
     assert set(real_manifest) - {"sources"} <= set(written) and written["synthetic"] is True
     assert written["generator"]["characters"] == 30 and written["generator"]["seed"] == 1

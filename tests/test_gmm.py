@@ -1,4 +1,4 @@
-"""EM of the Gaussian mixture against naive per-point loops written from REFERENCE.md's formulas."""
+"""EM of the Gaussian mixture against naive per-point loops written from the formulas of docs/method.md."""
 import math
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from metagmvae import gmm
-from metagmvae.keyed_random import EpisodeRandom
-from metagmvae.metrics import mean_confidence_interval
+from metagmvae.episodes import EpisodeRandom
+from metagmvae.evaluation import mean_confidence_interval
 
 
 

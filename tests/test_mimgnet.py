@@ -1,7 +1,6 @@
 """mimgnet/: the feature-space model, its loss, feature loading and the command line."""
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,17 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from metagmvae.baselines import logistic_regression_accuracies, nearest_class_mean_accuracies
-from metagmvae.checkpoint import load_checkpoint
-from metagmvae.evaluation import make_eval_set
-from metagmvae.experiment import load_model_checkpoint
+from metagmvae.episodes import make_eval_set
+from metagmvae.evaluation import logistic_regression_accuracies, nearest_class_mean_accuracies
+from metagmvae.runfiles import load_checkpoint
 from metagmvae.gmvae import count_parameters
-from metagmvae.training import CRASH_AT_STEP
 from mimgnet.dataset import load_features
 from mimgnet.model import REFERENCE_PREFIXES, FeatureGMVAE
-from mimgnet.trainer import MIMGNET
+from mimgnet.trainer import load_model
 
-from .conftest import REPO_ROOT, reference_key_shapes, to_reference_state_dict, torchrun
+from .conftest import REPO_ROOT, kill_once_written, reference_key_shapes, to_reference_state_dict, torchrun
 
 
 def test_parameter_count_and_reference_names():
@@ -45,7 +42,7 @@ def test_authors_checkpoint_gives_identical_predictions(tmp_path):
     model = FeatureGMVAE(feature_size=16, latent_size=4).eval()
     path = tmp_path / "best.pth"
     torch.save({"state_dict": to_reference_state_dict(model, REFERENCE_PREFIXES), "accuracy": np.float64(0.4)}, path)
-    loaded = load_model_checkpoint(MIMGNET, path, torch.device("cpu"))
+    loaded = load_model(path, torch.device("cpu"))
     support, query, labels = torch.rand(2, 5, 16), torch.rand(2, 10, 16), torch.arange(5).expand(2, 5)
     torch.manual_seed(2)
     expected = model.predict(support, labels, query, 5, 8, 3)
@@ -129,10 +126,9 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path):
     common = ["--data-dir", data, *SMALL, "--train-iters", "20", "--freq-iters", "10"]
     straight = run_main(*common, "--save-dir", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-2000:]
-    killed = subprocess.run([sys.executable, "mimgnet/main.py", *map(str, common), "--save-dir", tmp_path / "run"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, CRASH_AT_STEP: "13"})
-    assert killed.returncode == -signal.SIGKILL
+    killed = kill_once_written([sys.executable, "mimgnet/main.py", *common, "--save-dir", tmp_path / "run",
+                                "--train-iters", "1000"], tmp_path / "run" / "last.pt")
+    assert killed == -signal.SIGKILL and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 10
     resumed = run_main(*common, "--save-dir", tmp_path / "run", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     first, second = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("straight", "run"))

@@ -1,7 +1,6 @@
 """omniglot/main.py end to end on the real Omniglot sample, and its refusals of bad input."""
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -11,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from metagmvae.checkpoint import load_checkpoint
-from metagmvae.training import CRASH_AT_STEP
+from metagmvae.runfiles import load_checkpoint
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, kill_once_written
 
 SMALL = ["--way", "5", "--sample-size", "20", "--batch-size", "2", "--train-mc-sample-size", "4",
          "--test-mc-sample-size", "4", "--hidden-size", "16", "--latent-size", "8", "--eval-episodes", "20",
@@ -135,14 +133,15 @@ def test_existing_run_is_not_overwritten_and_bad_checkpoint_is_refused(trained, 
 
 
 def test_killed_run_resumes_to_the_same_numbers(trained, omniglot_sample, tmp_path):
-    """SIGKILL after step 27 (checkpoint at 20), then --resume: the uninterrupted run's numbers exactly."""
+    """SIGKILL once the step-20 checkpoint is written, then --resume: the uninterrupted run's numbers exactly."""
     save, _ = trained
-    common = ["--data-dir", omniglot_sample, "--save-dir", tmp_path / "run", *SMALL, "--train-iters", "40",
-              "--freq-iters", "20", "--seed", "3"]
-    killed = subprocess.run([sys.executable, "omniglot/main.py", *map(str, common)], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, CRASH_AT_STEP: "27"})
-    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "run" / "results.json").exists()
+    common = ["--data-dir", omniglot_sample, "--save-dir", tmp_path / "run", *SMALL, "--freq-iters", "20",
+              "--seed", "3"]
+    killed = kill_once_written([sys.executable, "omniglot/main.py", *common, "--train-iters", "1000"],
+                               tmp_path / "run" / "last.pt")
+    assert killed == -signal.SIGKILL and not (tmp_path / "run" / "results.json").exists()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 20
+    common += ["--train-iters", "40"]
     assert_refused(run_main(*common, "--resume", "--lr", "1e-2"), "--lr 0.01 (saved 0.001)")
     resumed = run_main(*common, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]

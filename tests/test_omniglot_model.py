@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from metagmvae.gmvae import count_parameters
 from metagmvae.set_transformer import MAB
 from omniglot.model import REFERENCE_PREFIXES, OmniglotGMVAE
-from metagmvae.experiment import load_model_checkpoint
-from omniglot.trainer import OMNIGLOT
+from omniglot.trainer import load_model
 
 from .conftest import reference_key_shapes, to_reference_state_dict
 
@@ -48,7 +47,7 @@ def test_mab_matches_reference_formulation():
 
 
 def naive_loss(model, x, K, S, em_iters):
-    """REFERENCE.md's loss written plainly: repeated targets, Normal log-densities, distances by subtraction."""
+    """The loss of docs/method.md written plainly: repeated targets, Normal log-densities, distances by subtraction."""
     B, M = x.shape[:2]
     mean, logvar = model.posterior_params(x)
     eps = torch.randn(B, M, S, mean.shape[-1])
@@ -107,7 +106,7 @@ def test_authors_checkpoint_gives_identical_predictions(tmp_path):
     model.eval()
     path = tmp_path / "1shot_best.pth"
     torch.save({"state_dict": to_reference_state_dict(model, REFERENCE_PREFIXES), "accuracy": np.float64(0.9), "epoch": 3}, path)
-    loaded = load_model_checkpoint(OMNIGLOT, path, torch.device("cpu"))
+    loaded = load_model(path, torch.device("cpu"))
     loaded.eval()
     support, query = torch.rand(2, 5, 1, 28, 28), torch.rand(2, 10, 1, 28, 28)
     labels = torch.arange(5).expand(2, 5)

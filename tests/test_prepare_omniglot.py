@@ -1,4 +1,5 @@
-"""data/prepare_omniglot.py on the real Omniglot sample zips of ../shared/data/omniglot.
+"""data/prepare_omniglot.py on the real Omniglot sample zips (images_background_small1/2.zip of the official
+Omniglot repository; found through METAGMVAE_SHARED_DATA, these tests skip without them).
 
 Every output goes under pytest's tmp_path; the download tests use a local HTTP server only.
 """
@@ -17,13 +18,13 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from data.prepare_omniglot import (REFERENCE_SPLIT, build_omniglot, collect_characters, download_archives,
-                                   load_character, split_characters, split_counts)
-from metagmvae.errors import UserError
+from data.omniglot_build import REFERENCE_SPLIT, split_characters, split_counts
+from data.prepare_omniglot import build_omniglot, collect_characters, download_archives, load_character
+from metagmvae.runfiles import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "data" / "prepare_omniglot.py"
-SAMPLE_SHA256 = {  # from ../shared/data/README.md
+SAMPLE_SHA256 = {  # of the official images_background_small zips
     "images_background_small1.zip": "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4",
     "images_background_small2.zip": "3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f",
 }

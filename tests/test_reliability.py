@@ -3,15 +3,13 @@ import signal
 import subprocess
 import sys
 import time
-from argparse import Namespace
 
 import numpy as np
 import pytest
 import torch
 
-from metagmvae.checkpoint import load_checkpoint, save_checkpoint
-from metagmvae.errors import UserError
-from metagmvae.training import TrainingDiverged, make_optimizer, train_step
+from metagmvae.runfiles import UserError, load_checkpoint, save_checkpoint
+from metagmvae.training import Objective, TrainingDiverged, train_step
 from mimgnet.model import FeatureGMVAE
 
 from .conftest import REPO_ROOT
@@ -19,7 +17,6 @@ from .conftest import REPO_ROOT
 WRITER = """
 import sys, torch
 sys.path.insert(0, {root!r})
-from metagmvae.checkpoint import save_checkpoint
 step = 0
 while True:
     step += 1
@@ -60,14 +57,12 @@ def test_foreign_and_truncated_files_are_refused(tmp_path):
 
 def test_a_nan_loss_stops_training_with_the_step_number():
     model = FeatureGMVAE(feature_size=8, latent_size=2)
-    args = Namespace(way=2, train_mc_sample_size=2, unsupervised_em_iters=2, fix_pi=False, grad_clip=0.0, lr=1e-3,
-                     weight_decay=0.0, amp=False)
-    optimizer = make_optimizer(model, args)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     with torch.no_grad():
         model.decoder[0].weight[0, 0] = float("nan")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(TrainingDiverged, match="at step 5"):
-        train_step(model, optimizer, torch.rand(2, 4, 8), None, args, step=4)
+        train_step(model, optimizer, torch.rand(2, 4, 8), None, Objective(2, 2, 2), step=5)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).any() for k in before)
 
@@ -94,10 +89,8 @@ def test_unwritable_save_dir_is_refused(tmp_path):
 def test_grad_clip_bounds_the_update():
     torch.manual_seed(0)
     model = FeatureGMVAE(feature_size=8, latent_size=2)
-    args = Namespace(way=2, train_mc_sample_size=2, unsupervised_em_iters=2, fix_pi=False, grad_clip=1e-3,
-                     lr=1.0, weight_decay=0.0, amp=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     before = [p.clone() for p in model.parameters()]
-    train_step(model, optimizer, torch.rand(2, 4, 8) * 100, None, args, step=0)
+    train_step(model, optimizer, torch.rand(2, 4, 8) * 100, None, Objective(2, 2, 2), step=1, grad_clip=1e-3)
     moved = torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before)])
     assert moved.norm() <= 1e-3 * (1 + 1e-4)

@@ -16,8 +16,7 @@ import torch
 import simclr.trainer
 from data.prepare_mimgnet import load_image, prepare_mimgnet, read_split_csv
 from data.synthetic_mimgnet import write_dataset
-from metagmvae.checkpoint import load_checkpoint
-from metagmvae.errors import UserError
+from metagmvae.runfiles import UserError, load_checkpoint
 from simclr.data import load_split
 from simclr.main import main as simclr_main
 
