@@ -44,14 +44,17 @@ def test_log_densities_match_naive():
     z, mu, var = torch.randn(2, 7, 3) * 3, torch.randn(2, 4, 3), torch.rand(2, 4, 3) + 0.1
     ident = gmm.log_normal_identity(z, mu)
     diag = gmm.log_normal_diag(z, mu, var)
+    # the naive side in python floats (float64 values), so pytest.approx gets a float, never a 0-d tensor
+    zl, mul, varl = z.tolist(), mu.tolist(), var.tolist()
     for b in range(2):
         for n in range(7):
             for k in range(4):
-                assert ident[b, k, n].item() == pytest.approx(naive_log_normal(z[b, n], mu[b, k], [1.0] * 3), abs=1e-9)
-                assert diag[b, k, n].item() == pytest.approx(naive_log_normal(z[b, n], mu[b, k], var[b, k]), abs=1e-9)
+                assert ident[b, k, n].item() == pytest.approx(naive_log_normal(zl[b][n], mul[b][k], [1.0] * 3), abs=1e-9)
+                assert diag[b, k, n].item() == pytest.approx(naive_log_normal(zl[b][n], mul[b][k], varl[b][k]), abs=1e-9)
     log_pi = torch.log_softmax(torch.randn(2, 4), -1)
     mix = gmm.mixture_log_prob(z, log_pi, mu)
-    expected = math.log(sum(math.exp(log_pi[1, k] + naive_log_normal(z[1, 2], mu[1, k], [1.0] * 3)) for k in range(4)))
+    lp = log_pi.tolist()
+    expected = math.log(sum(math.exp(lp[1][k] + naive_log_normal(zl[1][2], mul[1][k], [1.0] * 3)) for k in range(4)))
     assert mix[1, 2].item() == pytest.approx(expected, abs=1e-9)
 
 
