@@ -94,7 +94,7 @@ def ncm_accuracies(feature_dir, shots, episodes, seed):
     """{"5way-<shot>shot": summary} of nearest class mean on the test features, episodes as mimgnet/main.py's."""
     test = load_features(feature_dir, ("test",))["test"]  # (C, I, F)
     return {f"{WAY}way-{shot}shot": summarize(nearest_class_mean_accuracies(
-        make_eval_set(test, WAY, shot, QUERY, episodes, seed))) for shot in shots}
+        make_eval_set(test, WAY, shot, QUERY, episodes, seed, "test"))) for shot in shots}
 
 
 def run_pipeline(args, out, shots, timings, commands):

@@ -76,7 +76,7 @@ def main():
     build_omniglot(sources, data_dir, seed=0)
     test = load_split(data_dir, "test")
     baseline = {f"5way-{shot}shot": summarize(nearest_class_mean_accuracies(
-        make_eval_set(test, 5, shot, 15, args.test_episodes, args.seed))) for shot in (1, 5)}
+        make_eval_set(test, 5, shot, 15, args.test_episodes, args.seed, "test"))) for shot in (1, 5)}
 
     stages = [args.out / f"run-{steps}" for steps in (args.steps_a, args.steps_b) if steps]
     for stale in stages:

@@ -22,8 +22,8 @@ from tqdm import tqdm
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metagmvae.runfiles import UserError, atomic_path, exit_on_user_error, write_json  # noqa: E402
 from metagmvae.cli import HelpFormatter  # noqa: E402
+from metagmvae.runfiles import UserError, atomic_path, exit_on_user_error, write_json  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "imgnet"
 SPLITS = ("train", "val", "test")

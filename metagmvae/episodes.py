@@ -18,12 +18,15 @@ import torch
 
 from .runfiles import UserError
 
-# The element after the seed in every key: what the draws are for.
+# The element after the seed in every key: what the draws are for.  All keys of one purpose have the same
+# length: SeedSequence ignores trailing zeros, so (s, p) and (s, p, 0) would be the same stream.
 TRAINING = 0           # (seed, TRAINING, step, episode): an unlabeled set, its MC noise and its EM start
-EVAL_EPISODES = 1      # (seed, EVAL_EPISODES, way, shot, episode): the classes and items of an evaluation episode
-EVAL_NOISE = 2         # (seed, EVAL_NOISE, way, shot, episode): the MC noise of one evaluation episode
+EVAL_EPISODES = 1      # (seed, EVAL_EPISODES, split, way, shot, episode): an evaluation episode's classes and items
+EVAL_NOISE = 2         # (seed, EVAL_NOISE, split, way, shot, episode): the MC noise of one evaluation episode
 VALIDATION_SETS = 3    # (seed, VALIDATION_SETS, set): the items of one unlabeled validation set (val-elbo)
 VALIDATION_NOISE = 4   # (seed, VALIDATION_NOISE, set): the MC noise and EM start of one validation set
+FIGURES = 5            # (seed, FIGURES): the items and the episode the figures of a run show
+SPLITS = {"val": 1, "test": 2}  # `split` in the evaluation keys: validation and test draw independently
 
 
 class EpisodeRandom:
@@ -116,6 +119,7 @@ class EvalSet:
     classes: torch.Tensor    # (E, way)
     instances: torch.Tensor  # (E, way, shot + query)
     seed: int
+    split: str               # "val" or "test"
 
     @property
     def way(self):
@@ -134,20 +138,21 @@ class EvalSet:
         for first in range(start, stop, batch_size):
             rows = range(first, min(first + batch_size, stop))
             yield (self.sampler.gather(self.classes[rows.start:rows.stop], self.instances[rows.start:rows.stop]),
-                   EpisodeRandom.for_episodes(rows, self.seed, EVAL_NOISE, self.way, self.shot))
+                   EpisodeRandom.for_episodes(rows, self.seed, EVAL_NOISE, SPLITS[self.split], self.way, self.shot))
 
 
-def make_eval_set(data, way, shot, query, num_episodes, seed):
-    """Episodes drawn from streams keyed by (seed, way, shot, episode)."""
+def make_eval_set(data, way, shot, query, num_episodes, seed, split):
+    """Episodes of the `split` ("val" or "test") array data (C, I, ...), each drawn from its stream keyed by
+    (seed, split, way, shot, episode)."""
     sampler = EpisodeSampler(data, way, shot, query)
-    classes, instances = sampler.sample_indices(EpisodeRandom.for_episodes(range(num_episodes), seed, EVAL_EPISODES,
-                                                                           way, shot))
-    return EvalSet(sampler, classes, instances, seed)
+    rng = EpisodeRandom.for_episodes(range(num_episodes), seed, EVAL_EPISODES, SPLITS[split], way, shot)
+    classes, instances = sampler.sample_indices(rng)
+    return EvalSet(sampler, classes, instances, seed, split)
 
 
-def make_eval_sets(data, way, shots, query, num_episodes, seed):
-    """{shot: EvalSet} of data (C, I, ...) at each shot."""
-    return {shot: make_eval_set(data, way, shot, query, num_episodes, seed) for shot in shots}
+def make_eval_sets(data, way, shots, query, num_episodes, seed, split):
+    """{shot: EvalSet} of the `split` array data (C, I, ...) at each shot."""
+    return {shot: make_eval_set(data, way, shot, query, num_episodes, seed, split) for shot in shots}
 
 
 def check_episodes_fit(split, array, way, query, shots):

@@ -1,7 +1,7 @@
 """Few-shot evaluation on fixed episodes: semi-supervised EM prediction, accuracy per episode, mean and
 95% CI, and the baselines scored on the very same episodes.
 
-Episode e's classes, items and MC noise are keyed by (seed, way, shot, e) (episodes.py), so its score does
+Episode e's classes, items and MC noise are keyed by (seed, split, way, shot, e) (episodes.py), so its score does
 not depend on the batch size or on how torchrun processes share the episodes.
 """
 from contextlib import contextmanager

@@ -107,7 +107,7 @@ def validation_episodes(select_by, data, shots, way, query, num_episodes, num_se
     """What --select-by validates on, from the validation split data (C, I, *item_shape): {shot: EvalSet}
     of labeled way-way episodes (val-acc), num_sets UnlabeledSets (val-elbo), or None (last)."""
     if select_by == "val-acc":
-        return make_eval_sets(data, way, shots, query, num_episodes, seed)
+        return make_eval_sets(data, way, shots, query, num_episodes, seed, "val")
     if select_by == "val-elbo":
         return UnlabeledSets.draw(data, num_sets, sample_size, seed)
     return None
@@ -226,7 +226,7 @@ def evaluate_checkpoint(model, checkpoint, test, baselines, way, shots, query, n
     """--eval-only: a model loaded from `checkpoint` on fixed way-way test episodes of test (C, I, ...) at
     each shot, beside `baselines` on the same episodes; returns results.json's "test" and "baselines"."""
     check_episodes_fit("test", test, way, query, shots)
-    test_sets = make_eval_sets(test, way, shots, query, num_episodes, seed)
+    test_sets = make_eval_sets(test, way, shots, query, num_episodes, seed, "test")
     return with_baselines(test_model(model, test_sets, checkpoint, mc_samples, em_iters, batch_size, device, amp),
                           test_sets, baselines)
 

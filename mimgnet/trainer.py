@@ -83,7 +83,7 @@ def train(args, device):
 
     # Test: the selected checkpoint at every shot, beside the baselines on the same episodes.
     test_sets = make_eval_sets(features["test"], args.eval_way, args.eval_shots, args.query, args.eval_episodes,
-                               args.seed)
+                               args.seed, "test")
     path = run.checkpoint(selected_checkpoint(args.select_by, args.shot))
     model.load_state_dict(distributed.from_main(lambda: load_checkpoint(path)["model"]))
     test = test_model(model, test_sets, path, args.test_mc_sample_size, args.semisupervised_em_iters,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from metagmvae.episodes import EpisodeRandom, EpisodeSampler
+from metagmvae.episodes import FIGURES, EpisodeRandom, EpisodeSampler
 from metagmvae.evaluation import seeded_eval
 from metagmvae.gmm import fit_gmm_em, log_normal_identity
 from metagmvae.runfiles import UserError, atomic_path
@@ -107,7 +107,7 @@ def save_episode_mixture(model, images, num_components, em_iters, path, max_item
     with _inference(model) as device:
         mean, _ = model.posterior_params(torch.as_tensor(images, dtype=torch.float32, device=device)[None])
         centre = mean.mean(1, keepdim=True)  # EM on centred points, as the training prior
-        log_pi, mu = fit_gmm_em(mean - centre, num_components, em_iters, rng=EpisodeRandom([(seed,)]))
+        log_pi, mu = fit_gmm_em(mean - centre, num_components, em_iters, rng=EpisodeRandom([(seed, FIGURES)]))
         assignment = (log_pi.unsqueeze(-1) + log_normal_identity(mean - centre, mu)).argmax(1)[0]  # (M,)
         component_means = torch.sigmoid(model.decode(mu + centre))[0]  # (K, 1, 28, 28)
     cols = 1 + min(len(images), max_items)
@@ -244,7 +244,7 @@ def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_si
     """
     folder = Path(folder)
     device = next(model.parameters()).device
-    rng = EpisodeRandom([(seed,)])  # one stream: the same items and episode at every validation
+    rng = EpisodeRandom([(seed, FIGURES)])  # one stream: the same items and episode at every validation
     train = data["train"].flatten(0, 1)
     with seeded_eval(model, device, seed):
         paths = [save_reconstructions(model, train[rng.randint(len(train), 1, 16)[0]], folder / "reconstructions.png"),

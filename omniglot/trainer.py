@@ -84,7 +84,8 @@ def train(args, device):
         log.restart_clock()
 
     # Test: each shot with the checkpoint selected for it, beside the baseline on the same episodes.
-    test_sets = make_eval_sets(data["test"], args.eval_way, args.eval_shots, args.query, args.eval_episodes, args.seed)
+    test_sets = make_eval_sets(data["test"], args.eval_way, args.eval_shots, args.query, args.eval_episodes, args.seed,
+                               "test")
     paths = {shot: run.checkpoint(selected_checkpoint(args.select_by, shot)) for shot in args.eval_shots}
     test = test_checkpoints(model, test_sets, paths, args.test_mc_sample_size, args.semisupervised_em_iters,
                             args.batch_size, device, args.amp)

@@ -90,15 +90,34 @@ def torchrun(*args, script="omniglot/main.py", processes=2, **env):
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+def process_tree(pid):
+    """pid and all its descendants (Linux /proc), parents first."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree = [pid]
+    for parent in tree:
+        tree += children.get(parent, [])
+    return tree
+
+
 def kill_once_written(command, path, timeout=300, **env):
-    """Run `command` (a list, from the repository root) and SIGKILL it with all its processes as soon as
-    `path` exists (a checkpoint, say); returns the command's exit status, -SIGKILL when it was killed.
-    The run must be long enough not to finish first: give it more --train-iters than the resumed run."""
+    """Run `command` (a list, from the repository root) and SIGKILL it with all its descendants (torchrun's
+    workers run in sessions of their own) as soon as `path` exists (a checkpoint, say); returns the
+    command's exit status, -SIGKILL when it was killed.  The run must be long enough not to finish first:
+    give it more --train-iters than the resumed run."""
     process = subprocess.Popen(list(map(str, command)), cwd=REPO_ROOT, env={**os.environ, **env},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while not Path(path).exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
+    for pid in process_tree(process.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     return process.wait()

@@ -18,8 +18,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from metagmvae import distributed
-from metagmvae.runfiles import load_checkpoint
 from metagmvae.episodes import TRAINING, EpisodeRandom
+from metagmvae.runfiles import load_checkpoint
 from metagmvae.training import Objective, draw_training_sets, train_step
 from omniglot.model import OmniglotGMVAE
 from simclr.model import SimCLR

@@ -11,8 +11,8 @@ import torch
 
 from metagmvae.episodes import make_eval_set
 from metagmvae.evaluation import logistic_regression_accuracies, nearest_class_mean_accuracies
-from metagmvae.runfiles import load_checkpoint
 from metagmvae.gmvae import count_parameters
+from metagmvae.runfiles import load_checkpoint
 from mimgnet.dataset import load_features
 from mimgnet.model import REFERENCE_PREFIXES, FeatureGMVAE
 from mimgnet.trainer import load_model
@@ -75,7 +75,7 @@ def test_features_load_class_major_and_the_reference_layout(tmp_path):
 
 def test_baselines_solve_separable_episodes(tmp_path):
     test = load_features(write_features(tmp_path), ("test",))["test"]
-    eval_set = make_eval_set(test, 5, 1, 15, 20, 0)
+    eval_set = make_eval_set(test, 5, 1, 15, 20, 0, "test")
     assert nearest_class_mean_accuracies(eval_set).mean() > 0.95
     assert logistic_regression_accuracies(eval_set).mean() > 0.95
 

@@ -17,6 +17,7 @@ from .conftest import REPO_ROOT
 WRITER = """
 import sys, torch
 sys.path.insert(0, {root!r})
+from metagmvae.runfiles import save_checkpoint
 step = 0
 while True:
     step += 1
