@@ -119,11 +119,11 @@ def load_npy(path, mmap_mode=None):
     if dtype.hasobject:
         raise UserError(f"{path} holds Python objects (pickled data); {expected}")
     size = math.prod(shape) * dtype.itemsize
+    if mmap_mode is None:
+        check_fits_in_memory(size, f"{path} (a {dtype} array of shape {shape})")
     if path.stat().st_size < data_offset + size:
         raise UserError(f"{path} is truncated: its header promises a {dtype} array of shape {shape} "
                         f"({format_bytes(size)}) but the file holds {format_bytes(path.stat().st_size)}")
-    if mmap_mode is None:
-        check_fits_in_memory(size, f"{path} (a {dtype} array of shape {shape})")
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except MemoryError:
@@ -246,16 +246,18 @@ def _check_tensor_dict(state_dict, path, key):
         raise UserError(f"{path}: {key!r} is not a dict of named tensors (found {found})")
 
 
-def load_weights(model, state_dict, path, name):
+def load_weights(model, state_dict, path, name, renamed=False):
     """model.load_state_dict(state_dict) (a dict of named tensors), a mismatch raising UserError that names
-    the missing, unexpected and differently shaped tensors."""
+    the missing, unexpected and differently shaped tensors (by our names: renamed says the state_dict is an
+    authors' one converted by convert_state_dict)."""
     expected = model.state_dict()
     missing, unexpected = expected.keys() - state_dict.keys(), state_dict.keys() - expected.keys()
     reshaped = [k for k in expected.keys() & state_dict.keys() if expected[k].shape != state_dict[k].shape]
     problems = [f"{what}: {_name_list(keys)}" for what, keys in
                 (("missing", missing), ("unexpected", unexpected), ("other shapes", reshaped)) if keys]
     if problems:
-        raise UserError(f"{path}: weights do not fit the {name} model ({'; '.join(problems)})")
+        names = " in this project's names" if renamed else ""
+        raise UserError(f"{path}: weights do not fit the {name} model ({'; '.join(problems)}{names})")
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
@@ -294,7 +296,7 @@ def build_model(state, path, model_class, name, convert_reference=None):
         model = model_class(**config)
     except Exception as e:  # the settings come from the file: any failure is the file's
         raise UserError(f"{path}: model_config {config} does not build the {name} model ({e})") from None
-    load_weights(model, state_dict, path, name)
+    load_weights(model, state_dict, path, name, renamed="model" not in state)
     return model
 
 
@@ -395,7 +397,7 @@ class RunDir:
 def check_run_checkpoint(state, path, keys, name):
     """Refuse to resume from `path` unless it is the last.pt of a run of the `name` model (a dict with `keys`)."""
     kind = checkpoint_kind(state)
-    expected = f"--resume expects the last.pt of a {name} run of this project"
+    expected = f"--resume expects a last.pt written by training the {name} model"
     if kind is not None and kind != (OURS, name):
         raise UserError(f"{path} holds {kind[0]} {kind[1]} model; {expected}")
     missing = [k for k in keys if k not in state]
