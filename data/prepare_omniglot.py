@@ -30,7 +30,7 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
 
 from data.omniglot_build import IMAGE_SIZE, SPLITS, split_characters, with_rotations, write_build  # noqa: E402
 from data.synthetic_omniglot import build_synthetic_omniglot  # noqa: E402
-from metagmvae.cli import HelpFormatter  # noqa: E402
+from metagmvae.cli import HelpFormatter, check_seed  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error, format_bytes  # noqa: E402
 
 URL_BASE = "https://github.com/brendenlake/omniglot/raw/master/python/"
@@ -278,6 +278,7 @@ def main(argv=None):
                         help="with --synthetic: drawings per character")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):
+        check_seed(args.seed)
         if args.synthetic and args.source:
             raise UserError("--synthetic generates its own drawings; drop --source")
         if args.synthetic:

@@ -102,13 +102,18 @@ def check_latents_fit(args):
                                    f"{args.latent_size} floats)")
 
 
-def check_args(args, positive=()):
-    """Refuse flag combinations that cannot work, before anything is read or written."""
-    for name in ["latent_size", "train_mc_sample_size", "test_mc_sample_size", "batch_size", "sample_size",
-                 "train_iters", "freq_iters", "eval_episodes", "way", "eval_way", "query", "val_elbo_sets",
-                 "unsupervised_em_iters", "semisupervised_em_iters", *positive]:
+def check_positive(args, names):
+    """Refuse an integer flag among `names` (attributes of args) below 1."""
+    for name in names:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})")
+
+
+def check_args(args, positive=()):
+    """Refuse flag combinations that cannot work, before anything is read or written."""
+    check_positive(args, ["latent_size", "train_mc_sample_size", "test_mc_sample_size", "batch_size", "sample_size",
+                          "train_iters", "freq_iters", "eval_episodes", "way", "eval_way", "query", "val_elbo_sets",
+                          "unsupervised_em_iters", "semisupervised_em_iters", *positive])
     if min(args.eval_shots) < 1:
         raise UserError(f"--eval-shots must be positive (got {args.eval_shots})")
     if args.sample_size < args.way:

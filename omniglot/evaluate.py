@@ -27,6 +27,7 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metagmvae.cli import check_positive, check_seed  # noqa: E402
 from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.evaluation import mean_confidence_interval  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error, seed_everything, write_text  # noqa: E402
@@ -180,8 +181,8 @@ def main(argv=None):
                         help="CSV for episodes with unlabelled queries (None = <episodes>/predictions.csv)")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):
-        if args.mc_samples < 1 or args.em_iters < 1:
-            raise UserError("--mc-samples and --em-iters must be positive")
+        check_positive(args, ["mc_samples", "em_iters"])
+        check_seed(args.seed)
         device = resolve_device(args.device)
         episodes = load_episodes(args.episodes)
         model = load_model(args.checkpoint, device).eval()
