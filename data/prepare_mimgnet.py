@@ -55,6 +55,8 @@ def read_split_csv(path):
         if len(row) != len(HEADER) or not all(c.strip() for c in row):
             raise UserError(f"{path}:{line}: expected 2 non-empty columns filename,label, found {row}")
         filename, label = (c.strip() for c in row)
+        if Path(filename).is_absolute() or ".." in Path(filename).parts:
+            raise UserError(f"{path}:{line}: {filename} is not a file name inside --images (absolute, or with '..')")
         if filename in seen:
             raise UserError(f"{path}:{line}: {filename} is listed twice (first on line {seen[filename]})")
         seen[filename] = line

@@ -30,8 +30,8 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
 
 from data.omniglot_build import IMAGE_SIZE, SPLITS, split_characters, with_rotations, write_build  # noqa: E402
 from data.synthetic_omniglot import build_synthetic_omniglot  # noqa: E402
-from metagmvae.cli import HelpFormatter  # noqa: E402
-from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
+from metagmvae.cli import HelpFormatter, check_seed  # noqa: E402
+from metagmvae.runfiles import UserError, exit_on_user_error, format_bytes  # noqa: E402
 
 URL_BASE = "https://github.com/brendenlake/omniglot/raw/master/python/"
 # Official archive -> number of characters it holds (30 + 20 alphabets, 1623 characters in all).
@@ -39,6 +39,10 @@ OFFICIAL_ARCHIVES = {"images_background.zip": 964, "images_evaluation.zip": 659}
 # The official small sample (8 alphabets, 242 distinct characters: Greek and Latin are in both).
 SAMPLE_ARCHIVES = {"images_background_small1.zip": 136, "images_background_small2.zip": 156}
 DRAWINGS_PER_CHARACTER = 20
+# Bounds on what an archive or folder may unpack to: an official drawing is about 1 KB and the largest
+# official zip unpacks to about 20 MB, so only a damaged or hostile file (a zip bomb) reaches them.
+MAX_MEMBER_BYTES = 10 * 2 ** 20
+MAX_ARCHIVE_BYTES = 2 ** 30
 LAYOUT = "<Alphabet>/<characterNN>/<drawing>.png (e.g. images_background/Greek/character01/0394_01.png)"
 PREPROCESSING = (
     "PNG -> grayscale -> 28x28 with Pillow LANCZOS -> float32 1 - pixel/255 (ink = 1.0, background = 0.0); "
@@ -73,10 +77,32 @@ def _layout(source, paths):
     raise UserError(f"{source}: no drawings found in the layout {LAYOUT}")
 
 
+def _check_size(origin, size):
+    if size > MAX_MEMBER_BYTES:
+        raise UserError(f"{origin}: {format_bytes(size)} unpacked, more than the {format_bytes(MAX_MEMBER_BYTES)} "
+                        "a drawing may take (a damaged or hostile file?)")
+
+
+def _check_members(path, members):
+    """Refuse, before anything is unpacked, an encrypted member or one unpacking to more than
+    MAX_MEMBER_BYTES, and an archive unpacking to more than MAX_ARCHIVE_BYTES."""
+    for info in members:
+        if info.flag_bits & 0x1:
+            raise UserError(f"{path}:{info.filename} is encrypted; expected an unencrypted zip (unpack it "
+                            "with its password and pass the folder with --source)")
+        _check_size(f"{path}:{info.filename}", info.file_size)
+    total = sum(info.file_size for info in members)
+    if total > MAX_ARCHIVE_BYTES:
+        raise UserError(f"{path}: {format_bytes(total)} unpacked, more than the {format_bytes(MAX_ARCHIVE_BYTES)} "
+                        "an Omniglot archive may take (a damaged or hostile file?)")
+
+
 def _read_zip(path):
-    """{character folder parts: [Drawing]} of a zip archive, after checking every member's CRC."""
+    """{character folder parts: [Drawing]} of a zip archive, after checking the members' sizes, that none
+    is encrypted, and every member's CRC."""
     try:
         with zipfile.ZipFile(path) as zf:
+            _check_members(path, zf.infolist())
             bad = zf.testzip()
             if bad is not None:
                 raise UserError(f"{path}: corrupt zip archive (bad CRC in {bad})")
@@ -98,6 +124,7 @@ def _read_folder(path):
     for parts in _layout(path, [p for p in paths if _is_drawing(p)]):
         file = path.joinpath(*parts)
         try:
+            _check_size(file, file.stat().st_size)
             data = file.read_bytes()
         except OSError as e:
             raise UserError(f"{file}: cannot read ({e.strerror})") from None
@@ -251,6 +278,7 @@ def main(argv=None):
                         help="with --synthetic: drawings per character")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):
+        check_seed(args.seed)
         if args.synthetic and args.source:
             raise UserError("--synthetic generates its own drawings; drop --source")
         if args.synthetic:

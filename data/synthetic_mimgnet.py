@@ -25,6 +25,7 @@ from PIL import Image
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metagmvae.cli import check_positive, check_seed  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 
 SPLITS = ("train", "val", "test")
@@ -138,11 +139,8 @@ def write_dataset(out, num_classes, per_class, size, seed=0):
 
 
 def check_args(args):
-    counts = {"train-classes": args.train_classes, "val-classes": args.val_classes,
-              "test-classes": args.test_classes, "per-class": args.per_class}
-    for flag, value in counts.items():
-        if value < 1:
-            raise UserError(f"--{flag} must be positive (got {value})")
+    check_positive(args, ["train_classes", "val_classes", "test_classes", "per_class"])
+    check_seed(args.seed)
     if len(args.size) > 2 or min(args.size) < 8:
         raise UserError(f"--size takes one or two values of at least 8 pixels (got {args.size})")
 

@@ -22,6 +22,7 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.omniglot_build import IMAGE_SIZE, SPLITS, split_characters, with_rotations, write_build  # noqa: E402
+from metagmvae.cli import check_seed  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 
 RENDER_SIZE = 105  # Omniglot's drawings are 105x105
@@ -210,6 +211,7 @@ def main(argv=None):
                         help="train/val/test character counts (None = proportions 1200:100:323)")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):
+        check_seed(args.seed)
         manifest = build_synthetic_omniglot(args.out, args.characters, args.drawings, args.seed, args.split,
                                             args.alphabets)
     summary = [f"{k} {n} characters -> {manifest['shapes'][k]}" for k, n in manifest["split_counts"].items()]

@@ -1,9 +1,10 @@
 """The command line that omniglot/main.py and mimgnet/main.py share (the reference's flag names), its
 checks, and the printed results."""
 import argparse
+import math
 
 from . import distributed
-from .runfiles import RunDir, UserError
+from .runfiles import RunDir, UserError, check_fits_in_memory
 
 # Flags that define the model or the objective: a resumed run must keep them.
 RESUME_INVARIANT_FLAGS = ("latent_size", "way", "batch_size", "sample_size", "train_mc_sample_size",
@@ -73,22 +74,56 @@ def finish_args(args):
     return args
 
 
-def check_args(args, positive=()):
-    """Refuse flag combinations that cannot work, before anything is read or written."""
-    for name in ["latent_size", "train_mc_sample_size", "test_mc_sample_size", "batch_size", "sample_size",
-                 "train_iters", "freq_iters", "eval_episodes", "way", "eval_way", "query", "val_elbo_sets", *positive]:
+SEED_LIMIT = 2 ** 32  # numpy's global seed (seed_everything) takes 0 <= seed < 2**32
+LATENT_BYTES = 4  # float32
+
+
+def check_number(value, flag, allow_zero=False):
+    """Refuse a float flag that is NaN, infinite, negative, or zero unless allow_zero."""
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"--{flag} must be a finite number {'>= 0' if allow_zero else '> 0'} (got {value})")
+
+
+def check_seed(seed):
+    if not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"--seed must be in [0, 2**32) (numpy's seed range; got {seed})")
+
+
+def check_latents_fit(args):
+    """Refuse MC sample counts whose latent samples z of one batch (batch, items, samples, latent size) alone,
+    a lower bound of what the batch needs, exceed this machine's memory."""
+    items = {"train_mc_sample_size": args.sample_size,
+             "test_mc_sample_size": args.eval_way * (max(args.eval_shots) + args.query)}
+    for name, per_episode in items.items():
+        samples = getattr(args, name)
+        size = LATENT_BYTES * args.batch_size * per_episode * samples * args.latent_size
+        check_fits_in_memory(size, f"--{name.replace('_', '-')} {samples}: the latent samples of one batch "
+                                   f"({args.batch_size} episodes x {per_episode} items x {samples} samples x "
+                                   f"{args.latent_size} floats)")
+
+
+def check_positive(args, names):
+    """Refuse an integer flag among `names` (attributes of args) below 1."""
+    for name in names:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})")
-    for name in ["unsupervised_em_iters", "semisupervised_em_iters"]:
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+
+
+def check_args(args, positive=()):
+    """Refuse flag combinations that cannot work, before anything is read or written."""
+    check_positive(args, ["latent_size", "train_mc_sample_size", "test_mc_sample_size", "batch_size", "sample_size",
+                          "train_iters", "freq_iters", "eval_episodes", "way", "eval_way", "query", "val_elbo_sets",
+                          "unsupervised_em_iters", "semisupervised_em_iters", *positive])
     if min(args.eval_shots) < 1:
         raise UserError(f"--eval-shots must be positive (got {args.eval_shots})")
     if args.sample_size < args.way:
         raise UserError(f"--sample-size {args.sample_size} is smaller than --way {args.way}: "
                         "the training prior needs at least one item per component")
-    if args.lr <= 0 or args.weight_decay < 0 or args.grad_clip < 0:
-        raise UserError("--lr must be positive, --weight-decay and --grad-clip non-negative")
+    check_number(args.lr, "lr")
+    check_number(args.weight_decay, "weight-decay", allow_zero=True)
+    check_number(args.grad_clip, "grad-clip", allow_zero=True)
+    check_seed(args.seed)
+    check_latents_fit(args)
     if args.eval_only and args.checkpoint is None:
         raise UserError("--eval-only needs --checkpoint PATH")
     if not args.eval_only and args.save_dir is None:

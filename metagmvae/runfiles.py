@@ -8,12 +8,14 @@ checkpoints load too (`convert_state_dict`).
 import csv
 import io
 import json
+import math
 import os
 import pickle
 import random
 import shutil
 import sys
 import tempfile
+import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,11 +30,12 @@ class UserError(Exception):
 
 @contextmanager
 def exit_on_user_error(prog):
-    """Turn a UserError raised inside the block into `prog: error: ...` and exit code 2."""
+    """Turn a UserError raised inside the block into one line `prog: error: ...` (a message quoting a
+    multi-line text, a file name with a newline say, is joined) and exit code 2."""
     try:
         yield
     except UserError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -68,12 +71,65 @@ def write_text(path, text):
         tmp.write_text(text)
 
 
+def physical_memory():
+    """Bytes of memory of this machine, or None where the system does not tell (non-POSIX)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def format_bytes(size):
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            return f"{size:.3g} {unit}"
+        size /= 1024
+    return f"{size:.3g} PiB"
+
+
+def check_fits_in_memory(size, what):
+    """Refuse `what` (a phrase naming the flag or file) when its `size` bytes exceed this machine's memory."""
+    memory = physical_memory()
+    if memory is not None and size > memory:
+        raise UserError(f"{what} would take {format_bytes(size)}, more than the {format_bytes(memory)} of "
+                        "memory of this machine")
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
 def load_npy(path, mmap_mode=None):
-    """np.load without pickles; an unreadable file raises UserError naming it."""
+    """np.load of a numeric .npy array (no pickled objects).  The header is checked first: a file that is not
+    a .npy array, holds Python objects, is shorter than its header says, or (unless memory-mapped) promises
+    more than this machine's memory raises UserError naming it."""
+    path = Path(path)
+    expected = "expected a numeric .npy array written by numpy.save"
+    try:
+        with open(path, "rb") as f:
+            read_header = _NPY_HEADER_READERS.get(np.lib.format.read_magic(f))
+            if read_header is None:
+                raise UserError(f"{path}: unsupported .npy format version; {expected}")
+            shape, _, dtype = read_header(f)
+            data_offset = f.tell()
+    except (ValueError, EOFError) as e:
+        raise UserError(f"{path} is not a .npy array ({e}); {expected}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    if dtype.hasobject:
+        raise UserError(f"{path} holds Python objects (pickled data); {expected}")
+    size = math.prod(shape) * dtype.itemsize
+    if mmap_mode is None:
+        check_fits_in_memory(size, f"{path} (a {dtype} array of shape {shape})")
+    if path.stat().st_size < data_offset + size:
+        raise UserError(f"{path} is truncated: its header promises a {dtype} array of shape {shape} "
+                        f"({format_bytes(size)}) but the file holds {format_bytes(path.stat().st_size)}")
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except MemoryError:
+        raise UserError(f"{path}: its {format_bytes(size)} array does not fit in the free memory") from None
     except (ValueError, OSError, EOFError) as e:
-        raise UserError(f"{path} is not a readable .npy file: {e}") from None
+        raise UserError(f"{path} is not a readable .npy array ({e}); {expected}") from None
 
 
 # ---- checkpoints
@@ -92,20 +148,48 @@ def save_checkpoint(path, state):
         torch.save(state, tmp)
 
 
+CHECKPOINT_EXPECTED = "expected a .pt checkpoint of this project or the authors' .pth"
+
+
 def load_checkpoint(path):
-    """Load a checkpoint dict onto the CPU without unpickling arbitrary objects; bad files raise UserError."""
+    """Load a checkpoint dict onto the CPU without unpickling arbitrary objects.
+
+    Whatever torch.load raises, the file is not a checkpoint: every failure becomes a UserError that names
+    the file and what it should be (torch's own advice to load with weights_only=False is not passed on).
+    """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory; {CHECKPOINT_EXPECTED}")
+    if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} is not a regular file; {CHECKPOINT_EXPECTED}")
     try:
-        with torch.serialization.safe_globals(_NUMPY_SCALAR_TYPES):
+        with torch.serialization.safe_globals(_NUMPY_SCALAR_TYPES), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols of files it then reads or refuses
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable checkpoint (truncated or foreign file): {first_line}") from None
+    except Exception as e:  # whatever it is, the file is not a checkpoint
+        raise UserError(f"{path} is not a readable checkpoint ({_load_failure(path, e)}); "
+                        f"{CHECKPOINT_EXPECTED}") from None
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a checkpoint: expected a dict, found {type(state).__name__}")
     return state
+
+
+def _load_failure(path, error):
+    """Why torch.load failed on `path`, in the user's terms."""
+    try:
+        if path.stat().st_size == 0:
+            return "an empty file"
+        if not zipfile.is_zipfile(path):
+            return "not a file written by torch.save, or a truncated one"
+    except OSError as e:
+        return f"cannot read it: {e.strerror or e}"
+    if isinstance(error, pickle.UnpicklingError):
+        return "it holds Python objects besides tensors, numbers and containers"
+    if isinstance(error, MemoryError):
+        return "its tensors do not fit in memory"
+    return "a damaged torch archive"
 
 
 REFERENCE_BUFFERS = ("log_norm_constant", "uniform_pi")  # constants of the authors' models we compute instead
@@ -114,7 +198,7 @@ REFERENCE_BUFFERS = ("log_norm_constant", "uniform_pi")  # constants of the auth
 def convert_state_dict(state_dict, prefixes):
     """Rename an authors' state_dict by module prefix ({their prefix: ours}) and drop their buffers.
 
-    An unknown name raises KeyError.
+    An unknown name raises UserError.
     """
     converted = {}
     for name, tensor in state_dict.items():
@@ -122,28 +206,97 @@ def convert_state_dict(state_dict, prefixes):
             continue
         prefix = next((p for p in prefixes if name.startswith(p)), None)
         if prefix is None:
-            raise KeyError(f"unexpected parameter {name!r} in a reference checkpoint")
+            raise UserError(f"unexpected parameter {name!r}")
         converted[prefixes[prefix] + name[len(prefix):]] = tensor
     return converted
 
 
-def build_model(state, path, model_class, convert_reference, name):
-    """A model from a loaded checkpoint dict: ours (keys "model", "model_config") or the authors' (a dict
-    whose "state_dict" uses their names, converted by convert_reference -> (state_dict, config))."""
+# What a checkpoint holds, for messages: our checkpoints by their model_config's keys, the authors' by the
+# first module of their state_dict names (their Omniglot model also has the set posterior of the other).
+_MODEL_CONFIG_KINDS = {frozenset({"hidden_size", "latent_size", "num_heads"}): "Omniglot",
+                       frozenset({"feature_size", "latent_size", "num_heads"}): "Mini-ImageNet",
+                       frozenset({"hidden_size", "image_size"}): "SimCLR"}
+OURS, AUTHORS = "this project's", "the authors'"
+_REFERENCE_KINDS = (("encoder.encoder.", "Omniglot"), ("q_z_given_x_net.", "Mini-ImageNet"))
+MAX_NAMES_SHOWN = 6
+
+
+def checkpoint_kind(state):
+    """(whose: OURS or AUTHORS, model name such as "Omniglot") of a loaded checkpoint dict, or None."""
+    if isinstance(state.get("model_config"), dict):
+        kind = _MODEL_CONFIG_KINDS.get(frozenset(state["model_config"]))
+        return None if kind is None else (OURS, kind)
+    if isinstance(state.get("state_dict"), dict):
+        names = [n for n in state["state_dict"] if isinstance(n, str)]
+        return next(((AUTHORS, kind) for prefix, kind in _REFERENCE_KINDS
+                     if any(n.startswith(prefix) for n in names)), None)
+    return None
+
+
+def _name_list(names):
+    names = sorted(names)
+    shown = ", ".join(names[:MAX_NAMES_SHOWN])
+    return shown + (f" and {len(names) - MAX_NAMES_SHOWN} more" if len(names) > MAX_NAMES_SHOWN else "")
+
+
+def _check_tensor_dict(state_dict, path, key):
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                   for k, v in state_dict.items()):
+        found = type(state_dict).__name__ if not isinstance(state_dict, dict) else "a dict holding other things"
+        raise UserError(f"{path}: {key!r} is not a dict of named tensors (found {found})")
+
+
+def load_weights(model, state_dict, path, name, renamed=False):
+    """model.load_state_dict(state_dict) (a dict of named tensors), a mismatch raising UserError that names
+    the missing, unexpected and differently shaped tensors (by our names: renamed says the state_dict is an
+    authors' one converted by convert_state_dict)."""
+    expected = model.state_dict()
+    missing, unexpected = expected.keys() - state_dict.keys(), state_dict.keys() - expected.keys()
+    reshaped = [k for k in expected.keys() & state_dict.keys() if expected[k].shape != state_dict[k].shape]
+    problems = [f"{what}: {_name_list(keys)}" for what, keys in
+                (("missing", missing), ("unexpected", unexpected), ("other shapes", reshaped)) if keys]
+    if problems:
+        names = " in this project's names" if renamed else ""
+        raise UserError(f"{path}: weights do not fit the {name} model ({'; '.join(problems)}{names})")
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise UserError(f"{path}: weights do not fit the {name} model ({str(e).strip().splitlines()[0]})") from None
+
+
+def build_model(state, path, model_class, name, convert_reference=None):
+    """A model from a loaded checkpoint dict: ours (keys "model", "model_config") or, given convert_reference,
+    the authors' (a dict whose "state_dict" uses their names, converted by convert_reference -> (state_dict,
+    config)).  A file of another kind, or whose weights do not fit, raises UserError."""
+    expected = f"expected a checkpoint of the {name} model" + (" (ours or the authors' .pth)" if convert_reference
+                                                               else "")
+    kind = checkpoint_kind(state)
+    if kind is not None and kind[1] != name:
+        raise UserError(f"{path} holds {kind[0]} {kind[1]} model; {expected}")
     if "model" in state:
+        if "model_config" not in state:
+            raise UserError(f"{path}: no 'model_config' beside 'model'; {expected}")
         state_dict, config = state["model"], state["model_config"]
-    elif "state_dict" in state:
+        _check_tensor_dict(state_dict, path, "model")
+    elif "state_dict" in state and convert_reference is not None:
+        _check_tensor_dict(state["state_dict"], path, "state_dict")
         try:
             state_dict, config = convert_reference(state["state_dict"])
+        except UserError as e:
+            raise UserError(f"{path}: not the authors' {name} model ({e})") from None
         except KeyError as e:
-            raise UserError(f"{path}: not a {name} Meta-GMVAE checkpoint ({e.args[0]})") from None
+            raise UserError(f"{path}: not the authors' {name} model (no tensor {e.args[0]!r})") from None
+        except IndexError:
+            raise UserError(f"{path}: not the authors' {name} model (tensors of other shapes)") from None
     else:
-        raise UserError(f"{path}: neither our checkpoint (key 'model') nor the authors' (key 'state_dict')")
+        raise UserError(f"{path}: neither a 'model' nor a 'state_dict' key; {expected}")
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise UserError(f"{path}: 'model_config' is not a dict of settings; {expected}")
     try:
         model = model_class(**config)
-        model.load_state_dict(state_dict)
-    except (RuntimeError, TypeError) as e:
-        raise UserError(f"{path}: weights do not fit the {name} model: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # the settings come from the file: any failure is the file's
+        raise UserError(f"{path}: model_config {config} does not build the {name} model ({e})") from None
+    load_weights(model, state_dict, path, name, renamed="model" not in state)
     return model
 
 
@@ -239,6 +392,17 @@ class RunDir:
 
     def write_results(self, results, name="results.json"):
         write_json(self.path / name, results)
+
+
+def check_run_checkpoint(state, path, keys, name):
+    """Refuse to resume from `path` unless it is the last.pt of a run of the `name` model (a dict with `keys`)."""
+    kind = checkpoint_kind(state)
+    expected = f"--resume expects a last.pt written by training the {name} model"
+    if kind is not None and kind != (OURS, name):
+        raise UserError(f"{path} holds {kind[0]} {kind[1]} model; {expected}")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise UserError(f"{path}: not a run checkpoint (no {', '.join(map(repr, missing))}); {expected}")
 
 
 def check_same_flags(saved_config, config, flags):

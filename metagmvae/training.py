@@ -16,8 +16,8 @@ from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRando
                        sample_unlabeled_sets)
 from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import autocast
-from .runfiles import (RunDir, UserError, build_model, check_same_flags, load_checkpoint, rng_state, save_checkpoint,
-                       set_rng_state)
+from .runfiles import (RunDir, UserError, build_model, check_run_checkpoint, check_same_flags, load_checkpoint,
+                       rng_state, save_checkpoint, set_rng_state)
 
 
 class TrainingDiverged(UserError):
@@ -136,6 +136,9 @@ def selected_checkpoint(select_by, shot):
     return {"val-acc": f"best_{shot}shot", "val-elbo": "best_elbo", "last": "last"}[select_by]
 
 
+RUN_CHECKPOINT_KEYS = ("model", "model_config", "optimizer", "step", "best", "rng", "config", "wall_time_s")
+
+
 class RunLog:
     """A run's progress: the step, running sums of the step losses since the last validation, one metrics
     row per validation, the best score of each selection name, and the wall time of training and
@@ -177,7 +180,8 @@ class RunLog:
         self.started = time.perf_counter()
 
     def checkpoint(self, model, optimizer, config):
-        """The checkpoint dict of this moment: weights, optimizer, progress, RNG states and the flags."""
+        """The checkpoint dict of this moment (RUN_CHECKPOINT_KEYS): weights, optimizer, progress, RNG states and
+        the flags."""
         return {"model": model.state_dict(), "model_config": model.config, "optimizer": optimizer.state_dict(),
                 "step": self.step, "best": self.best, "rng": rng_state(), "config": config,
                 "wall_time_s": self.wall_time}
@@ -234,18 +238,20 @@ def evaluate_checkpoint(model, checkpoint, test, baselines, way, shots, query, n
 def load_model(path, model_class, convert_reference, name, device):
     """A model_class from our checkpoint or the authors' (see runfiles.build_model); rank 0 reads the file."""
     state = distributed.from_main(lambda: load_checkpoint(path))
-    return build_model(state, path, model_class, convert_reference, name).to(device)
+    return build_model(state, path, model_class, name, convert_reference).to(device)
 
 
-def start_run(save_dir, config, resume, overwrite, invariant_flags):
+def start_run(save_dir, config, resume, overwrite, invariant_flags, name):
     """Check and prepare the run folder (rank 0 reads and writes, every process gets the outcome).
 
-    config: the flags as a dict; a resumed run must agree with its last.pt on `invariant_flags`.
+    config: the flags as a dict; a resumed run must agree with its last.pt, a run checkpoint of the `name`
+    model, on `invariant_flags`.
     Returns (RunDir, the last.pt state to resume from, or None).
     """
     run, state = RunDir(save_dir), None
     if resume:
         state = distributed.from_main(lambda: load_checkpoint(run.last_checkpoint))
+        check_run_checkpoint(state, run.last_checkpoint, RUN_CHECKPOINT_KEYS, name)
         check_same_flags(state["config"], config, invariant_flags)
     distributed.from_main(lambda: run.prepare(config, resume=resume, overwrite=overwrite))
     return run, state

@@ -22,9 +22,12 @@ from .dataset import load_features
 from .model import FeatureGMVAE, convert_reference_state_dict
 
 
+MODEL_NAME = "Mini-ImageNet"
+
+
 def load_model(path, device):
     """A FeatureGMVAE from our checkpoint or the authors'."""
-    return training.load_model(path, FeatureGMVAE, convert_reference_state_dict, "Mini-ImageNet", device)
+    return training.load_model(path, FeatureGMVAE, convert_reference_state_dict, MODEL_NAME, device)
 
 
 BASELINES = {"feature_nearest_class_mean": nearest_class_mean_accuracies,
@@ -54,7 +57,8 @@ def train(args, device):
     val = validation_episodes(args.select_by, features["val"], [args.shot], args.eval_way, args.query,
                               args.eval_episodes, args.val_elbo_sets, args.sample_size, args.seed)
 
-    run, resume_state = start_run(args.save_dir, vars(args), args.resume, args.overwrite, RESUME_INVARIANT_FLAGS)
+    run, resume_state = start_run(args.save_dir, vars(args), args.resume, args.overwrite, RESUME_INVARIANT_FLAGS,
+                                  MODEL_NAME)
     model = FeatureGMVAE(train_pool.shape[-1], args.latent_size).to(device)
     # L2 added to the gradient (torch Adam's weight_decay), as the reference; not AdamW.
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)

@@ -3,7 +3,9 @@
     python omniglot/evaluate.py --checkpoint runs/omniglot-5way/best_1shot.pt --episodes my_episodes
 
 --episodes holds one folder per episode: <episode>/support/<class>/<image> and <episode>/query/<class>/<image>
-(any format Pillow reads; the support classes are the episode's classes). Each image is converted like the
+(any format Pillow reads; the support classes are the episode's classes). Hidden files (.DS_Store) and files
+whose suffix is not an image format Pillow opens (Thumbs.db, notes.txt) are skipped; a class folder without
+any image, or an image file that cannot be decoded (empty, damaged), is refused. Each image is converted like the
 training data: grayscale (transparency over white), inverted when its background is light (mean of the
 border pixels > 0.5 on [0, 1]), resized to 28x28 with Lanczos filtering, float in [0, 1] with ink = 1.
 Support and queries are encoded as one set and labelled by the semi-supervised EM (model.predict).
@@ -25,12 +27,15 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metagmvae.cli import check_positive, check_seed  # noqa: E402
 from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.evaluation import mean_confidence_interval  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error, seed_everything, write_text  # noqa: E402
 from omniglot.trainer import load_model  # noqa: E402
 
 IMAGE_SIZE = 28
+IMAGE_SUFFIXES = frozenset(suffix for suffix, image_format in Image.registered_extensions().items()
+                           if image_format in Image.OPEN)
 
 
 @dataclass
@@ -64,11 +69,16 @@ def _visible(folder):
     return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
 
+def _image_files(folder):
+    """The visible files of `folder` whose suffix is an image format (see the module docstring)."""
+    return [p for p in _visible(folder) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+
+
 def _images(folder):
     """(n, 1, 28, 28) tensor of the image files in `folder`, and the files; none is an error."""
-    files = [p for p in _visible(folder) if p.is_file()]
+    files = _image_files(folder)
     if not files:
-        raise UserError(f"{folder}: no images")
+        raise UserError(f"{folder}: no image files (.png, .jpg, ... that Pillow reads)")
     return torch.from_numpy(np.stack([load_image(p) for p in files]))[:, None], files
 
 
@@ -93,7 +103,7 @@ def load_episode(folder):
         support.append(images)
         y_support += [k] * len(images)
     query_classes = _class_folders(query_dir)
-    if query_classes and any(p.is_file() for p in _visible(query_dir)):
+    if query_classes and _image_files(query_dir):
         raise UserError(f"{query_dir}: holds both class folders and images; use one or the other")
     if query_classes:
         query, y_query, files = [], [], []
@@ -171,8 +181,8 @@ def main(argv=None):
                         help="CSV for episodes with unlabelled queries (None = <episodes>/predictions.csv)")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):
-        if args.mc_samples < 1 or args.em_iters < 0:
-            raise UserError("--mc-samples must be positive and --em-iters >= 0")
+        check_positive(args, ["mc_samples", "em_iters"])
+        check_seed(args.seed)
         device = resolve_device(args.device)
         episodes = load_episodes(args.episodes)
         model = load_model(args.checkpoint, device).eval()

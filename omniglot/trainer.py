@@ -21,9 +21,12 @@ from .figures import write_run_figures
 from .model import OmniglotGMVAE, convert_reference_state_dict
 
 
+MODEL_NAME = "Omniglot"
+
+
 def load_model(path, device):
     """An OmniglotGMVAE from our checkpoint or the authors'."""
-    return training.load_model(path, OmniglotGMVAE, convert_reference_state_dict, "Omniglot", device)
+    return training.load_model(path, OmniglotGMVAE, convert_reference_state_dict, MODEL_NAME, device)
 
 
 BASELINES = {"pixel_nearest_class_mean": nearest_class_mean_accuracies}
@@ -53,7 +56,7 @@ def train(args, device):
                               args.eval_episodes, args.val_elbo_sets, args.sample_size, args.seed)
 
     run, resume_state = start_run(args.save_dir, vars(args), args.resume, args.overwrite,
-                                  RESUME_INVARIANT_FLAGS + ("hidden_size",))
+                                  RESUME_INVARIANT_FLAGS + ("hidden_size",), MODEL_NAME)
     model = OmniglotGMVAE(args.hidden_size, args.latent_size).to(device)
     # L2 added to the gradient (torch Adam's weight_decay), as the reference; not AdamW.
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)

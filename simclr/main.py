@@ -12,6 +12,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metagmvae import distributed  # noqa: E402
+from metagmvae.cli import check_number, check_positive, check_seed  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error, seed_everything  # noqa: E402
 from simclr.trainer import DEBUG_BATCHES, export_checkpoint, train_and_export  # noqa: E402
 
@@ -47,13 +48,12 @@ def parse_args(argv=None):
 
 def check_args(args):
     """Refuse flag combinations that cannot work, before anything is read or written."""
-    for name in ["hidden_size", "batch_size", "train_epochs"]:
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})")
+    check_positive(args, ["hidden_size", "batch_size", "train_epochs"])
     if args.batch_size < 2:
         raise UserError("--batch-size must be at least 2: NT-Xent needs other images as negatives")
-    if args.lr <= 0 or args.temperature <= 0:
-        raise UserError("--lr and --temperature must be positive")
+    check_number(args.lr, "lr")
+    check_number(args.temperature, "temperature")
+    check_seed(args.seed)
     if args.export_only and args.checkpoint is None:
         raise UserError("--export-only needs --checkpoint PATH")
     if args.checkpoint is not None and not args.export_only:

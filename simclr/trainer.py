@@ -14,8 +14,8 @@ import torch
 from tqdm import tqdm
 
 from metagmvae import distributed
-from metagmvae.runfiles import (RunDir, UserError, atomic_path, check_same_flags, load_checkpoint, rng_state,
-                                save_checkpoint, set_rng_state, write_json)
+from metagmvae.runfiles import (RunDir, UserError, atomic_path, build_model, check_run_checkpoint, check_same_flags,
+                                load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json)
 from metagmvae.training import TrainingDiverged
 
 from .augment import eval_transform, two_views
@@ -23,6 +23,7 @@ from .data import SPLITS, check_split, load_split
 from .loss import nt_xent
 from .model import SimCLR
 
+MODEL_NAME = "SimCLR"
 IMAGE_SIZE = 84
 DEBUG_BATCHES = 2  # --debug: batches per epoch at most
 # Flags that define the model, the data order or the schedule: a resumed run must keep them.
@@ -107,9 +108,7 @@ def checkpoint_state(model, optimizer, scheduler, epoch, rngs, args, wall_time):
 def read_resume_state(run, args):
     """last.pt of the run, after checking it is ours and was made with the same invariant flags."""
     state = distributed.from_main(lambda: load_checkpoint(run.last_checkpoint))
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise UserError(f"{run.last_checkpoint}: not a checkpoint of simclr/main.py (missing {', '.join(missing)})")
+    check_run_checkpoint(state, run.last_checkpoint, CHECKPOINT_KEYS, MODEL_NAME)
     check_same_flags(state["config"], vars(args), RESUME_INVARIANT_FLAGS)
     return state
 
@@ -187,15 +186,7 @@ def export_features(model, data_dir, feature_dir, checkpoint, batch_size, device
 
 def load_model(path, device):
     """A SimCLR model rebuilt from our checkpoint (architecture from its model_config)."""
-    state = load_checkpoint(path)
-    if "model" not in state or "model_config" not in state:
-        raise UserError(f"{path}: not a checkpoint of simclr/main.py (no 'model' and 'model_config')")
-    try:
-        model = SimCLR(**state["model_config"])
-        model.load_state_dict(state["model"])
-    except (TypeError, RuntimeError) as e:
-        raise UserError(f"{path}: weights do not fit the SimCLR model: {str(e).splitlines()[0]}") from None
-    return model.to(device)
+    return build_model(load_checkpoint(path), path, SimCLR, MODEL_NAME).to(device)
 
 
 def check_data(data_dir):
