@@ -27,7 +27,7 @@ from omniglot.model import OmniglotGMVAE
 from simclr.model import SimCLR
 from simclr.trainer import export_features
 
-from .conftest import REPO_ROOT, to_reference_state_dict
+from .conftest import REPO_ROOT, to_reference_state_dict, unlabel_queries
 from .test_hostile_inputs import assert_refused, assert_refused_in_process
 
 HIDDEN = 4  # SimCLR channels: F = 4 * 2 * 2 = 16 features
@@ -176,10 +176,7 @@ def test_command_prints_model_and_baselines_per_episode_and_their_means(models, 
 def test_unlabelled_queries_are_predicted_into_a_csv(models, episodes, tmp_path, capsys):
     root = tmp_path / "unlabelled"
     shutil.copytree(episodes / "ep1", root / "holiday")
-    for folder in list((root / "holiday" / "query").iterdir()):  # query/<class>/<file> -> query/<class>_<file>
-        for image in list(folder.iterdir()):
-            image.rename(folder.parent / f"{folder.name}_{image.name}")
-        folder.rmdir()
+    unlabel_queries(root / "holiday")
     flags = ["--encoder", str(models / "simclr.pt"), "--checkpoint", str(models / "features.pt"), *SMALL]
     evaluate.main([*flags, "--episodes", str(root)])
     assert capsys.readouterr().out == f"wrote 9 predictions to {root / 'predictions.csv'}\n"
