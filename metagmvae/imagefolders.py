@@ -132,8 +132,8 @@ def baseline_accuracy(predictions, episode):
 
 def evaluate(model, episodes, mc_samples, em_iters, device, baselines=None):
     """Print each labelled episode's accuracy (and that of every baseline, {name: predictions function},
-    on the same items), then the means +- 95% CI.  Returns (accuracies, predictions.csv rows of the
-    unlabelled episodes)."""
+    on the same items), then the means +- 95% CI.  Returns the predictions.csv rows of the unlabelled
+    episodes."""
     baselines = baselines or {}
     accuracies, baseline_scores, rows = [], {name: [] for name in baselines}, []
     for episode in episodes:
@@ -154,7 +154,7 @@ def evaluate(model, episodes, mc_samples, em_iters, device, baselines=None):
         for name, scores in {"mean accuracy": accuracies, **baseline_scores}.items():
             mean, ci95 = mean_confidence_interval(scores)
             print(f"{name}: {100 * mean:.2f} +- {100 * ci95:.2f} % over {len(scores)} episodes")
-    return accuracies, rows
+    return rows
 
 
 def write_predictions(path, rows):
@@ -174,7 +174,7 @@ def predict_and_report(model, episodes, mc_samples, em_iters, seed, device, pred
     """What both evaluate.py do once the episodes hold the model's items: seed the MC draws, evaluate (see
     evaluate) and write the unlabelled episodes' predictions, if any, to predictions_path."""
     seed_everything(seed)
-    _, rows = evaluate(model, episodes, mc_samples, em_iters, device, baselines)
+    rows = evaluate(model, episodes, mc_samples, em_iters, device, baselines)
     if rows:
         write_predictions(predictions_path, rows)
 
