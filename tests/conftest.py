@@ -54,6 +54,14 @@ def omniglot_sample(request, tmp_path_factory) -> Path:
     return out
 
 
+def unlabel_queries(episode):
+    """Move an episode folder's query/<class>/<file> to query/<class>_<file>: unlabelled queries."""
+    for folder in list((episode / "query").iterdir()):
+        for image in list(folder.iterdir()):
+            image.rename(folder.parent / f"{folder.name}_{image.name}")
+        folder.rmdir()
+
+
 def reference_key_shapes(model_name):
     """{parameter name: shape} of the authors' checkpoints of `model_name` (tests/data)."""
     shapes = {}

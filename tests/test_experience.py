@@ -17,7 +17,7 @@ from omniglot import evaluate, figures
 from omniglot.dataset import load_omniglot
 from omniglot.model import OmniglotGMVAE
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, unlabel_queries
 
 TILE = 28 * figures.SCALE
 
@@ -167,10 +167,7 @@ def test_evaluate_prints_episode_and_mean_accuracies(episodes, checkpoint):
 def test_evaluate_writes_predictions_for_unlabelled_queries(episodes, checkpoint, tmp_path, capsys):
     root = tmp_path / "unlabelled"
     shutil.copytree(episodes / "episode0", root / "ep")
-    for folder in list((root / "ep" / "query").iterdir()):  # query/<class>/<file> -> query/<class>_<file>
-        for image in list(folder.iterdir()):
-            image.rename(folder.parent / f"{folder.name}_{image.name}")
-        folder.rmdir()
+    unlabel_queries(root / "ep")
     evaluate.main(["--checkpoint", str(checkpoint), "--episodes", str(root), "--mc-samples", "4", "--em-iters", "2"])
     assert "wrote 15 predictions" in capsys.readouterr().out
     rows = list(csv.DictReader((root / "predictions.csv").open()))
