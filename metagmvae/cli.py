@@ -4,7 +4,7 @@ import argparse
 import math
 
 from . import distributed
-from .runfiles import RunDir, UserError, check_fits_in_memory
+from .runfiles import RunDir, UserError, check_fits_in_memory, check_writable_folder
 
 # Flags that define the model or the objective: a resumed run must keep them.
 RESUME_INVARIANT_FLAGS = ("latent_size", "way", "batch_size", "sample_size", "train_mc_sample_size",
@@ -130,6 +130,8 @@ def check_args(args, positive=()):
         raise UserError("--save-dir is required for training")
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other")
+    if args.save_dir is not None:
+        check_writable_folder(args.save_dir, "--save-dir")
 
 
 def finish(results, eval_results_dir=None):
