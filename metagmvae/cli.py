@@ -59,7 +59,8 @@ def experiment_parser(description, data_dir, **defaults):
                    help="bf16 autocast for the networks (meant for GPUs); EM, densities and losses stay float32")
     p.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this (0 = off)")
     p.add_argument("--resume", action="store_true", help="continue the run in --save-dir from last.pt")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --save-dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --save-dir (only its files are removed; others are kept)")
     p.add_argument("--eval-only", action="store_true", help="only test --checkpoint on the test split")
     p.add_argument("--checkpoint", help="checkpoint for --eval-only (ours or the authors' .pth)")
     return p

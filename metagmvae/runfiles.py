@@ -455,19 +455,19 @@ class RunDir:
 
     def prepare(self, config, resume=False, overwrite=False):
         """Make the folder ready and write config.json; returns the names of the files kept beside the
-        files of a run that were removed (empty if none were).
+        files of a run that were removed, as text ("" if none were removed).
 
         A new run (not resume) refuses a folder holding a run, one with a last.pt, unless overwrite, and a
         folder holding files of our names without the config.json of a run of ours.  It then removes the files
         of the old run (RUN_FILES; the files of a run that never wrote a checkpoint too), nothing else."""
-        removed, kept = [], []
+        removed, kept = [], ()
         if not resume:
             taken = self._glob(TRAINING_FILES)
             if taken and not (self.path / CONFIG).is_file():
                 raise UserError(f"{self.path} holds {self._names(taken)} but no {CONFIG}, so no run of this "
                                 "project; a run would replace them: move them or choose another --save-dir")
             if self.last_checkpoint.exists() and not overwrite:
-                raise UserError(f"{self.path} already holds a run: pass --resume to continue it, --overwrite to "
+                raise UserError(f"{self.path} already holds a run; pass --resume to continue it, --overwrite to "
                                 "replace it (only the run's files are removed), or choose another --save-dir")
             removed = self._glob([*RUN_FILES, *map(temporary_pattern, RUN_FILES)]) if taken else []
         try:
@@ -479,8 +479,8 @@ class RunDir:
         except OSError as e:
             raise UserError(f"cannot write to --save-dir {self.path}: {e.strerror or e}") from None
         if removed:
-            kept = sorted(p.name + "/" * p.is_dir() for p in self.path.iterdir() if p.name not in (LOCK_FILE, CONFIG))
-        return kept
+            kept = [p.name + "/" * p.is_dir() for p in self.path.iterdir() if p.name not in (LOCK_FILE, CONFIG)]
+        return _name_list(kept)
 
     @property
     def last_checkpoint(self):

@@ -11,6 +11,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from . import distributed
 from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRandom, check_episodes_fit, make_eval_sets,
@@ -67,6 +68,13 @@ def train_step(model, optimizer, x, rng, objective, step, amp=False, grad_clip=0
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return stats
+
+
+def step_progress(log, train_iters):
+    """A tqdm progress bar over the steps left, log.step to train_iters (shown by rank 0); use it in a `with`,
+    which closes it when training stops, so that a last message starts on a line of its own."""
+    return tqdm(range(log.step, train_iters), initial=log.step, total=train_iters, desc="train", dynamic_ncols=True,
+                disable=not distributed.is_main())
 
 
 def validation_due(step, freq_iters, train_iters):
@@ -308,7 +316,7 @@ def prepare_folder(run, config, resume, overwrite):
     """RunDir.prepare by rank 0, which prints the files it kept beside those of a replaced run."""
     kept = distributed.from_main(lambda: run.prepare(config, resume=resume, overwrite=overwrite))
     if kept and distributed.is_main():
-        print(f"replaced the run in {run.path}; kept what no run writes: {', '.join(kept)}")
+        print(f"replaced the run in {run.path}; kept what no run writes: {kept}")
 
 
 def start_run(run, model, optimizer, config, resume, overwrite, invariant_flags, name):

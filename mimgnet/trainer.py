@@ -7,7 +7,6 @@ process trains on its share of a step's episodes and evaluates its share of the 
 rank 0 alone writes files and prints (metagmvae/distributed.py).
 """
 import torch
-from tqdm import tqdm
 
 from metagmvae import distributed, training
 from metagmvae.cli import RESUME_INVARIANT_FLAGS
@@ -15,8 +14,8 @@ from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import logistic_regression_accuracies, nearest_class_mean_accuracies, with_baselines
 from metagmvae.runfiles import load_checkpoint
 from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoint, format_row, run_folder,
-                                save_after_validation, save_results, selected_checkpoint, start_run, test_model,
-                                train_step, validate, validation_due, validation_episodes)
+                                save_after_validation, save_results, selected_checkpoint, start_run, step_progress,
+                                test_model, train_step, validate, validation_due, validation_episodes)
 
 from .dataset import load_features
 from .model import FeatureGMVAE, convert_reference_state_dict
@@ -67,8 +66,7 @@ def train(args, device):
                         MODEL_NAME)
         trained = distributed.wrap_for_training(model, device)  # DDP under torchrun, `model` itself otherwise
         model.train()
-        with tqdm(range(log.step, args.train_iters), initial=log.step, total=args.train_iters, desc="train",
-                  dynamic_ncols=True, disable=not distributed.is_main()) as progress:
+        with step_progress(log, args.train_iters) as progress:
             for step in progress:
                 x, rng = draw_training_sets(train_pool, step, args.batch_size, args.sample_size, args.seed)
                 log.add(step + 1, train_step(trained, optimizer, x.to(device, non_blocking=True), rng, objective,

@@ -6,15 +6,14 @@ process trains on its share of a step's episodes and evaluates its share of the 
 rank 0 alone writes files and prints (metagmvae/distributed.py).
 """
 import torch
-from tqdm import tqdm
 
 from metagmvae import distributed, training
 from metagmvae.cli import RESUME_INVARIANT_FLAGS
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import nearest_class_mean_accuracies, with_baselines
 from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoint, format_row, run_folder,
-                                save_after_validation, save_results, selected_checkpoint, start_run, test_checkpoints,
-                                train_step, validate, validation_due, validation_episodes)
+                                save_after_validation, save_results, selected_checkpoint, start_run, step_progress,
+                                test_checkpoints, train_step, validate, validation_due, validation_episodes)
 
 from .dataset import load_omniglot
 from .figures import write_run_figures
@@ -65,8 +64,7 @@ def train(args, device):
                         RESUME_INVARIANT_FLAGS + ("hidden_size",), MODEL_NAME)
         trained = distributed.wrap_for_training(model, device)  # DDP under torchrun, `model` itself otherwise
         model.train()
-        with tqdm(range(log.step, args.train_iters), initial=log.step, total=args.train_iters, desc="train",
-                  dynamic_ncols=True, disable=not distributed.is_main()) as progress:
+        with step_progress(log, args.train_iters) as progress:
             for step in progress:
                 x, rng = draw_training_sets(train_pool, step, args.batch_size, args.sample_size, args.seed)
                 stats = train_step(trained, optimizer, x.to(device, non_blocking=True), rng, objective, step + 1,

@@ -37,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the shuffling and the augmentations")
     p.add_argument("--resume", action="store_true", help="continue the run in --save-dir from last.pt")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --save-dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --save-dir (only its files are removed; others are kept)")
     p.add_argument("--export-only", action="store_true", help="only export the features of --checkpoint")
     p.add_argument("--checkpoint", help="checkpoint for --export-only")
     args = p.parse_args(argv)
