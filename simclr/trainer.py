@@ -119,8 +119,8 @@ def resume_training(run, model, optimizer, scheduler, rngs, args):
 
 
 def fit(model, optimizer, scheduler, rngs, images, batches, run, start, args, device):
-    """Train from `start` (epochs done, wall time, metrics rows) until args.train_epochs, writing last.pt and
-    metrics.csv after every epoch.
+    """Train from `start` (epochs done, wall time, metrics rows) until args.train_epochs, writing metrics.csv and
+    last.pt after every epoch.
 
     images: (N, 3, 84, 84) uint8 train images, of which `batches` batches make an epoch.  rngs: the shuffling
     and the augmentation generators, see pretrain.
@@ -134,10 +134,10 @@ def fit(model, optimizer, scheduler, rngs, images, batches, run, start, args, de
         scheduler.step()
         wall_time += time.perf_counter() - started
         rows.append({"epoch": epoch + 1, "loss": loss, "lr": lr, "wall_time_s": wall_time})
-        if distributed.is_main():
+        if distributed.is_main():  # last.pt last: a crash in between leaves a row that --resume drops
+            run.write_metrics(rows)
             save_checkpoint(run.last_checkpoint, checkpoint_state(model, optimizer, scheduler, epoch + 1, rngs, args,
                                                                   wall_time))
-            run.write_metrics(rows)
 
 
 @torch.inference_mode()
