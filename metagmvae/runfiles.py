@@ -514,6 +514,8 @@ class RunDir:
                         float(value)  # raises on a cell that is not a number (None: a short row)
             steps = [int(row[key]) for row in rows]
         except (OSError, UnicodeDecodeError, csv.Error, ValueError, TypeError, KeyError) as e:
+            if isinstance(e, OSError):
+                raise UserError(f"--resume: cannot read {self.metrics} ({e.strerror or e}); {fix}") from None
             reason = f"no {key!r} column" if isinstance(e, KeyError) else "not a table of numbers"
             raise UserError(f"--resume: {self.metrics} is damaged ({reason}); {fix}") from None
         seen = [row for row, step in zip(rows, steps) if step <= up_to]

@@ -22,7 +22,7 @@ from omniglot import trainer as omniglot_trainer
 from omniglot.model import OmniglotGMVAE
 from simclr import main as simclr_main
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, torchrun
 from .test_hostile_inputs import (OMNIGLOT_FLAGS, assert_refused, assert_refused_in_process, check_refusal,
                                   snapshot)
 from .test_reliability import write_features
@@ -102,6 +102,15 @@ def test_a_folder_in_use_is_refused_by_every_command(omniglot_data, simclr_data,
     with RunDir(run_copy).locked():  # held by this process
         assert_refused_in_process(main, *argv, text=f"is in use: another process (PID {os.getpid()}) is training",
                                   roots=[run_copy], capsys=capsys)
+
+
+def test_under_torchrun_rank_0_checks_the_lock_and_every_process_stops(omniglot_data, run_copy):
+    before = snapshot(run_copy)
+    with RunDir(run_copy).locked():
+        result = torchrun(*train_args(omniglot_data, run_copy, "--overwrite"))
+    assert result.returncode != 0
+    assert result.stderr.count(f"is in use: another process (PID {os.getpid()}) is training in it") == 2  # both ranks
+    assert snapshot(run_copy) == before
 
 
 def test_a_killed_holder_leaves_no_lock(tmp_path):
