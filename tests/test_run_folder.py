@@ -66,18 +66,19 @@ def run_copy(trained_run, tmp_path):
 
 
 def test_two_runs_started_together_one_trains_the_other_is_refused(omniglot_data, tmp_path):
+    """Two commands launched back to back on one new folder: both pass their checks at about the same moment,
+    then one takes the folder and trains (30 steps) while the other is refused."""
     save = tmp_path / "run"
     processes = {seed: subprocess.Popen([sys.executable, "omniglot/main.py",
                                          *train_args(omniglot_data, save, "--train-iters", "30", "--freq-iters", "10",
                                                      "--seed", seed)],
                                         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for seed in (1, 2)}
-    outcomes = {seed: (p.communicate(timeout=300)[1], p.returncode)[::-1] for seed, p in processes.items()}
-    [winner] = [seed for seed, (code, _) in outcomes.items() if code == 0]
-    [loser] = [seed for seed, (code, _) in outcomes.items() if code != 0]
-    code, stderr = outcomes[loser]
-    check_refusal(code, stderr, f"--save-dir {save} is in use: another process (PID {processes[winner].pid}) is "
-                                "training in it; wait for it to end or choose another --save-dir", False)
+    stderr = {seed: process.communicate(timeout=300)[1] for seed, process in processes.items()}
+    [winner] = [seed for seed, process in processes.items() if process.returncode == 0]
+    [loser] = [seed for seed, process in processes.items() if process.returncode != 0]
+    check_refusal(processes[loser].returncode, stderr[loser], f"--save-dir {save} is in use: another process (PID "
+                  f"{processes[winner].pid}) is training in it; wait for it to end or choose another --save-dir", False)
     assert json.loads((save / "config.json").read_text())["seed"] == winner
     assert json.loads((save / "results.json").read_text())["config"]["seed"] == winner
     assert load_checkpoint(save / "last.pt")["config"]["seed"] == winner
@@ -114,7 +115,7 @@ def test_under_torchrun_rank_0_checks_the_lock_and_every_process_stops(omniglot_
 
 
 def test_a_killed_holder_leaves_no_lock(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from metagmvae.runfiles import RunDir\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from metagmvae.runfiles import RunDir\n"
                                f"with RunDir({str(tmp_path)!r}).locked():\n    print(flush=True); time.sleep(300)"],
                               cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     holder.stdout.readline()
