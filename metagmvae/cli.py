@@ -4,7 +4,7 @@ import argparse
 import math
 
 from . import distributed
-from .runfiles import RunDir, UserError, check_fits_in_memory
+from .runfiles import RunDir, UserError, check_fits_in_memory, check_writable_folder
 
 # Flags that define the model or the objective: a resumed run must keep them.
 RESUME_INVARIANT_FLAGS = ("latent_size", "way", "batch_size", "sample_size", "train_mc_sample_size",
@@ -59,7 +59,8 @@ def experiment_parser(description, data_dir, **defaults):
                    help="bf16 autocast for the networks (meant for GPUs); EM, densities and losses stay float32")
     p.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this (0 = off)")
     p.add_argument("--resume", action="store_true", help="continue the run in --save-dir from last.pt")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --save-dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --save-dir (only its files are removed; others are kept)")
     p.add_argument("--eval-only", action="store_true", help="only test --checkpoint on the test split")
     p.add_argument("--checkpoint", help="checkpoint for --eval-only (ours or the authors' .pth)")
     return p
@@ -130,6 +131,8 @@ def check_args(args, positive=()):
         raise UserError("--save-dir is required for training")
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other")
+    if args.save_dir is not None:
+        check_writable_folder(args.save_dir, "--save-dir")
 
 
 def finish(results, eval_results_dir=None):

@@ -7,17 +7,19 @@ evaluation episodes (distributed.py); rank 0 writes the files.
 """
 import math
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from . import distributed
 from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRandom, check_episodes_fit, make_eval_sets,
                        sample_unlabeled_sets)
 from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import autocast
-from .runfiles import (RunDir, UserError, build_model, check_run_checkpoint, check_same_flags, load_checkpoint,
-                       rng_state, save_checkpoint, set_rng_state)
+from .runfiles import (Interrupted, RunDir, UserError, build_model, check_run_checkpoint, check_same_flags,
+                       load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state)
 
 
 class TrainingDiverged(UserError):
@@ -66,6 +68,13 @@ def train_step(model, optimizer, x, rng, objective, step, amp=False, grad_clip=0
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return stats
+
+
+def step_progress(log, train_iters):
+    """A tqdm progress bar over the steps left, log.step to train_iters (shown by rank 0); use it in a `with`,
+    which closes it when training stops, so that a last message starts on a line of its own."""
+    return tqdm(range(log.step, train_iters), initial=log.step, total=train_iters, desc="train", dynamic_ncols=True,
+                disable=not distributed.is_main())
 
 
 def validation_due(step, freq_iters, train_iters):
@@ -150,11 +159,8 @@ class RunLog:
         self.improved = []
 
     @classmethod
-    def resume(cls, state, model, optimizer, rows):
-        """Load a checkpoint state into the model, the optimizer and the global RNGs; rows: its metrics."""
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+    def resume(cls, state, rows):
+        """The progress of a run checkpoint state; rows: its metrics."""
         return cls(state["step"], state["best"], state["wall_time_s"], rows)
 
     def add(self, step, stats):
@@ -241,17 +247,86 @@ def load_model(path, model_class, convert_reference, name, device):
     return build_model(state, path, model_class, name, convert_reference).to(device)
 
 
-def start_run(save_dir, config, resume, overwrite, invariant_flags, name):
-    """Check and prepare the run folder (rank 0 reads and writes, every process gets the outcome).
+@contextmanager
+def run_folder(save_dir, resume, progress="step"):
+    """The run folder (a RunDir) of a training process, locked for the block: a second process on it is
+    refused naming this one (rank 0 holds the lock).  A Ctrl-C or a diverged loss inside the block ends
+    in one line (from rank 0) naming the checkpoint, with its `progress` count ("step", "epoch"), that the
+    run can continue from.  With resume, a folder without last.pt is refused before anything is created."""
+    run = RunDir(save_dir)
 
-    config: the flags as a dict; a resumed run must agree with its last.pt, a run checkpoint of the `name`
-    model, on `invariant_flags`.
-    Returns (RunDir, the last.pt state to resume from, or None).
-    """
-    run, state = RunDir(save_dir), None
+    def lock():
+        if resume:
+            run.check_resumable()
+        stack.enter_context(run.locked())
+
+    with ExitStack() as stack:
+        distributed.from_main(lock)
+        try:
+            yield run
+        except (KeyboardInterrupt, TrainingDiverged) as e:
+            if not distributed.is_main():  # the others may not see the folder
+                raise
+            saved = last_saved(run, progress)
+            if isinstance(e, TrainingDiverged):
+                raise TrainingDiverged(f"{e}; " + (f"the last good checkpoint, {saved}, is kept" if saved else
+                                                   "no checkpoint was written yet")) from None
+            raise Interrupted("interrupted (Ctrl-C); " + (
+                f"--resume continues the run from {saved}" if saved else
+                "the run wrote no checkpoint yet: run again without --resume to start it anew")) from None
+
+
+def last_saved(run, progress):
+    """'<folder>/last.pt (step 20)': the run's last checkpoint and its `progress` count, or None if none
+    is there to resume from."""
+    try:
+        return f"{run.last_checkpoint} ({progress} {load_checkpoint(run.last_checkpoint)[progress]})"
+    except (UserError, KeyError):
+        return None
+
+
+def read_resume_state(run, config, keys, invariant_flags, name):
+    """The last.pt of `run`, checked to be a run checkpoint of the `name` model (a dict with `keys`) made
+    with the same `invariant_flags` as config (the flags as a dict); rank 0 reads it.  An unreadable
+    last.pt is refused naming the best_*.pt checkpoints that could be resumed from instead."""
+    def load():
+        try:
+            return load_checkpoint(run.last_checkpoint)
+        except UserError as e:
+            raise UserError(f"{e}{run.instead_of_last('start the run anew with --overwrite')}") from None
+
+    state = distributed.from_main(load)
+    check_run_checkpoint(state, run.last_checkpoint, keys, name)
+    check_same_flags(state["config"], config, invariant_flags)
+    return state
+
+
+def restore_training(state, path, name, model, optimizer):
+    """Load a run checkpoint state (read from `path`) into the `name` model, its optimizer and the global
+    RNGs; contents that do not fit them raise UserError naming the file."""
+    load_weights(model, state["model"], path, name)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
+        raise UserError(f"{path}: its optimizer or RNG state does not fit the {name} run ({e})") from None
+
+
+def prepare_folder(run, config, resume, overwrite):
+    """RunDir.prepare by rank 0, which prints the files it kept beside those of a replaced run."""
+    kept = distributed.from_main(lambda: run.prepare(config, resume=resume, overwrite=overwrite))
+    if kept and distributed.is_main():
+        print(f"replaced the run in {run.path}; kept what no run writes: {kept}")
+
+
+def start_run(run, model, optimizer, config, resume, overwrite, invariant_flags, name):
+    """Check the run folder and, with resume, load its last.pt (a run checkpoint of the `name` model that
+    agrees with config, the flags as a dict, on `invariant_flags`) and metrics.csv into model, optimizer and
+    the RNGs; only then write (prepare_folder).  Returns the RunLog to continue."""
+    log = RunLog()
     if resume:
-        state = distributed.from_main(lambda: load_checkpoint(run.last_checkpoint))
-        check_run_checkpoint(state, run.last_checkpoint, RUN_CHECKPOINT_KEYS, name)
-        check_same_flags(state["config"], config, invariant_flags)
-    distributed.from_main(lambda: run.prepare(config, resume=resume, overwrite=overwrite))
-    return run, state
+        state = read_resume_state(run, config, RUN_CHECKPOINT_KEYS, invariant_flags, name)
+        restore_training(state, run.last_checkpoint, name, model, optimizer)
+        log = RunLog.resume(state, distributed.from_main(lambda: run.read_metrics(up_to=state["step"])))
+    prepare_folder(run, config, resume, overwrite)
+    return log

@@ -7,16 +7,15 @@ process trains on its share of a step's episodes and evaluates its share of the 
 rank 0 alone writes files and prints (metagmvae/distributed.py).
 """
 import torch
-from tqdm import tqdm
 
 from metagmvae import distributed, training
 from metagmvae.cli import RESUME_INVARIANT_FLAGS
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import logistic_regression_accuracies, nearest_class_mean_accuracies, with_baselines
 from metagmvae.runfiles import load_checkpoint
-from metagmvae.training import (Objective, RunLog, draw_training_sets, evaluate_checkpoint, format_row,
-                                save_after_validation, save_results, selected_checkpoint, start_run, test_model,
-                                train_step, validate, validation_due, validation_episodes)
+from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoint, format_row, run_folder,
+                                save_after_validation, save_results, selected_checkpoint, start_run, step_progress,
+                                test_model, train_step, validate, validation_due, validation_episodes)
 
 from .dataset import load_features
 from .model import FeatureGMVAE, convert_reference_state_dict
@@ -57,40 +56,38 @@ def train(args, device):
     val = validation_episodes(args.select_by, features["val"], [args.shot], args.eval_way, args.query,
                               args.eval_episodes, args.val_elbo_sets, args.sample_size, args.seed)
 
-    run, resume_state = start_run(args.save_dir, vars(args), args.resume, args.overwrite, RESUME_INVARIANT_FLAGS,
-                                  MODEL_NAME)
     model = FeatureGMVAE(train_pool.shape[-1], args.latent_size).to(device)
     # L2 added to the gradient (torch Adam's weight_decay), as the reference; not AdamW.
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    if resume_state is None:
-        log = RunLog()
-    else:
-        rows = distributed.from_main(lambda: run.read_metrics(up_to=resume_state["step"]))
-        log = RunLog.resume(resume_state, model, optimizer, rows)
-    trained = distributed.wrap_for_training(model, device)  # DDP under torchrun, `model` itself otherwise
     objective = Objective(args.way, args.train_mc_sample_size, args.unsupervised_em_iters, args.fix_pi)
 
-    model.train()
-    for step in tqdm(range(log.step, args.train_iters), initial=log.step, total=args.train_iters, desc="train",
-                     dynamic_ncols=True, disable=not distributed.is_main()):
-        x, rng = draw_training_sets(train_pool, step, args.batch_size, args.sample_size, args.seed)
-        log.add(step + 1, train_step(trained, optimizer, x.to(device, non_blocking=True), rng, objective, step + 1,
-                                     args.amp, args.grad_clip))
-        if validation_due(step + 1, args.freq_iters, args.train_iters):
-            scores, fields = validate(model, val, objective, args.test_mc_sample_size,
-                                      args.semisupervised_em_iters, args.batch_size, args.seed, device, args.amp)
-            row = log.validation(scores, fields)
-            if distributed.is_main():
-                save_after_validation(run, log, log.checkpoint(model, optimizer, vars(args)))
-                tqdm.write(format_row(row))
-            log.restart_clock()
+    with run_folder(args.save_dir, args.resume) as run:  # locked; a Ctrl-C says where to resume from
+        log = start_run(run, model, optimizer, vars(args), args.resume, args.overwrite, RESUME_INVARIANT_FLAGS,
+                        MODEL_NAME)
+        trained = distributed.wrap_for_training(model, device)  # DDP under torchrun, `model` itself otherwise
+        model.train()
+        with step_progress(log, args.train_iters) as progress:
+            for step in progress:
+                x, rng = draw_training_sets(train_pool, step, args.batch_size, args.sample_size, args.seed)
+                log.add(step + 1, train_step(trained, optimizer, x.to(device, non_blocking=True), rng, objective,
+                                             step + 1, args.amp, args.grad_clip))
+                if validation_due(step + 1, args.freq_iters, args.train_iters):
+                    scores, fields = validate(model, val, objective, args.test_mc_sample_size,
+                                              args.semisupervised_em_iters, args.batch_size, args.seed, device,
+                                              args.amp)
+                    row = log.validation(scores, fields)
+                    if distributed.is_main():
+                        save_after_validation(run, log, log.checkpoint(model, optimizer, vars(args)))
+                        progress.write(format_row(row))
+                    log.restart_clock()
 
-    # Test: the selected checkpoint at every shot, beside the baselines on the same episodes.
-    test_sets = make_eval_sets(features["test"], args.eval_way, args.eval_shots, args.query, args.eval_episodes,
-                               args.seed, "test")
-    path = run.checkpoint(selected_checkpoint(args.select_by, args.shot))
-    model.load_state_dict(distributed.from_main(lambda: load_checkpoint(path)["model"]))
-    test = test_model(model, test_sets, path, args.test_mc_sample_size, args.semisupervised_em_iters,
-                      args.batch_size, device, args.amp)
-    return save_results(run, with_baselines(test, test_sets, BASELINES, select_by=args.select_by,
-                                            train_iters=args.train_iters, wall_time_s=log.wall_time, config=vars(args)))
+        # Test: the selected checkpoint at every shot, beside the baselines on the same episodes.
+        test_sets = make_eval_sets(features["test"], args.eval_way, args.eval_shots, args.query, args.eval_episodes,
+                                   args.seed, "test")
+        path = run.checkpoint(selected_checkpoint(args.select_by, args.shot))
+        model.load_state_dict(distributed.from_main(lambda: load_checkpoint(path)["model"]))
+        test = test_model(model, test_sets, path, args.test_mc_sample_size, args.semisupervised_em_iters,
+                          args.batch_size, device, args.amp)
+        return save_results(run, with_baselines(test, test_sets, BASELINES, select_by=args.select_by,
+                                                train_iters=args.train_iters, wall_time_s=log.wall_time,
+                                                config=vars(args)))

@@ -13,7 +13,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from metagmvae import distributed  # noqa: E402
 from metagmvae.cli import check_number, check_positive, check_seed  # noqa: E402
-from metagmvae.runfiles import UserError, exit_on_user_error, seed_everything  # noqa: E402
+from metagmvae.runfiles import UserError, check_writable_folder, exit_on_user_error, seed_everything  # noqa: E402
 from simclr.trainer import DEBUG_BATCHES, export_checkpoint, train_and_export  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "imgnet"
@@ -37,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the shuffling and the augmentations")
     p.add_argument("--resume", action="store_true", help="continue the run in --save-dir from last.pt")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --save-dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --save-dir (only its files are removed; others are kept)")
     p.add_argument("--export-only", action="store_true", help="only export the features of --checkpoint")
     p.add_argument("--checkpoint", help="checkpoint for --export-only")
     args = p.parse_args(argv)
@@ -62,6 +63,9 @@ def check_args(args):
         raise UserError("--save-dir is required for training")
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other")
+    if not args.export_only:
+        check_writable_folder(args.save_dir, "--save-dir")
+    check_writable_folder(args.feature_save_dir, "--feature-save-dir")
 
 
 def main(argv=None):

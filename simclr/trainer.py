@@ -14,9 +14,9 @@ import torch
 from tqdm import tqdm
 
 from metagmvae import distributed
-from metagmvae.runfiles import (RunDir, UserError, atomic_path, build_model, check_run_checkpoint, check_same_flags,
-                                load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json)
-from metagmvae.training import TrainingDiverged
+from metagmvae.runfiles import (UserError, atomic_path, build_model, load_checkpoint, rng_state, save_checkpoint,
+                                write_json)
+from metagmvae.training import TrainingDiverged, prepare_folder, read_resume_state, restore_training, run_folder
 
 from .augment import eval_transform, two_views
 from .data import SPLITS, check_split, load_split
@@ -72,7 +72,7 @@ def train_step(model, optimizer, x, augment_rng, args, share):
                    temperature=args.temperature, rows=share.rows)
     batch_loss = distributed.mean_over_processes(loss.unsqueeze(0)).item()
     if not math.isfinite(batch_loss):  # the same on every process, so all of them stop
-        raise TrainingDiverged(f"loss is {batch_loss}; the last good checkpoint is kept")
+        raise TrainingDiverged(f"loss is {batch_loss}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -86,15 +86,15 @@ def train_epoch(model, optimizer, images, batches, rngs, args, device, epoch):
     order = torch.randperm(len(images), generator=shuffle_rng)
     share = distributed.share(args.batch_size)
     total = 0.0
-    progress = tqdm(range(batches), desc=f"epoch {epoch + 1}/{args.train_epochs}", dynamic_ncols=True,
-                    disable=not distributed.is_main())
-    for b in progress:
-        first = b * args.batch_size
-        # contiguous: `images` is a channels-first view of channels-last memory
-        x = images[order[first + share.start:first + share.stop]].contiguous()
-        loss = train_step(model, optimizer, x.to(device, non_blocking=True), augment_rng, args, share)
-        total += loss
-        progress.set_postfix(loss=f"{loss:.4f}")
+    with tqdm(range(batches), desc=f"epoch {epoch + 1}/{args.train_epochs}", dynamic_ncols=True,
+              disable=not distributed.is_main()) as progress:
+        for b in progress:
+            first = b * args.batch_size
+            # contiguous: `images` is a channels-first view of channels-last memory
+            x = images[order[first + share.start:first + share.stop]].contiguous()
+            loss = train_step(model, optimizer, x.to(device, non_blocking=True), augment_rng, args, share)
+            total += loss
+            progress.set_postfix(loss=f"{loss:.4f}")
     return total / batches
 
 
@@ -105,46 +105,39 @@ def checkpoint_state(model, optimizer, scheduler, epoch, rngs, args, wall_time):
             "wall_time_s": wall_time}
 
 
-def read_resume_state(run, args):
-    """last.pt of the run, after checking it is ours and was made with the same invariant flags."""
-    state = distributed.from_main(lambda: load_checkpoint(run.last_checkpoint))
-    check_run_checkpoint(state, run.last_checkpoint, CHECKPOINT_KEYS, MODEL_NAME)
-    check_same_flags(state["config"], vars(args), RESUME_INVARIANT_FLAGS)
-    return state
+def resume_training(run, model, optimizer, scheduler, rngs, args):
+    """Load the run's last.pt (checked: ours, same invariant flags, weights that fit) and metrics.csv into the
+    model, optimizer, scheduler, the two generators and the global RNGs.  Returns (epochs done, wall time,
+    metrics rows), where fit continues."""
+    state = read_resume_state(run, vars(args), CHECKPOINT_KEYS, RESUME_INVARIANT_FLAGS, MODEL_NAME)
+    restore_training(state, run.last_checkpoint, MODEL_NAME, model, optimizer)
+    scheduler.load_state_dict(state["scheduler"])
+    rngs[0].set_state(state["shuffle_rng"])
+    rngs[1].set_state(state["augment_rng"])
+    rows = distributed.from_main(lambda: run.read_metrics(up_to=state["epoch"], key="epoch"))
+    return state["epoch"], state["wall_time_s"], rows
 
 
-def fit(model, optimizer, scheduler, images, run, args, device, resume_state=None):
-    """Train until args.train_epochs, writing last.pt and metrics.csv after every epoch.
+def fit(model, optimizer, scheduler, rngs, images, batches, run, start, args, device):
+    """Train from `start` (epochs done, wall time, metrics rows) until args.train_epochs, writing metrics.csv and
+    last.pt after every epoch.
 
-    images: (N, 3, 84, 84) uint8 train images. resume_state: a checkpoint to continue exactly.
-    The shuffling and the augmentation parameters come from two CPU generators with distinct seeds,
-    the same in every process, so CPU and GPU runs, and any number of processes, see the same batches and
-    views; the augmentations run on `device`.
+    images: (N, 3, 84, 84) uint8 train images, of which `batches` batches make an epoch.  rngs: the shuffling
+    and the augmentation generators, see pretrain.
     """
-    rngs = (torch.Generator().manual_seed(2 * args.seed), torch.Generator().manual_seed(2 * args.seed + 1))
-    epoch, wall_time, rows = 0, 0.0, []
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        rngs[0].set_state(resume_state["shuffle_rng"])
-        rngs[1].set_state(resume_state["augment_rng"])
-        set_rng_state(resume_state["rng"])
-        epoch, wall_time = resume_state["epoch"], resume_state["wall_time_s"]
-        rows = distributed.from_main(lambda: run.read_metrics(up_to=epoch, key="epoch"))
-    batches = batches_per_epoch(len(images), args)
+    epoch, wall_time, rows = start
     trained = distributed.wrap_for_training(model, device)
     for epoch in range(epoch, args.train_epochs):
-        start = time.perf_counter()
+        started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         loss = train_epoch(trained, optimizer, images, batches, rngs, args, device, epoch)
         scheduler.step()
-        wall_time += time.perf_counter() - start
+        wall_time += time.perf_counter() - started
         rows.append({"epoch": epoch + 1, "loss": loss, "lr": lr, "wall_time_s": wall_time})
-        if distributed.is_main():
+        if distributed.is_main():  # last.pt last: a crash in between leaves a row that --resume drops
+            run.write_metrics(rows)
             save_checkpoint(run.last_checkpoint, checkpoint_state(model, optimizer, scheduler, epoch + 1, rngs, args,
                                                                   wall_time))
-            run.write_metrics(rows)
 
 
 @torch.inference_mode()
@@ -196,15 +189,21 @@ def check_data(data_dir):
 
 
 def pretrain(args, device):
-    """Train on the train split (or continue with --resume); returns the model and its last.pt path."""
+    """Train on the train split (or continue with --resume); returns the model and its last.pt path.
+
+    The shuffling and the augmentation parameters come from two CPU generators with distinct seeds, the
+    same in every process, so CPU and GPU runs, and any number of processes, see the same batches and
+    views; the augmentations run on `device`.
+    """
     images, _, _ = load_split(args.data_dir, "train")
-    batches_per_epoch(len(images), args)
+    batches = batches_per_epoch(len(images), args)
     distributed.check_batch_divides(args.batch_size)
-    run = RunDir(args.save_dir)
-    resume_state = read_resume_state(run, args) if args.resume else None
-    distributed.from_main(lambda: run.prepare(vars(args), resume=args.resume, overwrite=args.overwrite))
     model, optimizer, scheduler = make_training(args, device)
-    fit(model, optimizer, scheduler, images, run, args, device, resume_state)
+    rngs = (torch.Generator().manual_seed(2 * args.seed), torch.Generator().manual_seed(2 * args.seed + 1))
+    with run_folder(args.save_dir, args.resume, progress="epoch") as run:  # locked; a Ctrl-C says where to resume
+        start = resume_training(run, model, optimizer, scheduler, rngs, args) if args.resume else (0, 0.0, [])
+        prepare_folder(run, vars(args), args.resume, args.overwrite)
+        fit(model, optimizer, scheduler, rngs, images, batches, run, start, args, device)
     return model, run.last_checkpoint
 
 

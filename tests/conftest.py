@@ -1,3 +1,4 @@
+import json
 import math
 import os
 import signal
@@ -7,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +131,23 @@ def kill_once_written(command, path, timeout=300, **env):
         except ProcessLookupError:
             pass
     return process.wait()
+
+
+@pytest.fixture(scope="session")
+def omniglot_data(tmp_path_factory):
+    """Tiny valid Omniglot arrays: 8 blank classes of 20 drawings per split."""
+    folder = tmp_path_factory.mktemp("omniglot")
+    for split in ("train", "val", "test"):
+        np.save(folder / f"{split}.npy", np.zeros((8, 20, 28, 28, 1), np.float32))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def simclr_data(tmp_path_factory):
+    """The smallest data simclr/main.py --export-only accepts: one class of two blank images per split."""
+    folder = tmp_path_factory.mktemp("imgnet")
+    for split in ("train", "val", "test"):
+        np.save(folder / f"{split}_images.npy", np.zeros((1, 2, 84, 84, 3), np.uint8))
+    manifest = {"splits": {split: {"classes": [f"n0{i}"]} for i, split in enumerate(("train", "val", "test"))}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder

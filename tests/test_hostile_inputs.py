@@ -1,6 +1,5 @@
 """Hostile and mistaken inputs to every command: each ends in exit code 2 with one line on stderr naming
 what is wrong, no traceback, and no file that existed before changed (nor any written)."""
-import json
 import struct
 import subprocess
 import sys
@@ -67,15 +66,6 @@ def assert_refused_in_process(main, *args, text, roots, capsys, argparse_error=F
     line = check_refusal(exit_info.value.code, capsys.readouterr().err, text, argparse_error)
     assert snapshot(*roots) == before
     return line
-
-
-@pytest.fixture(scope="module")
-def omniglot_data(tmp_path_factory):
-    """Tiny valid Omniglot arrays: 8 blank classes of 20 drawings per split."""
-    folder = tmp_path_factory.mktemp("omniglot")
-    for split in ("train", "val", "test"):
-        np.save(folder / f"{split}.npy", np.zeros((8, 20, 28, 28, 1), np.float32))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -226,17 +216,6 @@ def test_npy_with_pickled_objects_is_refused_without_numpys_hint(tmp_path):
     with pytest.raises(UserError, match="holds Python objects") as error:
         load_npy(tmp_path / "objects.npy")
     assert "allow_pickle" not in str(error.value)
-
-
-@pytest.fixture(scope="module")
-def simclr_data(tmp_path_factory):
-    """The smallest data simclr/main.py --export-only accepts: one class of two blank images per split."""
-    folder = tmp_path_factory.mktemp("imgnet")
-    for split in ("train", "val", "test"):
-        np.save(folder / f"{split}_images.npy", np.zeros((1, 2, 84, 84, 3), np.uint8))
-    manifest = {"splits": {split: {"classes": [f"n0{i}"]} for i, split in enumerate(("train", "val", "test"))}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
 
 
 def test_simclr_refuses_impossible_numbers(simclr_data, tmp_path, capsys):

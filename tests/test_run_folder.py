@@ -1,0 +1,301 @@
+"""A run folder never loses a file: one process trains in it at a time, --overwrite removes only the files
+of a run, every check comes before the first write, and a damaged resume, a full disk, a diverged loss
+or a Ctrl-C end in one line that says what is kept and where the run can continue."""
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from metagmvae.runfiles import RunDir, UserError, load_checkpoint
+from metagmvae.training import TrainingDiverged
+from mimgnet import main as mimgnet_main
+from omniglot import main as omniglot_main
+from omniglot import trainer as omniglot_trainer
+from omniglot.model import OmniglotGMVAE
+from simclr import main as simclr_main
+
+from .conftest import REPO_ROOT, torchrun
+from .test_hostile_inputs import (OMNIGLOT_FLAGS, assert_refused, assert_refused_in_process, check_refusal,
+                                  snapshot)
+from .test_reliability import write_features
+
+PROGRESS_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")  # tqdm's lines on stderr
+
+
+def error_lines(stderr):
+    """The lines of stderr that are not tqdm progress bars."""
+    return [line for line in stderr.splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
+
+
+def train_args(data, save_dir, *flags):
+    return ["--data-dir", str(data), "--save-dir", str(save_dir), *OMNIGLOT_FLAGS, "--freq-iters", "2",
+            *map(str, flags)]
+
+
+def run_in_process(main, argv, capsys):
+    """main(argv) in this process -> (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def trained_run(omniglot_data, tmp_path_factory):
+    """A finished 4-step Omniglot run of seed 1 (checkpoints at steps 2 and 4)."""
+    save = tmp_path_factory.mktemp("trained") / "run"
+    omniglot_main.main(train_args(omniglot_data, save, "--train-iters", "4", "--seed", "1"))
+    return save
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    return shutil.copytree(trained_run, tmp_path / "run")
+
+
+def test_two_runs_started_together_one_trains_the_other_is_refused(omniglot_data, tmp_path):
+    """Two commands launched back to back on one new folder: both pass their checks at about the same moment,
+    then one takes the folder and trains (30 steps) while the other is refused."""
+    save = tmp_path / "run"
+    processes = {seed: subprocess.Popen([sys.executable, "omniglot/main.py",
+                                         *train_args(omniglot_data, save, "--train-iters", "30", "--freq-iters", "10",
+                                                     "--seed", seed)],
+                                        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for seed in (1, 2)}
+    stderr = {seed: process.communicate(timeout=300)[1] for seed, process in processes.items()}
+    [winner] = [seed for seed, process in processes.items() if process.returncode == 0]
+    [loser] = [seed for seed, process in processes.items() if process.returncode != 0]
+    check_refusal(processes[loser].returncode, stderr[loser], f"--save-dir {save} is in use: another process (PID "
+                  f"{processes[winner].pid}) is training in it; wait for it to end or choose another --save-dir", False)
+    assert json.loads((save / "config.json").read_text())["seed"] == winner
+    assert json.loads((save / "results.json").read_text())["config"]["seed"] == winner
+    assert load_checkpoint(save / "last.pt")["config"]["seed"] == winner
+    assert not (save / ".lock").exists()
+
+
+@pytest.mark.parametrize("main, flags", [
+    (omniglot_main.main, ["--resume"]),
+    (mimgnet_main.main, []),
+    (simclr_main.main, ["--batch-size", "2", "--hidden-size", "4", "--device", "cpu"]),
+])
+def test_a_folder_in_use_is_refused_by_every_command(omniglot_data, simclr_data, run_copy, tmp_path, capsys, main,
+                                                     flags):
+    if main is omniglot_main.main:
+        argv = train_args(omniglot_data, run_copy, "--train-iters", "6", *flags)
+    elif main is mimgnet_main.main:
+        argv = ["--data-dir", write_features(tmp_path / "features"), "--save-dir", run_copy, "--latent-size", "4",
+                "--eval-shots", "1", "--eval-episodes", "2", "--device", "cpu", "--overwrite"]
+    else:
+        argv = ["--data-dir", simclr_data, "--save-dir", run_copy, "--feature-save-dir", tmp_path / "out",
+                "--overwrite", *flags]
+    with RunDir(run_copy).locked():  # held by this process
+        assert_refused_in_process(main, *argv, text=f"is in use: another process (PID {os.getpid()}) is training",
+                                  roots=[run_copy], capsys=capsys)
+
+
+def test_under_torchrun_rank_0_checks_the_lock_and_every_process_stops(omniglot_data, run_copy):
+    before = snapshot(run_copy)
+    with RunDir(run_copy).locked():
+        result = torchrun(*train_args(omniglot_data, run_copy, "--overwrite"))
+    assert result.returncode != 0
+    assert result.stderr.count(f"is in use: another process (PID {os.getpid()}) is training in it") == 2  # both ranks
+    assert snapshot(run_copy) == before
+
+
+def test_a_killed_holder_leaves_no_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from metagmvae.runfiles import RunDir\n"
+                               f"with RunDir({str(tmp_path)!r}).locked():\n    print(flush=True); time.sleep(300)"],
+                              cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    holder.stdout.readline()
+    with pytest.raises(UserError, match=f"PID {holder.pid}"):
+        with RunDir(tmp_path).locked():
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    holder.stdout.close()
+    assert (tmp_path / ".lock").exists()  # the file stays, the lock is gone with its process
+    with RunDir(tmp_path).locked():
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_overwrite_removes_only_the_files_of_a_run(omniglot_data, run_copy, capsys):
+    torch.save({"weights": torch.arange(5.0)}, run_copy / "my_pretrained.pt")
+    (run_copy / "notes.txt").write_text("lr sweep: try 1e-4 next\n")
+    (run_copy / "figures" / "sketch.svg").write_text("<svg/>\n")
+    mine = snapshot(run_copy)
+    mine = {p: data for p, data in mine.items() if p.name in ("my_pretrained.pt", "notes.txt", "sketch.svg")}
+    code, out, err = run_in_process(omniglot_main.main, train_args(omniglot_data, run_copy, "--train-iters", "2",
+                                                                    "--seed", "2", "--overwrite"), capsys)
+    assert code == 0, err
+    assert f"replaced the run in {run_copy}; kept what no run writes: figures/, my_pretrained.pt, notes.txt" in out
+    assert {p: p.read_bytes() for p in mine} == mine
+    assert json.loads((run_copy / "config.json").read_text())["seed"] == 2
+    assert load_checkpoint(run_copy / "last.pt")["step"] == 2
+
+
+def test_overwrite_refuses_files_of_our_names_that_no_run_of_ours_wrote(omniglot_data, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    torch.save({"weights": torch.zeros(2)}, folder / "last.pt")
+    (folder / "results.json").write_text('{"accuracy": 0.9}\n')
+    for flags in ([], ["--overwrite"]):
+        assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, folder, *flags),
+                                  text=f"{folder} holds last.pt, results.json but no config.json, so no run of this "
+                                       "project; a run would replace them", roots=[folder], capsys=capsys)
+
+
+@pytest.mark.parametrize("flags, text", [
+    (["--lr", "nan"], "--lr must be a finite number > 0 (got nan)"),
+    (["--eval-way", "9"], "--eval-way 9 is larger than the 8 classes of the val split"),
+])
+def test_overwrite_checks_every_flag_and_the_data_before_removing(omniglot_data, run_copy, capsys, flags, text):
+    assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, run_copy, "--overwrite", *flags),
+                              text=text, roots=[run_copy], capsys=capsys)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_does_not_block_a_rerun(omniglot_data, tmp_path, capsys,
+                                                                          monkeypatch):
+    save = tmp_path / "run"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(omniglot_trainer, "train_step", interrupted)
+        code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "2"),
+                                      capsys)
+    assert code == 130 and error_lines(err) == [
+        "omniglot/main.py: error: interrupted (Ctrl-C); the run wrote no checkpoint yet: run again without --resume "
+        "to start it anew"]
+    assert sorted(p.name for p in save.iterdir()) == ["config.json"]
+    assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, save, "--train-iters", "2", "--resume"),
+                              text=f"--resume: {save} holds no last.pt (the run wrote no checkpoint yet); run without "
+                                   "--resume to start the run anew", roots=[save], capsys=capsys)
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "2"), capsys)
+    assert code == 0, err
+    assert load_checkpoint(save / "last.pt")["step"] == 2
+
+
+@pytest.mark.parametrize("step, kept", [(1, "no checkpoint was written yet"),
+                                        (3, "the last good checkpoint, {save}/last.pt (step 2), is kept")])
+def test_a_diverged_loss_says_which_checkpoint_is_kept(omniglot_data, tmp_path, capsys, monkeypatch, step, kept):
+    real_train_step = omniglot_trainer.train_step
+
+    def diverging(model, optimizer, x, rng, objective, at, *args):
+        if at == step:
+            raise TrainingDiverged(f"loss is nan at step {at}")
+        return real_train_step(model, optimizer, x, rng, objective, at, *args)
+
+    monkeypatch.setattr(omniglot_trainer, "train_step", diverging)
+    save = tmp_path / "run"
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "4"), capsys)
+    assert code == 2 and error_lines(err) == [
+        f"omniglot/main.py: error: loss is nan at step {step}; {kept.format(save=save)}"], err
+
+
+def test_ctrl_c_says_where_the_run_resumes(omniglot_data, tmp_path):
+    save = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "omniglot/main.py",
+                                *train_args(omniglot_data, save, "--train-iters", "100000")],
+                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (save / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    [line] = error_lines(stderr)
+    step = load_checkpoint(save / "last.pt")["step"]
+    assert line == (f"omniglot/main.py: error: interrupted (Ctrl-C); --resume continues the run from "
+                    f"{save}/last.pt (step {step})")
+    assert step >= 2 and not (save / ".lock").exists() and not list(save.glob(".*.tmp"))
+
+
+def test_disk_full_while_writing_a_checkpoint_keeps_every_file(omniglot_data, tmp_path, capsys, monkeypatch):
+    save, before = tmp_path / "run", {}
+    real_fsync = os.fsync
+
+    def fsync_with_full_disk(fd):
+        """The disk fills as the step-4 checkpoint is written: fsync of a .pt once last.pt (step 2) exists."""
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if (save / "last.pt").exists() and name.endswith(".tmp") and ".pt." in name:
+            before.update((p, data) for p, data in snapshot(save).items() if not p.name.startswith("."))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_with_full_disk)
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "4"), capsys)
+    monkeypatch.undo()
+    assert code == 2 and "Traceback" not in err
+    [line] = error_lines(err)
+    assert re.fullmatch(rf"omniglot/main.py: error: cannot write {save}/(last|best_\dshot).pt: the disk is full "
+                        r"\(No space left on device\); \S+ keeps its previous content", line), line
+    assert before and snapshot(save) == before  # nothing changed at or after the failed write, no .tmp or .lock left
+    assert load_checkpoint(save / "last.pt")["step"] == 2
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "4",
+                                                                  "--resume"), capsys)
+    assert code == 0, err
+    assert load_checkpoint(save / "last.pt")["step"] == 4
+
+
+def damage_metrics(run):
+    (run / "metrics.csv").unlink()
+    return "metrics.csv is missing (it holds the run's rows up to step 4 of last.pt); restore it"
+
+
+def garble_metrics(run):
+    (run / "metrics.csv").write_bytes(b"step,loss\n4,\x00\xff\xfe oops\n")
+    return "metrics.csv is damaged (not a table of numbers)"
+
+
+def cut_metrics(run):
+    rows = (run / "metrics.csv").read_text().splitlines()
+    (run / "metrics.csv").write_text("\n".join(rows[:-1]) + "\n")
+    return "metrics.csv has no row for step 4 of last.pt"
+
+
+def truncate_last(run):
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:3000])
+    return (f"last.pt is not a readable checkpoint (not a file written by torch.save, or a truncated one); expected "
+            f"a .pt checkpoint of this project or the authors' .pth; best_1shot.pt, best_5shot.pt in {run} hold "
+            "checkpoints of this run: copy one to last.pt to resume")
+
+
+def reshape_last(run):
+    state = load_checkpoint(run / "last.pt")
+    state["model"]["decoder.0.weight"] = torch.zeros(3)
+    torch.save(state, run / "last.pt")
+    return "last.pt: weights do not fit the Omniglot model (other shapes: decoder.0.weight)"
+
+
+@pytest.mark.parametrize("damage", [damage_metrics, garble_metrics, cut_metrics, truncate_last, reshape_last])
+def test_resume_refuses_a_damaged_run_before_writing(omniglot_data, run_copy, capsys, damage):
+    text = damage(run_copy)
+    assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, run_copy, "--train-iters", "6",
+                                                              "--seed", "1", "--resume"),
+                              text=text, roots=[run_copy], capsys=capsys)
+
+
+def test_eval_only_refuses_a_save_dir_it_cannot_write_before_evaluating(omniglot_data, tmp_path):
+    model = OmniglotGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, tmp_path / "model.pt")
+    (tmp_path / "results").write_text("not a folder\n")
+    for save_dir in (tmp_path / "results", tmp_path / "results" / "eval"):
+        assert_refused("omniglot/main.py", "--data-dir", omniglot_data, "--eval-only", "--checkpoint",
+                              tmp_path / "model.pt", "--save-dir", save_dir, *OMNIGLOT_FLAGS,
+                              text=f"cannot write to --save-dir {save_dir}: {tmp_path / 'results'} is not a folder",
+                              roots=[tmp_path])
