@@ -58,7 +58,7 @@ def main(argv=None):
         cluster, confidence, _, _, scores = group_folder(args, files, features, model, features,
                                                          "k-means on SimCLR features")
         out = output_folder(args)
-        write_clusters(out, args.images, files, cluster, confidence,
+        write_clusters(out, args.images, files, cluster, confidence, args.clusters,
                        lambda k, members: ([Image.fromarray(images[i]).resize((TILE, TILE)) for i in members], 0))
     print(f"wrote {out / 'clusters.csv'} and {len(cluster.unique())} cluster PNGs")
     return {"cluster": cluster, "confidence": confidence, "scores": scores}

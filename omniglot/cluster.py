@@ -109,7 +109,7 @@ def print_scores(classes, partitions):
     return scores
 
 
-def save_tiles(tiles, path, framed=0):
+def save_tiles(tiles, framed, path):
     """RGB tiles (TILE x TILE PIL images), TILES_PER_ROW to a row, the first `framed` in a blue frame."""
     canvas = Image.new("RGB", grid_size(math.ceil(len(tiles) / TILES_PER_ROW), min(len(tiles), TILES_PER_ROW)), WHITE)
     draw = ImageDraw.Draw(canvas)
@@ -121,14 +121,15 @@ def save_tiles(tiles, path, framed=0):
     return _save(canvas, path)
 
 
-def write_clusters(out, root, files, cluster, confidence, cluster_tiles):
-    """<out>/clusters.csv and one PNG per non-empty cluster: cluster_tiles(k, members (n,)) -> (tiles, framed)."""
+def write_clusters(out, root, files, cluster, confidence, num_clusters, cluster_tiles):
+    """<out>/clusters.csv and <out>/cluster_<k>.png per non-empty cluster k, its tiles from
+    cluster_tiles(k, members (n,)) -> (tiles, how many of the first are framed)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["file", "cluster", "confidence"])
     writer.writerows([f.relative_to(root).as_posix(), k, f"{c:.6f}"]
                      for f, k, c in zip(files, cluster.tolist(), confidence.tolist()))
-    digits = len(str(int(cluster.max())))
+    digits = len(str(num_clusters - 1))
     try:
         write_text(out / "clusters.csv", buffer.getvalue())
         for k in cluster.unique().tolist():
@@ -183,7 +184,7 @@ def main(argv=None):
             component_means = torch.sigmoid(model.decode(mu)).cpu()  # (K, 1, 28, 28)
         images = images.cpu()
         out = output_folder(args)
-        write_clusters(out, args.images, files, cluster, confidence,
+        write_clusters(out, args.images, files, cluster, confidence, args.clusters,
                        lambda k, members: ([_tile(component_means[k])] + [_tile(images[i]) for i in members], 1))
     print(f"wrote {out / 'clusters.csv'} and {len(cluster.unique())} cluster PNGs")
     return {"cluster": cluster, "confidence": confidence, "scores": scores}
