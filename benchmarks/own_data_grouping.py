@@ -128,7 +128,7 @@ def train_mimgnet(args, timings, commands):
         "--train-epochs", args.simclr_epochs, "--seed", args.seed, "--overwrite", **steps)
     run("mimgnet_train", "mimgnet/main.py", "--data-dir", shown(features), "--save-dir", shown(args.out / "mimgnet"),
         "--train-iters", args.mimgnet_steps, "--freq-iters", args.mimgnet_steps, "--eval-episodes", 100,
-        "--train-mc-sample-size", 8, "--way", MIMGNET_WAY, "--select-by", "last", "--eval-shots", 1, 5,
+        "--train-mc-sample-size", 8, "--test-mc-sample-size", 32, "--way", MIMGNET_WAY, "--select-by", "last", "--eval-shots", 1, 5,
         "--seed", args.seed, "--overwrite", **steps)
     return data, args.out / "simclr" / "last.pt", args.out / "mimgnet" / "last.pt"
 
