@@ -46,10 +46,11 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "own-data-grouping", help="folder for everything")
     p.add_argument("--zips", type=Path, nargs="+",
-                   help="images_background_small1.zip and images_background_small2.zip (not needed with --omniglot-data)")
+                   help="images_background_small1.zip and small2.zip (not needed with --omniglot-data)")
     p.add_argument("--omniglot-checkpoint", type=Path,
                    help="an omniglot/main.py checkpoint trained on --omniglot-data (None: train one here)")
-    p.add_argument("--omniglot-data", type=Path, help="the arrays built from --zips (None: build them in <out>/omniglot)")
+    p.add_argument("--omniglot-data", type=Path,
+                   help="the arrays built from --zips (None: build them in <out>/omniglot)")
     p.add_argument("--train-iters", type=int, default=1000, help="Omniglot training steps")
     p.add_argument("--ways", type=int, nargs="+", default=[5, 20], help="Omniglot characters per folder K")
     p.add_argument("--draws", type=int, default=5, help="random folders per K")
@@ -128,7 +129,8 @@ def train_mimgnet(args, timings, commands):
         "--train-epochs", args.simclr_epochs, "--seed", args.seed, "--overwrite", **steps)
     run("mimgnet_train", "mimgnet/main.py", "--data-dir", shown(features), "--save-dir", shown(args.out / "mimgnet"),
         "--train-iters", args.mimgnet_steps, "--freq-iters", args.mimgnet_steps, "--eval-episodes", 100,
-        "--train-mc-sample-size", 8, "--test-mc-sample-size", 32, "--way", MIMGNET_WAY, "--select-by", "last", "--eval-shots", 1, 5,
+        "--train-mc-sample-size", 8, "--test-mc-sample-size", 32, "--way", MIMGNET_WAY, "--select-by", "last",
+        "--eval-shots", 1, 5,
         "--seed", args.seed, "--overwrite", **steps)
     return data, args.out / "simclr" / "last.pt", args.out / "mimgnet" / "last.pt"
 

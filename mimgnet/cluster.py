@@ -11,7 +11,6 @@ EM from --restarts starts, responsibilities averaged over MC samples).  Writes <
 cluster, confidence) and <out>/cluster_<k>.png (the members as RGB thumbnails).  With class folders,
 prints the adjusted Rand index and normalised mutual information beside k-means on the SimCLR features.
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,28 +22,24 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.prepare_mimgnet import load_image  # noqa: E402
-from metagmvae.cli import HelpFormatter  # noqa: E402
-from metagmvae.distributed import resolve_device  # noqa: E402
-from metagmvae.runfiles import UserError, exit_on_user_error, seed_everything  # noqa: E402
+from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 from mimgnet.trainer import load_model  # noqa: E402
+from omniglot.cluster import (ENCODER_CHUNK, finish_grouping, group_folder, grouping_parser,  # noqa: E402
+                              start_grouping)
 from omniglot.figures import TILE  # noqa: E402
-from omniglot.cluster import (ENCODER_CHUNK, add_grouping_arguments, check_grouping_arguments, group_folder,  # noqa: E402
-                              list_images, output_folder, write_clusters)
 from simclr import trainer as simclr_trainer  # noqa: E402
 
 
 def main(argv=None):
     """Returns {"cluster": (N,), "confidence": (N,), "scores": {name: {"ari", "nmi"}} or None}."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    parser = grouping_parser(__doc__)
     parser.add_argument("--encoder", type=Path, required=True, help="the SimCLR checkpoint the features came from")
     parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="our Mini-ImageNet .pt checkpoint or the authors' .pth, trained on that encoder's features")
-    add_grouping_arguments(parser)
+                        help="our Mini-ImageNet .pt checkpoint or the authors' .pth, trained on the --encoder's "
+                             "features")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):
-        check_grouping_arguments(args)
-        device = resolve_device(args.device)
-        files = list_images(args)
+        device, files = start_grouping(args)
         encoder = simclr_trainer.load_model(args.encoder, device)
         model = load_model(args.checkpoint, device).eval()
         feature_size = encoder.encoder.feature_size
@@ -54,14 +49,10 @@ def main(argv=None):
         images = np.stack([load_image(f) for f in files])  # (N, 84, 84, 3) uint8
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, 84, 84), as simclr/data.py
         features = torch.from_numpy(simclr_trainer.encode(encoder, pixels, ENCODER_CHUNK, device)).to(device)
-        seed_everything(args.seed)
         cluster, confidence, _, _, scores = group_folder(args, files, features, model, features,
                                                          "k-means on SimCLR features")
-        out = output_folder(args)
-        write_clusters(out, args.images, files, cluster, confidence, args.clusters,
-                       lambda k, members: ([Image.fromarray(images[i]).resize((TILE, TILE)) for i in members], 0))
-    print(f"wrote {out / 'clusters.csv'} and {len(cluster.unique())} cluster PNGs")
-    return {"cluster": cluster, "confidence": confidence, "scores": scores}
+        return finish_grouping(args, files, cluster, confidence, scores, lambda k, members: (
+            [Image.fromarray(images[i]).resize((TILE, TILE)) for i in members], 0))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metagmvae.cli import HelpFormatter, check_positive, check_seed  # noqa: E402
-from metagmvae.clustering import adjusted_rand_index, cluster_set, kmeans, normalized_mutual_info, restart_streams  # noqa: E402
+from metagmvae.clustering import (adjusted_rand_index, cluster_set, kmeans, normalized_mutual_info,  # noqa: E402
+                                  restart_streams)
 from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.episodes import GROUPING_EM, GROUPING_KMEANS, GROUPING_NOISE, EpisodeRandom  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error, seed_everything, write_text  # noqa: E402
@@ -43,8 +44,9 @@ ENCODER_CHUNK = 256  # images per pass of the per-item encoder
 TILES_PER_ROW = 10
 
 
-def add_grouping_arguments(parser):
-    """The flags both cluster commands share."""
+def grouping_parser(doc):
+    """A parser with the flags both cluster commands share; `doc` is the command's module docstring."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--images", type=Path, required=True,
                         help="folder of images (any nesting); class folders, when present, are used to score")
     parser.add_argument("--clusters", type=int, required=True, help="clusters K (at least 2)")
@@ -58,13 +60,16 @@ def add_grouping_arguments(parser):
                              "(N^2 scores per head) and the EM holds restarts x N x S latent samples")
     parser.add_argument("--seed", type=int, default=0, help="seeds the MC samples, the EM and k-means starts")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
+    return parser
 
 
-def check_grouping_arguments(args):
+def start_grouping(args):
+    """Check the shared flags and list the images; returns (device, image files)."""
     check_positive(args, ["restarts", "mc_sample_size", "em_iters", "max_images"])
     if args.clusters < 2:
         raise UserError(f"--clusters must be at least 2 (got {args.clusters})")
     check_seed(args.seed)
+    return resolve_device(args.device), list_images(args)
 
 
 def find_images(root):
@@ -138,16 +143,13 @@ def write_clusters(out, root, files, cluster, confidence, num_clusters, cluster_
         raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
 
 
-def output_folder(args):
-    return args.out or args.images.parent / f"{args.images.name}-clusters"
-
-
 def group_folder(args, files, items, model, baseline_features, baseline_name):
     """Cluster `items` (N, ...) read from `files` with the model; print the cluster sizes and, with class
     folders, the scores beside k-means on baseline_features (N, F).
 
     Returns (cluster (N,), confidence (N,), log_pi (K,), mu (K, D), scores or None).
     """
+    seed_everything(args.seed)
     rng = restart_streams(args.seed, GROUPING_EM, args.restarts)
     noise = EpisodeRandom([(args.seed, GROUPING_NOISE, 0)])
     cluster, confidence, log_pi, mu = cluster_set(model, items, args.clusters, args.mc_sample_size, args.em_iters,
@@ -165,29 +167,31 @@ def group_folder(args, files, items, model, baseline_features, baseline_name):
     return cluster, confidence, log_pi, mu, scores
 
 
+def finish_grouping(args, files, cluster, confidence, scores, cluster_tiles):
+    """Write the outputs into --out (see write_clusters); returns main's result."""
+    out = args.out or args.images.parent / f"{args.images.name}-clusters"
+    write_clusters(out, args.images, files, cluster, confidence, args.clusters, cluster_tiles)
+    print(f"wrote {out / 'clusters.csv'} and {len(cluster.unique())} cluster PNGs")
+    return {"cluster": cluster, "confidence": confidence, "scores": scores}
+
+
 def main(argv=None):
     """Returns {"cluster": (N,), "confidence": (N,), "scores": {name: {"ari", "nmi"}} or None}."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="our Omniglot .pt checkpoint or the authors' .pth")
-    add_grouping_arguments(parser)
+    parser = grouping_parser(__doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="our Omniglot .pt checkpoint or the authors' .pth")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):
-        check_grouping_arguments(args)
-        device = resolve_device(args.device)
-        files = list_images(args)
+        device, files = start_grouping(args)
         model = load_model(args.checkpoint, device).eval()
         images = torch.from_numpy(np.stack([load_image(f) for f in files]))[:, None].to(device)  # (N, 1, 28, 28)
-        seed_everything(args.seed)
         cluster, confidence, _, mu, scores = group_folder(args, files, images, model, images.flatten(1),
                                                           "k-means on pixels")
         with torch.no_grad():
             component_means = torch.sigmoid(model.decode(mu)).cpu()  # (K, 1, 28, 28)
         images = images.cpu()
-        out = output_folder(args)
-        write_clusters(out, args.images, files, cluster, confidence, args.clusters,
-                       lambda k, members: ([_tile(component_means[k])] + [_tile(images[i]) for i in members], 1))
-    print(f"wrote {out / 'clusters.csv'} and {len(cluster.unique())} cluster PNGs")
-    return {"cluster": cluster, "confidence": confidence, "scores": scores}
+        return finish_grouping(args, files, cluster, confidence, scores, lambda k, members: (
+            [_tile(component_means[k])] + [_tile(images[i]) for i in members], 1))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from data.synthetic_mimgnet import class_specs, render_class
-from metagmvae.clustering import (adjusted_rand_index, cluster_latents, contingency_table, fit_gmm_restarts, kmeans,
-                                  normalized_mutual_info, restart_streams)
+from metagmvae.clustering import (adjusted_rand_index, assign_by_responsibility, cluster_latents, contingency_table,
+                                  fit_gmm_restarts, kmeans, normalized_mutual_info, restart_streams)
 from mimgnet import cluster as mimgnet_cluster
 from mimgnet.model import FeatureGMVAE
 from omniglot import cluster as omniglot_cluster
@@ -101,9 +101,9 @@ def test_em_with_restarts_of_well_separated_blobs_is_perfect_and_keeps_the_most_
 def test_responsibility_is_averaged_over_mc_samples():
     # Two components at -1 and +1; item 0 has samples at -1 and +1 (confidence 1/2 of either after
     # averaging), item 1 both at +1.
-    from metagmvae.clustering import assign_by_responsibility
     z = torch.tensor([[[-1.0], [1.0]], [[1.0], [1.0]]])
-    cluster, confidence = assign_by_responsibility(z, torch.log(torch.tensor([0.5, 0.5])), torch.tensor([[-1.0], [1.0]]))
+    log_pi, mu = torch.log(torch.tensor([0.5, 0.5])), torch.tensor([[-1.0], [1.0]])
+    cluster, confidence = assign_by_responsibility(z, log_pi, mu)
     assert confidence[0] == pytest.approx(0.5) and cluster[1] == 1
     assert confidence[1] == pytest.approx(1 / (1 + np.exp(-2)))  # N(1; 1) / (N(1; 1) + N(1; -1))
 
@@ -147,7 +147,8 @@ def checkpoints(tmp_path_factory):
     mimgnet = FeatureGMVAE(simclr.encoder.feature_size, 4)
     for name, model in (("omniglot", omniglot), ("mimgnet", mimgnet)):
         torch.save({"model": model.state_dict(), "model_config": model.config}, folder / f"{name}.pt")
-    torch.save({"model": simclr.state_dict(), "model_config": {"hidden_size": 4, "image_size": 84}}, folder / "simclr.pt")
+    torch.save({"model": simclr.state_dict(), "model_config": {"hidden_size": 4, "image_size": 84}},
+               folder / "simclr.pt")
     return folder
 
 
