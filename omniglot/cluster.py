@@ -169,7 +169,8 @@ def group_folder(args, files, items, model, baseline_features, baseline_name):
 
 def finish_grouping(args, files, cluster, confidence, scores, cluster_tiles):
     """Write the outputs into --out (see write_clusters); returns main's result."""
-    out = args.out or args.images.parent / f"{args.images.name}-clusters"
+    images = args.images.resolve()  # "." has no name
+    out = args.out or images.parent / f"{images.name}-clusters"
     write_clusters(out, args.images, files, cluster, confidence, args.clusters, cluster_tiles)
     print(f"wrote {out / 'clusters.csv'} and {len(cluster.unique())} cluster PNGs")
     return {"cluster": cluster, "confidence": confidence, "scores": scores}
