@@ -26,6 +26,9 @@ EVAL_NOISE = 2         # (seed, EVAL_NOISE, split, way, shot, episode): the MC n
 VALIDATION_SETS = 3    # (seed, VALIDATION_SETS, set): the items of one unlabeled validation set (val-elbo)
 VALIDATION_NOISE = 4   # (seed, VALIDATION_NOISE, set): the MC noise and EM start of one validation set
 FIGURES = 5            # (seed, FIGURES): the items and the episode the figures of a run show
+GROUPING_EM = 6        # (seed, GROUPING_EM, restart): one EM start when grouping an unlabeled folder
+GROUPING_NOISE = 7     # (seed, GROUPING_NOISE, 0): the MC noise of the grouped folder's set
+GROUPING_KMEANS = 8    # (seed, GROUPING_KMEANS, restart): one k-means++ start of the baseline
 SPLITS = {"val": 1, "test": 2}  # `split` in the evaluation keys: validation and test draw independently
 
 

@@ -37,10 +37,16 @@ class SetGMVAE(nn.Module):
     """Meta-GMVAE skeleton.  Subclasses set `self.encoder` and `self.posterior` and define
     `decode(z)` and `reconstruction_loss(x, z)`."""
 
-    def posterior_params(self, x):
-        """x: (B, M, *item_shape) -> mean, logvar: (B, M, D)."""
+    def posterior_params(self, x, chunk_size=None):
+        """x: (B, M, *item_shape) -> mean, logvar: (B, M, D).
+
+        chunk_size: the per-item encoder runs on this many items at a time (None: all B M at once); the
+        set-level posterior always sees whole sets.
+        """
         B, M = x.shape[:2]
-        features = self.encoder(x.flatten(0, 1)).view(B, M, -1)
+        items = x.flatten(0, 1)
+        features = (self.encoder(items) if chunk_size is None
+                    else torch.cat([self.encoder(chunk) for chunk in items.split(chunk_size)])).view(B, M, -1)
         return full_precision(self.posterior(features)).chunk(2, dim=-1)
 
     @staticmethod
