@@ -22,37 +22,36 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.prepare_mimgnet import load_image  # noqa: E402
-from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
+from metagmvae import imagefolders  # noqa: E402
+from metagmvae.runfiles import exit_on_user_error  # noqa: E402
+from mimgnet.evaluate import check_feature_sizes  # noqa: E402
 from mimgnet.trainer import load_model  # noqa: E402
-from omniglot.cluster import (ENCODER_CHUNK, finish_grouping, group_folder, grouping_parser,  # noqa: E402
-                              start_grouping)
-from omniglot.figures import TILE  # noqa: E402
+from omniglot.figures import TILE, save_tiles  # noqa: E402
 from simclr import trainer as simclr_trainer  # noqa: E402
 
 
 def main(argv=None):
     """Returns {"cluster": (N,), "confidence": (N,), "scores": {name: {"ari", "nmi"}} or None}."""
-    parser = grouping_parser(__doc__)
+    parser = imagefolders.grouping_parser(__doc__)
     parser.add_argument("--encoder", type=Path, required=True, help="the SimCLR checkpoint the features came from")
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="our Mini-ImageNet .pt checkpoint or the authors' .pth, trained on the --encoder's "
                              "features")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):
-        device, files = start_grouping(args)
+        device, files = imagefolders.start_grouping(args)
         encoder = simclr_trainer.load_model(args.encoder, device)
         model = load_model(args.checkpoint, device).eval()
-        feature_size = encoder.encoder.feature_size
-        if model.config["feature_size"] != feature_size:
-            raise UserError(f"--checkpoint {args.checkpoint} takes {model.config['feature_size']} features but the "
-                            f"--encoder {args.encoder} gives {feature_size}")
+        check_feature_sizes(encoder, model, args.encoder, args.checkpoint)
         images = np.stack([load_image(f) for f in files])  # (N, 84, 84, 3) uint8
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, 84, 84), as simclr/data.py
-        features = torch.from_numpy(simclr_trainer.encode(encoder, pixels, ENCODER_CHUNK, device)).to(device)
-        cluster, confidence, _, _, scores = group_folder(args, files, features, model, features,
-                                                         "k-means on SimCLR features")
-        return finish_grouping(args, files, cluster, confidence, scores, lambda k, members: (
-            [Image.fromarray(images[i]).resize((TILE, TILE)) for i in members], 0))
+        features = simclr_trainer.encode(encoder, pixels, imagefolders.ENCODER_CHUNK, device)  # (N, F)
+        features = torch.from_numpy(features).to(device)
+        cluster, confidence, _, _, scores = imagefolders.group_folder(args, files, features, model, features,
+                                                                      "k-means on SimCLR features")
+        return imagefolders.finish_grouping(args, files, cluster, confidence, scores, lambda k, members, path:
+                                            save_tiles([Image.fromarray(images[i]).resize((TILE, TILE))
+                                                        for i in members], 0, path))
 
 
 if __name__ == "__main__":

@@ -261,3 +261,14 @@ def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_si
         paths.append(save_learning_curves(metrics_csv, folder / "curves.png"))
     return paths
 
+
+def save_tiles(tiles, framed, path, per_row=10):
+    """RGB tiles (TILE x TILE PIL images), per_row to a row, the first `framed` in a blue frame."""
+    canvas = Image.new("RGB", grid_size(math.ceil(len(tiles) / per_row), min(len(tiles), per_row)), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    for i, tile in enumerate(tiles):
+        xy = _cell(i // per_row, i % per_row)
+        canvas.paste(tile, xy)
+        if i < framed:
+            _frame(draw, xy, BLUE)
+    return _save(canvas, path)

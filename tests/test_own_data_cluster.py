@@ -224,6 +224,10 @@ def test_omniglot_cluster_is_deterministic_and_scores_only_with_class_folders(om
     # default --out: beside --images
     omniglot_cluster.main(list(map(str, [*args, "--images", one_class])))
     assert (tmp_path / "single-clusters" / "clusters.csv").is_file()
+    # --out inside --images: a second run does not group the first run's PNGs
+    for _ in range(2):
+        omniglot_cluster.main(list(map(str, [*args, "--images", one_class, "--out", one_class / "groups"])))
+        assert len(read_clusters(one_class / "groups")) == 1 + PER_CLASS
 
 
 def test_mimgnet_cluster_command_end_to_end(photo_folder, checkpoints, tmp_path):
@@ -280,5 +284,5 @@ def test_cluster_refusals(omniglot_folder, photo_folder, checkpoints, tmp_path, 
     torch.save({"model": other.state_dict(), "model_config": {"hidden_size": 8, "image_size": 84}},
                tmp_path / "simclr8.pt")
     assert_refused_in_process(mimgnet_cluster.main, "--encoder", tmp_path / "simclr8.pt", *mimgnet,
-                              text="features but the --encoder", **refuse)
+                              text="features but --encoder", **refuse)
     assert not out.exists() and snapshot(photo_folder)
