@@ -25,7 +25,7 @@ from data.prepare_mimgnet import load_image  # noqa: E402
 from metagmvae import imagefolders  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
 from mimgnet.evaluate import check_feature_sizes  # noqa: E402
-from mimgnet.trainer import load_model  # noqa: E402
+from mimgnet.model import load_model  # noqa: E402
 from omniglot.figures import TILE, save_tiles  # noqa: E402
 from simclr import trainer as simclr_trainer  # noqa: E402
 

@@ -27,7 +27,7 @@ from data.prepare_mimgnet import load_image  # noqa: E402
 from metagmvae import imagefolders  # noqa: E402
 from metagmvae.evaluation import logistic_regression_predictions, nearest_class_mean_predictions  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
-from mimgnet.trainer import load_model  # noqa: E402
+from mimgnet.model import load_model  # noqa: E402
 from simclr import trainer as simclr_trainer  # noqa: E402
 
 BASELINES = {"feature nearest class mean": nearest_class_mean_predictions,

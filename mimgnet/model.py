@@ -6,6 +6,7 @@ from torch import nn
 
 from metagmvae.gmvae import SetGMVAE, SetPosterior, full_precision
 from metagmvae.runfiles import convert_state_dict
+from metagmvae.training import load_model as load_run_model
 
 
 class FeatureGMVAE(SetGMVAE):
@@ -29,6 +30,14 @@ class FeatureGMVAE(SetGMVAE):
     def reconstruction_loss(self, x, z):
         """Squared error summed over feature dims, items and MC samples.  x: (B, M, F), z: (B, M, S, D)."""
         return (full_precision(self.decode(z)) - x.unsqueeze(2)).pow(2).sum()
+
+
+MODEL_NAME = "Mini-ImageNet"  # in checkpoints and their error messages
+
+
+def load_model(path, device):
+    """A FeatureGMVAE from our checkpoint or the authors' (rank 0 reads the file)."""
+    return load_run_model(path, FeatureGMVAE, convert_reference_state_dict, MODEL_NAME, device)
 
 
 # The authors' checkpoints name the same modules differently (tests/data/reference_checkpoint_keys.txt).

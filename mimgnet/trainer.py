@@ -8,7 +8,7 @@ rank 0 alone writes files and prints (metagmvae/distributed.py).
 """
 import torch
 
-from metagmvae import distributed, training
+from metagmvae import distributed
 from metagmvae.cli import RESUME_INVARIANT_FLAGS
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import logistic_regression_accuracies, nearest_class_mean_accuracies, with_baselines
@@ -18,15 +18,8 @@ from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoi
                                 test_model, train_step, validate, validation_due, validation_episodes)
 
 from .dataset import load_features
-from .model import FeatureGMVAE, convert_reference_state_dict
+from .model import MODEL_NAME, FeatureGMVAE, load_model
 
-
-MODEL_NAME = "Mini-ImageNet"
-
-
-def load_model(path, device):
-    """A FeatureGMVAE from our checkpoint or the authors'."""
-    return training.load_model(path, FeatureGMVAE, convert_reference_state_dict, MODEL_NAME, device)
 
 
 BASELINES = {"feature_nearest_class_mean": nearest_class_mean_accuracies,

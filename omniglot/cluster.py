@@ -26,7 +26,7 @@ from metagmvae import imagefolders  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
 from omniglot.evaluate import load_image  # noqa: E402
 from omniglot.figures import _tile, save_tiles  # noqa: E402
-from omniglot.trainer import load_model  # noqa: E402
+from omniglot.model import load_model  # noqa: E402
 
 
 def main(argv=None):

@@ -15,7 +15,7 @@ from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
 from omniglot.dataset import load_omniglot  # noqa: E402
 from omniglot.figures import write_run_figures  # noqa: E402
-from omniglot.trainer import load_model  # noqa: E402
+from omniglot.model import load_model  # noqa: E402
 
 
 def parse_args(argv=None):

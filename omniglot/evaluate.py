@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from metagmvae import imagefolders  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
-from omniglot.trainer import load_model  # noqa: E402
+from omniglot.model import load_model  # noqa: E402
 
 IMAGE_SIZE = 28
 IMAGE_SUFFIXES = imagefolders.IMAGE_SUFFIXES  # also read as omniglot.evaluate.IMAGE_SUFFIXES

@@ -8,6 +8,7 @@ from torch import nn
 
 from metagmvae.gmvae import SetGMVAE, SetPosterior, full_precision
 from metagmvae.runfiles import convert_state_dict
+from metagmvae.training import load_model as load_run_model
 
 
 def conv_block(in_channels, out_channels):
@@ -60,6 +61,14 @@ class OmniglotGMVAE(SetGMVAE):
         """
         logits = full_precision(self.decode(z))  # (B, M, S, 1, 28, 28)
         return F.softplus(logits).sum() - (x * logits.sum(2)).sum()
+
+
+MODEL_NAME = "Omniglot"  # in checkpoints and their error messages
+
+
+def load_model(path, device):
+    """An OmniglotGMVAE from our checkpoint or the authors' (rank 0 reads the file)."""
+    return load_run_model(path, OmniglotGMVAE, convert_reference_state_dict, MODEL_NAME, device)
 
 
 # The authors' checkpoints name the same modules differently (tests/data/reference_checkpoint_keys.txt).

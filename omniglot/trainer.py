@@ -7,7 +7,7 @@ rank 0 alone writes files and prints (metagmvae/distributed.py).
 """
 import torch
 
-from metagmvae import distributed, training
+from metagmvae import distributed
 from metagmvae.cli import RESUME_INVARIANT_FLAGS
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import nearest_class_mean_accuracies, with_baselines
@@ -17,15 +17,8 @@ from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoi
 
 from .dataset import load_omniglot
 from .figures import write_run_figures
-from .model import OmniglotGMVAE, convert_reference_state_dict
+from .model import MODEL_NAME, OmniglotGMVAE, load_model
 
-
-MODEL_NAME = "Omniglot"
-
-
-def load_model(path, device):
-    """An OmniglotGMVAE from our checkpoint or the authors'."""
-    return training.load_model(path, OmniglotGMVAE, convert_reference_state_dict, MODEL_NAME, device)
 
 
 BASELINES = {"pixel_nearest_class_mean": nearest_class_mean_accuracies}

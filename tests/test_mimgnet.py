@@ -15,7 +15,7 @@ from metagmvae.gmvae import count_parameters
 from metagmvae.runfiles import load_checkpoint
 from mimgnet.dataset import load_features
 from mimgnet.model import REFERENCE_PREFIXES, FeatureGMVAE
-from mimgnet.trainer import load_model
+from mimgnet.model import load_model
 
 from .conftest import REPO_ROOT, kill_once_written, reference_key_shapes, to_reference_state_dict, torchrun
 

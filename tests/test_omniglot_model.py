@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from metagmvae.gmvae import count_parameters
 from metagmvae.set_transformer import MAB
 from omniglot.model import REFERENCE_PREFIXES, OmniglotGMVAE
-from omniglot.trainer import load_model
+from omniglot.model import load_model
 
 from .conftest import reference_key_shapes, to_reference_state_dict
 
