@@ -298,6 +298,7 @@ def train_runners(reference, dataset, items, sizes, B, M, S, lr, weight_decay):
 
 
 def predict_runners(reference, dataset, items, sizes, B, S):
+    """(authors' prediction, ours) on the same weights and episodes."""
     theirs, ours = model_pair(reference, dataset, WAY, S, torch.float32, **sizes)
     torch.manual_seed(0)
     run_theirs = reference_predict(theirs, items, B)
@@ -305,17 +306,17 @@ def predict_runners(reference, dataset, items, sizes, B, S):
     return run_theirs, gmvae_predict(ours, items, B, S, torch.device("cpu"), False)
 
 
-OMNIGLOT_TRAIN = ("omniglot", omniglot_items, OMNIGLOT_SIZES)
-MIMGNET_TRAIN = ("mimgnet", feature_items, MIMGNET_SIZES)
+OMNIGLOT = ("omniglot", omniglot_items, OMNIGLOT_SIZES)
+MIMGNET = ("mimgnet", feature_items, MIMGNET_SIZES)
 # name -> runner factory (reference -> (authors' run, our run)); "default" = the 5-way experiment's flags
 SPEED_CASES = {
-    "Omniglot train step, reduced B=1 M=100 S=8": lambda r: train_runners(r, *OMNIGLOT_TRAIN, 1, 100, 8, 1e-3, 1e-6),
-    "Omniglot train step, default B=4 M=200 S=32": lambda r: train_runners(r, *OMNIGLOT_TRAIN, 4, 200, 32, 1e-3, 1e-6),
-    "Omniglot prediction, 4 episodes S=8": lambda r: predict_runners(r, *OMNIGLOT_TRAIN, 4, 8),
-    "Omniglot prediction, 4 episodes S=32": lambda r: predict_runners(r, *OMNIGLOT_TRAIN, 4, 32),
-    "Mini-ImageNet train step, default B=16 M=5 S=256": lambda r: train_runners(r, *MIMGNET_TRAIN, 16, 5, 256,
+    "Omniglot train step, reduced B=1 M=100 S=8": lambda r: train_runners(r, *OMNIGLOT, 1, 100, 8, 1e-3, 1e-6),
+    "Omniglot train step, default B=4 M=200 S=32": lambda r: train_runners(r, *OMNIGLOT, 4, 200, 32, 1e-3, 1e-6),
+    "Omniglot prediction, 4 episodes S=8": lambda r: predict_runners(r, *OMNIGLOT, 4, 8),
+    "Omniglot prediction, 4 episodes S=32": lambda r: predict_runners(r, *OMNIGLOT, 4, 32),
+    "Mini-ImageNet train step, default B=16 M=5 S=256": lambda r: train_runners(r, *MIMGNET, 16, 5, 256,
                                                                                  1e-4, 5e-2),
-    "Mini-ImageNet prediction, 16 episodes S=256": lambda r: predict_runners(r, *MIMGNET_TRAIN, 16, 256),
+    "Mini-ImageNet prediction, 16 episodes S=256": lambda r: predict_runners(r, *MIMGNET, 16, 256),
 }
 SLOW_CASE = "Omniglot train step, default B=4 M=200 S=32"
 
