@@ -253,7 +253,7 @@ def equivalence(reference, tolerance):
     failures = 0
     for section, rows in sections:
         for quantity, difference, scale, limit, note in rows:
-            beyond = difference > limit
+            beyond = not difference <= limit  # a NaN is beyond any tolerance
             failures += beyond
             shown = [f"{v}" if isinstance(v, int) else f"{v:.2e}" for v in (difference, scale, limit)]
             print(f"| {section} | {quantity} | {shown[0]}{' **beyond tolerance**' if beyond else ''} | {shown[1]} "
@@ -388,11 +388,12 @@ def profile(reference, quick):
 
 
 def machine():
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
-    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({cpu}), "
-            f"python {platform.python_version()}")
+    """One line: torch, threads, CPUs and their model name."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+            f"({names[0] if names else platform.processor()}), python {platform.python_version()}")
 
 
 def main(argv=None):
