@@ -330,8 +330,8 @@ def time_once(run):
 def speed(reference, rounds, slow_rounds, quick):
     """Print the speed table: median seconds of `rounds` interleaved rounds (authors' first in even rounds),
     `slow_rounds` for the default Omniglot training step."""
-    print(f"\nSpeed in float32: median of {rounds} interleaved rounds ({slow_rounds} for {SLOW_CASE}) after one "
-          "warm-up run of each\n")
+    slow = "" if quick else f" ({slow_rounds} for {SLOW_CASE})"
+    print(f"\nSpeed in float32: median of {rounds} interleaved rounds{slow} after one warm-up run of each\n")
     print("| configuration | authors' code | ours | ratio |\n|---|---|---|---|")
     for name, make in SPEED_CASES.items():
         if quick and name == SLOW_CASE:
