@@ -1,0 +1,436 @@
+"""Our code beside the authors': the same numbers in float64, and speed measured side by side.
+
+--reference is your checkout of the authors' repository (`git clone https://github.com/db-Lee/Meta-GMVAE`);
+its omniglot/, mimgnet/ and simclr/ model files are imported at run time, nothing of it is copied here.
+
+Equivalence (float64): both Omniglot and both Mini-ImageNet models get the same weights (their state_dict
+through our converter), the same batch, the same reparameterisation noise and the same EM starts; the
+script reports the largest absolute difference of rec, kl, every gradient, the parameters and BatchNorm
+running statistics after one Adam step, the test-time predictions, and NT-Xent on the same embeddings.
+It exits with 1 when a difference exceeds --tolerance.
+
+Speed (float32): training step (forward, backward, Adam) and prediction of both codes on the same
+weights and data, in interleaved rounds in one process; the median of --rounds rounds.
+
+    python benchmarks/compare_reference.py --reference ../Meta-GMVAE
+    python benchmarks/compare_reference.py --reference ../Meta-GMVAE --only speed --quick --threads 2
+    python benchmarks/compare_reference.py --reference ../Meta-GMVAE --profile
+"""
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import numpy as np
+import torch
+
+# bench (beside this file) puts the project root on sys.path for the imports after it
+from bench import EM_ITERS, QUERY, SHOT, WAY, feature_items, gmvae_predict, gmvae_train_step, omniglot_items
+from metagmvae.cli import check_positive
+from metagmvae.runfiles import UserError, exit_on_user_error
+from mimgnet import model as mimgnet_model
+from omniglot import model as omniglot_model
+from simclr.loss import nt_xent
+
+PROG = "benchmarks/compare_reference.py"
+REFERENCE_FILES = ("omniglot/model.py", "omniglot/module.py", "mimgnet/model.py", "mimgnet/module.py",
+                   "simclr/utils.py")
+ADAM_EPS = 1e-8  # torch.optim.Adam's default, which both codes use
+NEAR_TIE = 1e-9  # a prediction may differ only where our two top class probabilities are this close
+
+
+# ---- the authors' code
+
+def _import_file(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _import_model(folder, tag):
+    """folder/model.py, whose `from module import ...` must find the module.py beside it."""
+    saved = sys.modules.get("module")
+    sys.modules["module"] = _import_file(folder / "module.py", f"reference_{tag}_module")
+    try:
+        return _import_file(folder / "model.py", f"reference_{tag}_model")
+    finally:
+        sys.modules.pop("module")
+        if saved is not None:
+            sys.modules["module"] = saved
+
+
+def load_reference(directory):
+    """The authors' Omniglot and Mini-ImageNet GMVAE classes and their NTXentLoss, from their checkout."""
+    root = Path(directory)
+    missing = [f for f in REFERENCE_FILES if not (root / f).is_file()]
+    if missing:
+        raise UserError(f"{directory} is not a checkout of the authors' code (git clone "
+                        f"https://github.com/db-Lee/Meta-GMVAE): no {missing[0]}")
+    try:
+        reference = SimpleNamespace(omniglot=_import_model(root / "omniglot", "omniglot").GMVAE,
+                                    mimgnet=_import_model(root / "mimgnet", "mimgnet").GMVAE,
+                                    nt_xent=_import_file(root / "simclr" / "utils.py", "reference_utils").NTXentLoss)
+    except Exception as e:  # any failure means the folder holds other code than the authors'
+        raise UserError(f"cannot import the authors' models from {directory}: {type(e).__name__}: {e}") from None
+    return reference
+
+
+def model_pair(reference, dataset, way, mc_samples, dtype, **sizes):
+    """(the authors' model, ours) with the same weights; sizes are the authors' constructor arguments."""
+    theirs = getattr(reference, dataset)(unsupervised_em_iters=EM_ITERS, semisupervised_em_iters=EM_ITERS,
+                                         component_size=way, train_mc_sample_size=mc_samples,
+                                         test_mc_sample_size=mc_samples, **sizes).to(dtype)
+    ours_module = omniglot_model if dataset == "omniglot" else mimgnet_model
+    state, config = ours_module.convert_reference_state_dict(theirs.state_dict())
+    ours = (ours_module.OmniglotGMVAE if dataset == "omniglot" else ours_module.FeatureGMVAE)(**config).to(dtype)
+    ours.load_state_dict(state)
+    return theirs, ours
+
+
+OMNIGLOT_SIZES = dict(hidden_size=64, latent_size=64)
+MIMGNET_SIZES = dict(input_shape=256, latent_size=32)
+
+
+# ---- equivalence
+
+class SharedDraws:
+    """One set of MC noise eps (B, M, S, D) and EM starts picks (B, K) for both codes.
+
+    Ours reads them through the EpisodeRandom interface (`randn`, `rand`); `patch_reference` makes the
+    authors' draws (torch.randn_like in reparametrize, np.random.choice per episode in
+    get_unsupervised_prior) return them.
+    """
+
+    def __init__(self, eps, picks):
+        self.eps, self.picks = eps, picks
+
+    @classmethod
+    def draw(cls, B, M, S, D, K, generator):
+        eps = torch.randn(B, M, S, D, dtype=torch.float64, generator=generator)
+        picks = torch.stack([torch.randperm(M * S, generator=generator)[:K] for _ in range(B)])
+        return cls(eps, picks)
+
+    def randn(self, *shape):
+        if tuple(shape) != self.eps.shape:
+            raise ValueError(f"noise of shape {shape} asked, {tuple(self.eps.shape)} drawn")
+        return self.eps
+
+    def rand(self, B, N):
+        """Scores whose ascending order starts with the picks (our EM start takes the K lowest)."""
+        rest = [[n for n in range(N) if n not in set(row.tolist())] for row in self.picks]
+        order = torch.cat([self.picks, torch.tensor(rest, dtype=torch.long).view(B, -1)], dim=1)
+        return torch.empty(B, N).scatter_(1, order, torch.arange(N, dtype=torch.float32).expand(B, N))
+
+    @contextmanager
+    def patch_reference(self):
+        rows = iter(self.picks.numpy())
+        with mock.patch.object(torch, "randn_like", lambda t: self.eps.reshape(t.shape).to(t)), \
+                mock.patch.object(np.random, "choice", lambda n, k, replace: next(rows)):
+            yield
+
+
+class _Float64OneHot(torch.Tensor):
+    """A one-hot tensor whose .float() stays float64."""
+
+    def float(self):
+        return self.double().as_subclass(torch.Tensor)
+
+
+@contextmanager
+def float64_one_hot():
+    """The authors' prediction casts its one-hot labels with .float(); in float64 keep them float64."""
+    one_hot = torch.nn.functional.one_hot
+    with mock.patch.object(torch.nn.functional, "one_hot", lambda y, k: one_hot(y, k).as_subclass(_Float64OneHot)):
+        yield
+
+
+def largest_difference(ours, theirs):
+    """(max |a - b|, max |b|) over two {name: tensor} dicts with the same names."""
+    if set(ours) != set(theirs):
+        raise RuntimeError(f"different tensors: {sorted(set(ours) ^ set(theirs))[:4]}")
+    return (max((ours[n].double() - theirs[n].double()).abs().max().item() for n in ours),
+            max(theirs[n].double().abs().max().item() for n in theirs))
+
+
+def biases_before_batchnorm(model):
+    """Names of the biases that a BatchNorm follows directly: their gradient is 0 in exact arithmetic."""
+    return {f"{name}.{i - 1}.bias" for name, seq in model.named_modules() if isinstance(seq, torch.nn.Sequential)
+            for i in range(1, len(seq)) if isinstance(seq[i], torch.nn.BatchNorm2d) and seq[i - 1].bias is not None}
+
+
+def prediction_agreement(probs, theirs_pred):
+    """(queries, disagreements, disagreements that are not near-ties) from our probabilities (B, Nq, K)."""
+    top2 = probs.topk(2, dim=-1).values
+    differ = probs.argmax(-1) != theirs_pred
+    not_tie = differ & (top2[..., 0] - top2[..., 1] > NEAR_TIE)
+    return probs.shape[0] * probs.shape[1], int(differ.sum()), int(not_tie.sum())
+
+
+def compare_dataset(reference, dataset, items, sizes, B, M, S, lr, weight_decay, generator, tolerance):
+    """Rows (quantity, largest |difference|, largest |value|, tolerance, note) of one training step and one
+    prediction of both models."""
+    theirs, ours = model_pair(reference, dataset, WAY, S, torch.float64, **sizes)
+    x = items(B, M).double()
+    draws = SharedDraws.draw(B, M, S, sizes["latent_size"], WAY, generator)
+    # training step
+    with draws.patch_reference():
+        rec_theirs, kl_theirs = theirs(x)
+    out = ours(x, WAY, S, EM_ITERS, rng=draws)
+    (rec_theirs + kl_theirs).backward()
+    out["loss"].backward()
+    convert = (omniglot_model if dataset == "omniglot" else mimgnet_model).convert_reference_state_dict
+    grads_theirs = convert({n: p.grad for n, p in theirs.named_parameters()})[0]
+    grads_ours = {n: p.grad for n, p in ours.named_parameters()}
+    for model in (theirs, ours):
+        torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay).step()
+    state_theirs, state_ours = convert(theirs.state_dict())[0], ours.state_dict()
+    rows = [("rec", abs(out["rec"].item() - rec_theirs.item()), abs(rec_theirs.item()), tolerance, ""),
+            ("kl", abs(out["kl"].item() - kl_theirs.item()), abs(kl_theirs.item()), tolerance, ""),
+            (f"gradients ({len(grads_ours)} tensors)", *largest_difference(grads_ours, grads_theirs), tolerance, "")]
+    stats = [n for n in state_ours if "running_" in n or "num_batches_tracked" in n]
+    zero_grad = biases_before_batchnorm(ours)
+    params = [n for n in state_ours if n not in stats and n not in zero_grad]
+    rows.append((f"parameters after one Adam step ({len(params)} tensors)", *largest_difference(
+        {n: state_ours[n] for n in params}, {n: state_theirs[n] for n in params}), tolerance, ""))
+    if zero_grad:
+        # Their gradient is 0 in exact arithmetic; Adam's first step lr g / (|g| + eps) scales the rounding
+        # noise in g by up to lr / eps, so the gradient tolerance is scaled the same way.
+        rows.append((f"biases before BatchNorm after the step ({len(zero_grad)} tensors)", *largest_difference(
+            {n: state_ours[n] for n in zero_grad}, {n: state_theirs[n] for n in zero_grad}),
+            tolerance * lr / ADAM_EPS, "gradient 0 up to rounding; Adam scales it by lr/eps"))
+    if stats:
+        rows.append((f"BatchNorm running statistics ({len(stats)} tensors)", *largest_difference(
+            {n: state_ours[n] for n in stats}, {n: state_theirs[n] for n in stats}), tolerance, ""))
+    # prediction, in evaluation mode after the step: 4 five-way one-shot episodes with 15 queries per class
+    theirs.eval(), ours.eval()
+    E, Ns, Nq = 4, WAY * SHOT, WAY * QUERY
+    support, query = items(E, Ns).double(), items(E, Nq).double()
+    labels = torch.arange(WAY).repeat_interleave(SHOT).repeat(E, 1)
+    draws = SharedDraws.draw(E, Ns + Nq, S, sizes["latent_size"], WAY, generator)
+    with draws.patch_reference(), float64_one_hot(), torch.no_grad():
+        pred_theirs = theirs.prediction(support, labels, query)
+    probs = ours.predict(support, labels, query, WAY, S, EM_ITERS, draws)
+    total, differ, not_tie = prediction_agreement(probs, pred_theirs)
+    note = f"{total - differ}/{total} queries agree" + (f", {differ - not_tie} near-ties" if differ else "")
+    rows.append(("predictions: disagreements that are not near-ties", not_tie, total, 0, note))
+    return rows
+
+
+def compare_nt_xent(reference, generator, tolerance, N=64, D=128):
+    """Rows of NT-Xent (ours vs the authors' NTXentLoss, cosine, temperature 0.5) and its gradient."""
+    z1, z2 = (torch.randn(N, D, dtype=torch.float64, generator=generator, requires_grad=True) for _ in range(2))
+    loss_theirs = reference.nt_xent("cpu", N, 0.5, True)(z1, z2)
+    grads_theirs = torch.autograd.grad(loss_theirs, (z1, z2))
+    loss_ours = nt_xent(z1, z2)
+    grads_ours = torch.autograd.grad(loss_ours, (z1, z2))
+    return [("loss", abs(loss_ours.item() - loss_theirs.item()), abs(loss_theirs.item()), tolerance, ""),
+            ("gradient of both views", *largest_difference(dict(enumerate(grads_ours)), dict(enumerate(grads_theirs))),
+             tolerance, "")]
+
+
+def equivalence(reference, tolerance):
+    """Print the equivalence table; returns the number of quantities beyond tolerance."""
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    sections = [
+        ("Omniglot, B=2 M=20 S=4 (h=D=64)", compare_dataset(reference, "omniglot", omniglot_items, OMNIGLOT_SIZES,
+                                                            2, 20, 4, 1e-3, 1e-6, generator, tolerance)),
+        ("Mini-ImageNet, B=4 M=5 S=16 (F=256, D=32)", compare_dataset(reference, "mimgnet", feature_items,
+                                                                      MIMGNET_SIZES, 4, 5, 16, 1e-4, 5e-2, generator,
+                                                                      tolerance)),
+        ("NT-Xent, 2 x 64 embeddings of 128", compare_nt_xent(reference, generator, tolerance))]
+    print(f"\nEquivalence in float64, tolerance {tolerance:g} (largest absolute difference, ours vs the authors')\n")
+    print("| model | quantity | largest difference | largest value | tolerance | note |\n|---|---|---|---|---|---|")
+    failures = 0
+    for section, rows in sections:
+        for quantity, difference, scale, limit, note in rows:
+            beyond = not difference <= limit  # a NaN is beyond any tolerance
+            failures += beyond
+            shown = [f"{v}" if isinstance(v, int) else f"{v:.2e}" for v in (difference, scale, limit)]
+            print(f"| {section} | {quantity} | {shown[0]}{' **beyond tolerance**' if beyond else ''} | {shown[1]} "
+                  f"| {shown[2]} | {note} |")
+    return failures
+
+
+# ---- speed
+
+def reference_train_step(model, items, lr, weight_decay, B, M):
+    """One Adam step of the authors' model on B random sets of M items (their loop's body)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    x = items(B, M)
+
+    def step():
+        model.zero_grad()
+        rec, kl = model(x)
+        (rec + kl).backward()
+        optimizer.step()
+    return step
+
+
+def reference_predict(model, items, B):
+    """The authors' prediction for B five-way one-shot episodes with 15 queries per class."""
+    model.eval()
+    support, query = items(B, WAY * SHOT), items(B, WAY * QUERY)
+    labels = torch.arange(WAY).repeat_interleave(SHOT).repeat(B, 1)
+
+    def predict():
+        with torch.no_grad():
+            model.prediction(support, labels, query)
+    return predict
+
+
+def train_runners(reference, dataset, items, sizes, B, M, S, lr, weight_decay):
+    """(authors' step, our step) on the same weights and the same batch (seeded before each draw)."""
+    theirs, ours = model_pair(reference, dataset, WAY, S, torch.float32, **sizes)
+    torch.manual_seed(0)
+    run_theirs = reference_train_step(theirs, items, lr, weight_decay, B, M)
+    torch.manual_seed(0)
+    return run_theirs, gmvae_train_step(ours, items, lr, weight_decay, B, M, S, torch.device("cpu"), False)
+
+
+def predict_runners(reference, dataset, items, sizes, B, S):
+    """(authors' prediction, ours) on the same weights and episodes."""
+    theirs, ours = model_pair(reference, dataset, WAY, S, torch.float32, **sizes)
+    torch.manual_seed(0)
+    run_theirs = reference_predict(theirs, items, B)
+    torch.manual_seed(0)
+    return run_theirs, gmvae_predict(ours, items, B, S, torch.device("cpu"), False)
+
+
+OMNIGLOT = ("omniglot", omniglot_items, OMNIGLOT_SIZES)
+MIMGNET = ("mimgnet", feature_items, MIMGNET_SIZES)
+# name -> runner factory (reference -> (authors' run, our run)); "default" = the 5-way experiment's flags
+SPEED_CASES = {
+    "Omniglot train step, reduced B=1 M=100 S=8": lambda r: train_runners(r, *OMNIGLOT, 1, 100, 8, 1e-3, 1e-6),
+    "Omniglot train step, default B=4 M=200 S=32": lambda r: train_runners(r, *OMNIGLOT, 4, 200, 32, 1e-3, 1e-6),
+    "Omniglot prediction, 4 episodes S=8": lambda r: predict_runners(r, *OMNIGLOT, 4, 8),
+    "Omniglot prediction, 4 episodes S=32": lambda r: predict_runners(r, *OMNIGLOT, 4, 32),
+    "Mini-ImageNet train step, default B=16 M=5 S=256": lambda r: train_runners(r, *MIMGNET, 16, 5, 256,
+                                                                                 1e-4, 5e-2),
+    "Mini-ImageNet prediction, 16 episodes S=256": lambda r: predict_runners(r, *MIMGNET, 16, 256),
+}
+SLOW_CASE = "Omniglot train step, default B=4 M=200 S=32"
+
+
+def time_once(run):
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def speed(reference, rounds, slow_rounds, quick):
+    """Print the speed table: median seconds of `rounds` interleaved rounds (authors' first in even rounds),
+    `slow_rounds` for the default Omniglot training step."""
+    slow = "" if quick else f" ({slow_rounds} for {SLOW_CASE})"
+    print(f"\nSpeed in float32: median of {rounds} interleaved rounds{slow} after one warm-up run of each\n")
+    print("| configuration | authors' code | ours | ratio |\n|---|---|---|---|")
+    for name, make in SPEED_CASES.items():
+        if quick and name == SLOW_CASE:
+            continue
+        runs = make(reference)
+        for run in runs:
+            run()
+        times = ([], [])
+        for r in range(slow_rounds if name == SLOW_CASE else rounds):
+            for who in ((0, 1) if r % 2 == 0 else (1, 0)):
+                times[who].append(time_once(runs[who]))
+        theirs, ours = (statistics.median(t) for t in times)
+        print(f"| {name} | {format_seconds(theirs)} | {format_seconds(ours)} | {theirs / ours:.2f}x |", flush=True)
+
+
+def format_seconds(seconds):
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def peak_memory(reference_dir, quick, threads):
+    """Print the peak resident memory of one training step of each code, each in a fresh subprocess."""
+    names = [n for n in SPEED_CASES if "train step" in n and not (quick and n == SLOW_CASE)]
+    print("\nPeak resident memory of one training step (fresh process each; includes torch itself)\n")
+    print("| configuration | authors' code | ours | ratio |\n|---|---|---|---|")
+    for name in names:
+        mib = [float(subprocess.run(
+            [sys.executable, __file__, "--reference", str(reference_dir), "--threads", str(threads),
+             "--peak-rss-of", name, who], capture_output=True, text=True, check=True).stdout.split()[-1])
+            for who in ("theirs", "ours")]
+        print(f"| {name} | {mib[0]:.0f} MiB | {mib[1]:.0f} MiB | {mib[0] / mib[1]:.2f}x |", flush=True)
+
+
+def peak_rss_of(reference, name, who):
+    """Peak resident MiB of this process after one training step of `who` in case `name`.
+
+    VmHWM, not getrusage's ru_maxrss: the latter keeps the parent's peak across fork and exec.
+    """
+    runs = SPEED_CASES[name](reference)
+    runs[who == "ours"]()
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+
+def profile(reference, quick):
+    """Top operators by self CPU time in three of our Omniglot training steps (reduced with --quick)."""
+    name = "Omniglot train step, reduced B=1 M=100 S=8" if quick else SLOW_CASE
+    run = SPEED_CASES[name](reference)[1]
+    run()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            run()
+    print(f"\nWhere the time goes: ours, {name}, 3 steps\n")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def machine():
+    """One line: torch, threads, CPUs and their model name."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+            f"({names[0] if names else platform.processor()}), python {platform.python_version()}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reference", required=True,
+                   help="your checkout of the authors' code (git clone https://github.com/db-Lee/Meta-GMVAE)")
+    p.add_argument("--only", choices=["equivalence", "speed"], help="run one part (default: both)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per configuration (median)")
+    p.add_argument("--slow-rounds", type=int,
+                   help="rounds for the default Omniglot training step (default: --rounds)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
+    p.add_argument("--quick", action="store_true",
+                   help="skip the default Omniglot training step (tens of seconds per step on a CPU)")
+    p.add_argument("--tolerance", type=float, default=1e-10, help="largest absolute difference accepted")
+    p.add_argument("--profile", action="store_true",
+                   help="only profile our default Omniglot training step (reduced with --quick)")
+    p.add_argument("--peak-rss-of", nargs=2, metavar=("CONFIGURATION", "WHO"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    with exit_on_user_error(PROG):
+        args.slow_rounds = args.rounds if args.slow_rounds is None else args.slow_rounds
+        check_positive(args, ["rounds", "slow_rounds", "threads"])
+        torch.set_num_threads(args.threads)
+        reference = load_reference(args.reference)
+        if args.peak_rss_of:
+            print(peak_rss_of(reference, *args.peak_rss_of))
+            return
+        print(machine())
+        if args.profile:
+            profile(reference, args.quick)
+            return
+        failures = 0 if args.only == "speed" else equivalence(reference, args.tolerance)
+        if args.only != "equivalence":
+            speed(reference, args.rounds, args.slow_rounds, args.quick)
+            peak_memory(args.reference, args.quick, args.threads)
+    if failures:
+        sys.exit(f"{PROG}: {failures} quantities differ beyond tolerance {args.tolerance:g}")
+
+
+if __name__ == "__main__":
+    main()
