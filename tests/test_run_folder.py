@@ -210,7 +210,10 @@ def test_ctrl_c_says_where_the_run_resumes(omniglot_data, tmp_path):
     save = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "omniglot/main.py",
                                 *train_args(omniglot_data, save, "--train-iters", "100000")],
-                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               # as from a terminal: a shell starts background jobs (CI's) with SIGINT ignored,
+                               # which the child would inherit and Python would respect
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not (save / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
