@@ -166,16 +166,21 @@ def evaluate(model, episodes, mc_samples, em_iters, device, baselines=None):
     return rows
 
 
-def write_predictions(path, rows):
-    """predictions.csv: a header (PREDICTIONS_COLUMNS) and the rows, written atomically."""
+def write_csv(path, columns, rows):
+    """A CSV file of a header (columns) and rows, written atomically; a failure names the file."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(PREDICTIONS_COLUMNS)
+    writer.writerow(columns)
     writer.writerows(rows)
     try:
         write_text(path, buffer.getvalue())
     except OSError as e:
         raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def write_predictions(path, rows):
+    """predictions.csv: a header (PREDICTIONS_COLUMNS) and the rows, written atomically."""
+    write_csv(path, PREDICTIONS_COLUMNS, rows)
     print(f"wrote {len(rows)} predictions to {path}")
 
 
@@ -236,6 +241,7 @@ def grouping_parser(doc):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
     return parser
 
+
 def start_grouping(args):
     """Check the shared flags and list the images; returns (device, image files)."""
     check_positive(args, ["restarts", "mc_sample_size", "em_iters", "max_images"])
@@ -243,6 +249,7 @@ def start_grouping(args):
         raise UserError(f"--clusters must be at least 2 (got {args.clusters})")
     check_seed(args.seed)
     return resolve_device(args.device), list_images(args)
+
 
 def find_images(root):
     """Image files below `root` at any depth, sorted by path; hidden files and folders and files whose
@@ -252,10 +259,12 @@ def find_images(root):
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
+
 def grouping_out(args):
     """--out, or <images>-clusters beside --images."""
     images = args.images.resolve()  # "." has no name
     return args.out or images.parent / f"{images.name}-clusters"
+
 
 def list_images(args):
     """The image files of --images; none, more than --max-images or fewer than --clusters is an error."""
@@ -269,6 +278,7 @@ def list_images(args):
         raise UserError(f"--images {args.images}: {len(files)} images, fewer than --clusters {args.clusters}")
     return files
 
+
 def folder_classes(root, files):
     """Class index (N,) of every file by its parent folder below root, or None when an image lies directly
     in root or there is only one folder."""
@@ -277,6 +287,7 @@ def folder_classes(root, files):
         return None
     names = sorted(set(parents))
     return torch.tensor([names.index(p) for p in parents])
+
 
 def print_scores(classes, partitions):
     """ARI and NMI of each {name: labels (N,)} against the class folders."""
@@ -288,21 +299,20 @@ def print_scores(classes, partitions):
               f"normalised mutual information {scores[name]['nmi']:.3f}")
     return scores
 
+
 def write_clusters(out, root, files, cluster, confidence, num_clusters, draw_cluster):
     """<out>/clusters.csv and <out>/cluster_<k>.png per non-empty cluster k, drawn by
     draw_cluster(k, members (n,), path)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["file", "cluster", "confidence"])
-    writer.writerows([f.relative_to(root).as_posix(), k, f"{c:.6f}"]
-                     for f, k, c in zip(files, cluster.tolist(), confidence.tolist()))
+    write_csv(out / "clusters.csv", ["file", "cluster", "confidence"],
+              [[f.relative_to(root).as_posix(), k, f"{c:.6f}"]
+               for f, k, c in zip(files, cluster.tolist(), confidence.tolist())])
     digits = len(str(num_clusters - 1))
     try:
-        write_text(out / "clusters.csv", buffer.getvalue())
         for k in cluster.unique().tolist():
             draw_cluster(k, torch.nonzero(cluster == k).flatten(), out / f"cluster_{k:0{digits}d}.png")
     except OSError as e:
         raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
+
 
 def group_folder(args, files, items, model, baseline_features, baseline_name):
     """Cluster `items` (N, ...) read from `files` with the model; print the cluster sizes and, with class
@@ -326,6 +336,7 @@ def group_folder(args, files, items, model, baseline_features, baseline_name):
         scores = print_scores(classes, {f"Meta-GMVAE (EM, {args.restarts} restarts)": cluster,
                                         f"{baseline_name} (k-means++, {args.restarts} restarts)": baseline.cpu()})
     return cluster, confidence, log_pi, mu, scores
+
 
 def finish_grouping(args, files, cluster, confidence, scores, draw_cluster):
     """Write the outputs into --out (see write_clusters); returns main's result."""
