@@ -1,7 +1,9 @@
-"""Speed benchmark: ms per training step and per prediction batch, with peak memory.
+"""Speed benchmark: ms per training step and per prediction batch, with peak memory and the CPU time the
+process spent per call in user code and in the kernel ("system": on CPU mostly page faults).
 
 Each configuration runs in a fresh subprocess so that its peak memory (resident on CPU, allocated on the
-GPU) is its own.
+GPU) is its own.  Like every command, it asks for 2 MB pages (metagmvae.cli.use_huge_pages); export
+THP_MEM_ALLOC_ENABLE=0 to measure without them.
 
     python benchmarks/bench.py                 # all configurations
     python benchmarks/bench.py --only omniglot-train-reduced --repeats 5
@@ -21,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from metagmvae.cli import use_huge_pages  # noqa: E402
 from metagmvae.episodes import EpisodeRandom  # noqa: E402
 from metagmvae.gmvae import autocast  # noqa: E402
 from mimgnet.model import FeatureGMVAE  # noqa: E402
@@ -117,16 +120,19 @@ def measure(name, repeats, warmup, device, amp):
     for _ in range(warmup):
         run()
     times = []
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(repeats):
         sync()
         start = time.perf_counter()
         run()
         sync()
         times.append(1000 * (time.perf_counter() - start))
-    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else after.ru_maxrss / 1024)
     return {"config": name, "work": CONFIGS[name][0], "min_ms": min(times),
-            "median_ms": statistics.median(times), "repeats": repeats, "peak_mib": peak}
+            "median_ms": statistics.median(times), "repeats": repeats, "peak_mib": peak,
+            "user_s": (after.ru_utime - before.ru_utime) / repeats,
+            "system_s": (after.ru_stime - before.ru_stime) / repeats}
 
 
 def main():
@@ -138,6 +144,7 @@ def main():
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the networks, as the --amp flag of main.py")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    use_huge_pages()  # as every command of the project
     device = torch.device(args.device)
     if args.child:
         print(json.dumps(measure(args.child, args.repeats, args.warmup, device, args.amp)))
@@ -146,14 +153,15 @@ def main():
              f"threads {torch.get_num_threads()}, {torch.backends.mkldnn.is_available() and 'oneDNN' or 'no oneDNN'}")
     print(f"torch {torch.__version__}, {where}, amp {args.amp}, python {sys.version.split()[0]}")
     memory = "peak GPU MiB" if device.type == "cuda" else "peak RSS MiB"
-    print(f"| configuration | work | min ms | median ms | {memory} |\n|---|---|---|---|---|")
+    print(f"| configuration | work | min ms | median ms | {memory} | CPU s per call: user | system |\n"
+          "|---|---|---|---|---|---|---|")
     for name in args.only or CONFIGS:
         out = subprocess.run([sys.executable, __file__, "--child", name, "--repeats", str(args.repeats),
                               "--warmup", str(args.warmup), "--device", args.device, *(["--amp"] * args.amp)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {name} | {r['work']} | {r['min_ms']:.0f} | {r['median_ms']:.0f} | {r['peak_mib']:.0f} |",
-              flush=True)
+        print(f"| {name} | {r['work']} | {r['min_ms']:.0f} | {r['median_ms']:.0f} | {r['peak_mib']:.0f} "
+              f"| {r['user_s']:.2f} | {r['system_s']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

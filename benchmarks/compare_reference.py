@@ -10,7 +10,9 @@ running statistics after one Adam step, the test-time predictions, and NT-Xent o
 It exits with 1 when a difference exceeds --tolerance.
 
 Speed (float32): training step (forward, backward, Adam) and prediction of both codes on the same
-weights and data, in interleaved rounds in one process; the median of --rounds rounds.
+weights and data, in interleaved rounds; the median of --rounds rounds.  Each column runs in its own
+worker process, because torch reads its allocator setting once per process: the authors' code as
+shipped, the authors' code with the 2 MB pages our commands ask for (metagmvae.cli.use_huge_pages), ours.
 
     python benchmarks/compare_reference.py --reference ../Meta-GMVAE
     python benchmarks/compare_reference.py --reference ../Meta-GMVAE --only speed --quick --threads 2
@@ -34,7 +36,7 @@ import torch
 
 # bench (beside this file) puts the project root on sys.path for the imports after it
 from bench import EM_ITERS, QUERY, SHOT, WAY, feature_items, gmvae_predict, gmvae_train_step, omniglot_items
-from metagmvae.cli import check_positive
+from metagmvae.cli import check_positive, use_huge_pages
 from metagmvae.runfiles import UserError, exit_on_user_error
 from mimgnet import model as mimgnet_model
 from omniglot import model as omniglot_model
@@ -321,30 +323,86 @@ SPEED_CASES = {
 SLOW_CASE = "Omniglot train step, default B=4 M=200 S=32"
 
 
-def time_once(run):
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
+# Columns of the speed table: (heading, code, THP_MEM_ALLOC_ENABLE in its worker's environment).  The
+# authors' code runs as shipped (torch's default, no huge pages) and with the setting our commands make;
+# ours runs as our commands run it (None: the variable is unset and use_huge_pages sets it).
+COLUMNS = (("authors' code", "theirs", "0"), ("authors' code, 2 MB pages", "theirs", "1"), ("ours", "ours", None))
 
 
-def speed(reference, rounds, slow_rounds, quick):
-    """Print the speed table: median seconds of `rounds` interleaved rounds (authors' first in even rounds),
-    `slow_rounds` for the default Omniglot training step."""
-    slow = "" if quick else f" ({slow_rounds} for {SLOW_CASE})"
-    print(f"\nSpeed in float32: median of {rounds} interleaved rounds{slow} after one warm-up run of each\n")
-    print("| configuration | authors' code | ours | ratio |\n|---|---|---|---|")
-    for name, make in SPEED_CASES.items():
-        if quick and name == SLOW_CASE:
-            continue
-        runs = make(reference)
-        for run in runs:
+def worker_env(thp):
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    return env if thp is None else env | {"THP_MEM_ALLOC_ENABLE": thp}
+
+
+class Worker:
+    """One code in its own process (torch reads its allocator setting once per process): `prepare(case)`
+    builds both models with the same weights and data, keeps its own and runs it once; `run()` times one
+    call in seconds."""
+
+    def __init__(self, reference_dir, threads, code, thp):
+        self.code = code
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--reference", str(reference_dir), "--threads", str(threads), "--worker", code],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=worker_env(thp))
+
+    def ask(self, line):
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the worker running {self.code} stopped (its error is above)")
+        return answer
+
+    def prepare(self, case):
+        self.ask(case)
+
+    def run(self):
+        return float(self.ask("run"))
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def serve(reference, code):
+    """The worker's loop: a case name on stdin builds and warms up that case; "run" prints one time."""
+    run = None
+    for line in sys.stdin:
+        if line.strip() == "run":
+            start = time.perf_counter()
             run()
-        times = ([], [])
-        for r in range(slow_rounds if name == SLOW_CASE else rounds):
-            for who in ((0, 1) if r % 2 == 0 else (1, 0)):
-                times[who].append(time_once(runs[who]))
-        theirs, ours = (statistics.median(t) for t in times)
-        print(f"| {name} | {format_seconds(theirs)} | {format_seconds(ours)} | {theirs / ours:.2f}x |", flush=True)
+            print(time.perf_counter() - start, flush=True)
+        else:
+            run = SPEED_CASES[line.strip()](reference)[code == "ours"]
+            run()
+            print("ready", flush=True)
+
+
+def speed(reference_dir, threads, rounds, slow_rounds, quick):
+    """Print the speed table: median seconds of `rounds` rounds (`slow_rounds` for the default Omniglot
+    training step); each round runs every column once, the order rotating from round to round."""
+    slow = "" if quick else f" ({slow_rounds} for {SLOW_CASE})"
+    print(f"\nSpeed in float32: median of {rounds} interleaved rounds{slow} after one warm-up run of each; "
+          f"each column in its own process\n")
+    print("| configuration | " + " | ".join(heading for heading, _, _ in COLUMNS)
+          + " | ratio | ratio, both with 2 MB pages |\n|---|---|---|---|---|---|")
+    workers = [Worker(reference_dir, threads, code, thp) for _, code, thp in COLUMNS]
+    try:
+        for name in SPEED_CASES:
+            if quick and name == SLOW_CASE:
+                continue
+            for worker in workers:
+                worker.prepare(name)
+            times = [[] for _ in workers]
+            for r in range(slow_rounds if name == SLOW_CASE else rounds):
+                for i in ((r + k) % len(workers) for k in range(len(workers))):
+                    times[i].append(workers[i].run())
+            theirs, theirs_pages, ours = (statistics.median(t) for t in times)
+            print(f"| {name} | {format_seconds(theirs)} | {format_seconds(theirs_pages)} | {format_seconds(ours)} "
+                  f"| {theirs / ours:.2f}x | {theirs_pages / ours:.2f}x |", flush=True)
+    finally:
+        for worker in workers:
+            worker.close()
 
 
 def format_seconds(seconds):
@@ -352,25 +410,27 @@ def format_seconds(seconds):
 
 
 def peak_memory(reference_dir, quick, threads):
-    """Print the peak resident memory of one training step of each code, each in a fresh subprocess."""
+    """Print the peak resident memory of one training step of each code as shipped, each in a fresh
+    subprocess."""
     names = [n for n in SPEED_CASES if "train step" in n and not (quick and n == SLOW_CASE)]
-    print("\nPeak resident memory of one training step (fresh process each; includes torch itself)\n")
+    print("\nPeak resident memory of one training step (fresh process each, as in the speed table's "
+          "first and last columns; includes torch itself)\n")
     print("| configuration | authors' code | ours | ratio |\n|---|---|---|---|")
     for name in names:
         mib = [float(subprocess.run(
             [sys.executable, __file__, "--reference", str(reference_dir), "--threads", str(threads),
-             "--peak-rss-of", name, who], capture_output=True, text=True, check=True).stdout.split()[-1])
-            for who in ("theirs", "ours")]
+             "--peak-rss-of", name, code], capture_output=True, text=True, check=True,
+            env=worker_env(thp)).stdout.split()[-1]) for _, code, thp in (COLUMNS[0], COLUMNS[-1])]
         print(f"| {name} | {mib[0]:.0f} MiB | {mib[1]:.0f} MiB | {mib[0] / mib[1]:.2f}x |", flush=True)
 
 
-def peak_rss_of(reference, name, who):
-    """Peak resident MiB of this process after one training step of `who` in case `name`.
+def peak_rss_of(reference, name, code):
+    """Peak resident MiB of this process after one training step of `code` in case `name`.
 
     VmHWM, not getrusage's ru_maxrss: the latter keeps the parent's peak across fork and exec.
     """
     runs = SPEED_CASES[name](reference)
-    runs[who == "ours"]()
+    runs[code == "ours"]()
     status = Path("/proc/self/status").read_text().splitlines()
     return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
@@ -388,12 +448,15 @@ def profile(reference, quick):
 
 
 def machine():
-    """One line: torch, threads, CPUs and their model name."""
+    """One line: torch, threads, CPUs and their model name, the kernel's huge-page mode."""
     cpuinfo = Path("/proc/cpuinfo")
     names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
              if line.startswith("model name")]
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    thp_mode = thp.read_text().split("[")[1].split("]")[0] if thp.exists() else "none"
     return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
-            f"({names[0] if names else platform.processor()}), python {platform.python_version()}")
+            f"({names[0] if names else platform.processor()}), python {platform.python_version()}, "
+            f"transparent huge pages: {thp_mode}")
 
 
 def main(argv=None):
@@ -410,8 +473,10 @@ def main(argv=None):
     p.add_argument("--tolerance", type=float, default=1e-10, help="largest absolute difference accepted")
     p.add_argument("--profile", action="store_true",
                    help="only profile our default Omniglot training step (reduced with --quick)")
-    p.add_argument("--peak-rss-of", nargs=2, metavar=("CONFIGURATION", "WHO"), help=argparse.SUPPRESS)
+    p.add_argument("--peak-rss-of", nargs=2, metavar=("CONFIGURATION", "CODE"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["theirs", "ours"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    use_huge_pages()  # as our commands do; the authors' columns set the variable explicitly
     with exit_on_user_error(PROG):
         args.slow_rounds = args.rounds if args.slow_rounds is None else args.slow_rounds
         check_positive(args, ["rounds", "slow_rounds", "threads"])
@@ -420,13 +485,16 @@ def main(argv=None):
         if args.peak_rss_of:
             print(peak_rss_of(reference, *args.peak_rss_of))
             return
+        if args.worker:
+            serve(reference, args.worker)
+            return
         print(machine())
         if args.profile:
             profile(reference, args.quick)
             return
         failures = 0 if args.only == "speed" else equivalence(reference, args.tolerance)
         if args.only != "equivalence":
-            speed(reference, args.rounds, args.slow_rounds, args.quick)
+            speed(args.reference, args.threads, args.rounds, args.slow_rounds, args.quick)
             peak_memory(args.reference, args.quick, args.threads)
     if failures:
         sys.exit(f"{PROG}: {failures} quantities differ beyond tolerance {args.tolerance:g}")

@@ -1,7 +1,8 @@
 """The command line that omniglot/main.py and mimgnet/main.py share (the reference's flag names), its
-checks, and the printed results."""
+checks, and the printed results; `use_huge_pages`, which every command calls first."""
 import argparse
 import math
+import os
 
 from . import distributed
 from .runfiles import RunDir, UserError, check_fits_in_memory, check_writable_folder
@@ -9,6 +10,15 @@ from .runfiles import RunDir, UserError, check_fits_in_memory, check_writable_fo
 # Flags that define the model or the objective: a resumed run must keep them.
 RESUME_INVARIANT_FLAGS = ("latent_size", "way", "batch_size", "sample_size", "train_mc_sample_size",
                           "unsupervised_em_iters", "fix_pi", "lr", "weight_decay", "seed", "select_by")
+
+
+def use_huge_pages():
+    """Ask torch to back CPU tensors of 2 MB and more with 2 MB pages (Linux transparent huge pages,
+    torch's THP_MEM_ALLOC_ENABLE; a value the user exported wins): one page fault per 2 MB instead of per
+    4 KB for the gigabytes of activations a step allocates and frees.  Numbers are unchanged
+    (docs/performance.md, "Page faults").  Call it before the first tensor exists: torch reads the
+    variable once, at its first CPU allocation."""
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from data.prepare_mimgnet import load_image  # noqa: E402
 from metagmvae import imagefolders  # noqa: E402
+from metagmvae.cli import use_huge_pages  # noqa: E402
 from metagmvae.evaluation import logistic_regression_predictions, nearest_class_mean_predictions  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 from mimgnet.model import load_model  # noqa: E402
@@ -52,6 +53,7 @@ def load_episode(folder, encoder, batch_size, device):
 
 
 def main(argv=None):
+    use_huge_pages()
     parser = imagefolders.episodes_parser(__doc__.split("\n")[0],
                                           "Mini-ImageNet feature model: our .pt checkpoint or the authors' .pth")
     parser.add_argument("--encoder", type=Path, required=True,

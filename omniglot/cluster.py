@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metagmvae import imagefolders  # noqa: E402
+from metagmvae.cli import use_huge_pages  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
 from omniglot.evaluate import load_image  # noqa: E402
 from omniglot.figures import _tile, save_tiles  # noqa: E402
@@ -31,6 +32,7 @@ from omniglot.model import load_model  # noqa: E402
 
 def main(argv=None):
     """Returns {"cluster": (N,), "confidence": (N,), "scores": {name: {"ari", "nmi"}} or None}."""
+    use_huge_pages()
     parser = imagefolders.grouping_parser(__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="our Omniglot .pt checkpoint or the authors' .pth")

@@ -10,7 +10,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metagmvae.cli import check_positive, check_seed  # noqa: E402
+from metagmvae.cli import check_positive, check_seed, use_huge_pages  # noqa: E402
 from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
 from omniglot.dataset import load_omniglot  # noqa: E402
@@ -38,6 +38,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    use_huge_pages()
     args = parse_args(argv)
     with exit_on_user_error("omniglot/draw_figures.py"):
         check_positive(args, ["way", "eval_way", "sample_size", "query", "unsupervised_em_iters",

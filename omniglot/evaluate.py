@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metagmvae import imagefolders  # noqa: E402
+from metagmvae.cli import use_huge_pages  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 from omniglot.model import load_model  # noqa: E402
 
@@ -51,6 +52,7 @@ def load_episode(folder):
 
 
 def main(argv=None):
+    use_huge_pages()
     parser = imagefolders.episodes_parser(__doc__.split("\n")[0], "our .pt checkpoint or the authors' .pth")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):

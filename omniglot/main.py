@@ -42,6 +42,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    cli.use_huge_pages()
     args = parse_args(argv)
     with exit_on_user_error("omniglot/main.py"):
         cli.check_args(args, positive=["hidden_size"])

@@ -12,7 +12,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metagmvae import distributed  # noqa: E402
-from metagmvae.cli import check_number, check_positive, check_seed  # noqa: E402
+from metagmvae.cli import check_number, check_positive, check_seed, use_huge_pages  # noqa: E402
 from metagmvae.runfiles import UserError, check_writable_folder, exit_on_user_error, seed_everything  # noqa: E402
 from simclr.trainer import DEBUG_BATCHES, export_checkpoint, train_and_export  # noqa: E402
 
@@ -69,6 +69,7 @@ def check_args(args):
 
 
 def main(argv=None):
+    use_huge_pages()
     args = parse_args(argv)
     with exit_on_user_error("simclr/main.py"):
         check_args(args)

@@ -52,3 +52,25 @@ def test_bad_reference_is_refused_in_one_line(tmp_path, fake, text):
         fake_checkout(tmp_path)
     result = run_script("--reference", tmp_path, "--only", "equivalence")
     check_refusal(result.returncode, result.stderr, text, argparse_error=False)
+
+
+@needs_reference
+def test_speed_table_times_every_column_in_its_own_process():
+    """--quick --rounds 1 (about a minute): one row per configuration, each ratio the quotient of its
+    columns, and the three workers gone afterwards."""
+    result = run_script("--reference", REFERENCE_DIR, "--only", "speed", "--quick", "--rounds", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = result.stdout.split("Speed in float32")[1].split("Peak resident memory")[0]
+    rows = [line.strip("| ").split(" | ") for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| configuration")]
+
+    def seconds(cell):
+        value, unit = cell.split()
+        return float(value) / (1000 if unit == "ms" else 1)
+
+    assert len(rows) == 5, result.stdout
+    for name, theirs, theirs_pages, ours, ratio, ratio_pages in rows:
+        assert float(ratio.rstrip("x")) == pytest.approx(seconds(theirs) / seconds(ours), rel=0.02), name
+        assert float(ratio_pages.rstrip("x")) == pytest.approx(seconds(theirs_pages) / seconds(ours), rel=0.02), name
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    assert not [p for p in processes if SCRIPT in p and "--worker" in p]
