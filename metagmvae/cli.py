@@ -3,6 +3,7 @@ checks, and the printed results; `use_huge_pages`, which every command calls fir
 import argparse
 import math
 import os
+from pathlib import Path
 
 from . import distributed
 from .runfiles import RunDir, UserError, check_fits_in_memory, check_writable_folder
@@ -16,9 +17,11 @@ def use_huge_pages():
     """Ask torch to back CPU tensors of 2 MB and more with 2 MB pages (Linux transparent huge pages,
     torch's THP_MEM_ALLOC_ENABLE; a value the user exported wins): one page fault per 2 MB instead of per
     4 KB for the gigabytes of activations a step allocates and frees.  Numbers are unchanged
-    (docs/performance.md, "Page faults").  Call it before the first tensor exists: torch reads the
-    variable once, at its first CPU allocation."""
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    (docs/performance.md, "Page faults").  Only where the kernel offers them.  Call it before the first
+    tensor exists: torch reads the variable once, at its first CPU allocation."""
+    modes = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if modes.exists() and "[never]" not in modes.read_text():
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
