@@ -21,7 +21,6 @@ from .dataset import load_features
 from .model import MODEL_NAME, FeatureGMVAE, load_model
 
 
-
 BASELINES = {"feature_nearest_class_mean": nearest_class_mean_accuracies,
              "feature_logistic_regression": logistic_regression_accuracies}
 

@@ -26,7 +26,7 @@ from metagmvae import imagefolders  # noqa: E402
 from metagmvae.cli import use_huge_pages  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
 from omniglot.evaluate import load_image  # noqa: E402
-from omniglot.figures import _tile, save_tiles  # noqa: E402
+from omniglot.figures import image_tile, save_tiles  # noqa: E402
 from omniglot.model import load_model  # noqa: E402
 
 
@@ -47,8 +47,8 @@ def main(argv=None):
             component_means = torch.sigmoid(model.decode(mu)).cpu()  # (K, 1, 28, 28)
         images = images.cpu()
         return imagefolders.finish_grouping(args, files, cluster, confidence, scores, lambda k, members, path:
-                                            save_tiles([_tile(component_means[k])]
-                                                       + [_tile(images[i]) for i in members], 1, path))
+                                            save_tiles([image_tile(component_means[k])]
+                                                       + [image_tile(images[i]) for i in members], 1, path))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def _numpy(x):
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def _tile(image):
+def image_tile(image):
     """(1, 28, 28) or (28, 28) in [0, 1], ink = 1 -> an RGB tile, ink dark on white."""
     pixels = np.clip(1.0 - _numpy(image).reshape(28, 28).astype(np.float32), 0, 1)
     tile = Image.fromarray(np.rint(pixels * 255).astype(np.uint8)).convert("RGB")
@@ -93,7 +93,7 @@ def save_reconstructions(model, images, path, per_row=8):
     canvas = Image.new("RGB", grid_size(math.ceil(N / per_row), 2 * min(N, per_row)), WHITE)
     for i, pair in enumerate(zip(images, recon)):
         for j, image in enumerate(pair):
-            canvas.paste(_tile(image), _cell(i // per_row, 2 * (i % per_row) + j))
+            canvas.paste(image_tile(image), _cell(i // per_row, 2 * (i % per_row) + j))
     return _save(canvas, path)
 
 
@@ -114,11 +114,11 @@ def save_episode_mixture(model, images, num_components, em_iters, path, max_item
     canvas = Image.new("RGB", grid_size(num_components, cols), WHITE)
     draw = ImageDraw.Draw(canvas)
     for k in range(num_components):
-        canvas.paste(_tile(component_means[k]), _cell(k, 0))
+        canvas.paste(image_tile(component_means[k]), _cell(k, 0))
         _frame(draw, _cell(k, 0), BLUE)
         members = torch.nonzero(assignment == k).flatten().tolist()[:max_items]
         for col, i in enumerate(members, start=1):
-            canvas.paste(_tile(images[i]), _cell(k, col))
+            canvas.paste(image_tile(images[i]), _cell(k, col))
     return _save(canvas, path)
 
 
@@ -142,13 +142,13 @@ def save_test_episode(support, y_support, query, y_query, predicted, path, per_r
     for row, c in enumerate(classes):
         for col, i in enumerate(np.flatnonzero(y_support == c)):
             x, y = _cell(row, col, labelled=True)
-            canvas.paste(_tile(support[i]), (x, y))
+            canvas.paste(image_tile(support[i]), (x, y))
             draw.text((x, y + TILE + 1), f"class {c}", fill=BLACK, font=font)
     draw.line((0, support_height, width, support_height), fill=GREY, width=1)
     for i, (true, pred) in enumerate(zip(y_query, predicted)):
         x, y = _cell(i // per_row, i % per_row, labelled=True, top=support_height)
         colour = GREEN if pred == true else RED
-        canvas.paste(_tile(query[i]), (x, y))
+        canvas.paste(image_tile(query[i]), (x, y))
         _frame(draw, (x, y), colour)
         draw.text((x, y + TILE + FRAME), f"pred {pred} true {true}", fill=colour, font=font)
     return _save(canvas, path)

@@ -20,7 +20,6 @@ from .figures import write_run_figures
 from .model import MODEL_NAME, OmniglotGMVAE, load_model
 
 
-
 BASELINES = {"pixel_nearest_class_mean": nearest_class_mean_accuracies}
 
 
