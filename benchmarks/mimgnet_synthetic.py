@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from metagmvae.episodes import make_eval_set  # noqa: E402
 from metagmvae.evaluation import nearest_class_mean_accuracies, summarize  # noqa: E402
-from metagmvae.runfiles import save_checkpoint  # noqa: E402
+from metagmvae.folders import OutputFolder  # noqa: E402
+from metagmvae.runfiles import checkpoint_bytes  # noqa: E402
 from mimgnet.dataset import load_features  # noqa: E402
 from simclr.model import SimCLR  # noqa: E402
 from simclr.trainer import IMAGE_SIZE  # noqa: E402
@@ -82,12 +83,13 @@ def run(stage, script, *flags, timings, commands):
         sys.exit(f"{script} exited with code {result.returncode}; the benchmark stops here")
 
 
-def save_random_checkpoint(path, hidden_size, seed):
-    """A SimCLR checkpoint with the weights simclr/main.py --seed `seed` starts from (seeded, then built)."""
+def save_random_checkpoint(folder, name, hidden_size, seed):
+    """A SimCLR checkpoint `name` in the opened OutputFolder, with the weights simclr/main.py --seed `seed` starts
+    from (seeded, then built)."""
     torch.manual_seed(seed)
     model = SimCLR(hidden_size=hidden_size, image_size=IMAGE_SIZE)
-    save_checkpoint(path, {"model": model.state_dict(),
-                           "model_config": {"hidden_size": hidden_size, "image_size": IMAGE_SIZE}})
+    folder.write_bytes(name, checkpoint_bytes({"model": model.state_dict(),
+                                               "model_config": {"hidden_size": hidden_size, "image_size": IMAGE_SIZE}}))
 
 
 def ncm_accuracies(feature_dir, shots, episodes, seed):
@@ -97,19 +99,21 @@ def ncm_accuracies(feature_dir, shots, episodes, seed):
         make_eval_set(test, WAY, shot, QUERY, episodes, seed, "test"))) for shot in shots}
 
 
-def run_pipeline(args, out, shots, timings, commands):
-    """Every stage; returns {row: {"5way-<shot>shot": summary}}."""
+def run_pipeline(args, folder, shots, timings, commands):
+    """Every stage, in subfolders of the opened OutputFolder; returns {row: {"5way-<shot>shot": summary}}."""
+    out = folder.path
     data, features = out / "data", {name: out / "features" / name for name in ("simclr", "random")}
     steps = dict(timings=timings, commands=commands)
     run("generate", "data/synthetic_mimgnet.py", "--out", shown(data), "--train-classes", args.train_classes,
         "--val-classes", args.val_classes, "--test-classes", args.test_classes, "--per-class", args.per_class,
         "--seed", args.seed, **steps)
-    run("prepare", "data/prepare_mimgnet.py", "--out", shown(data), **steps)
-    simclr = ["simclr/main.py", "--data-dir", shown(data), "--batch-size", args.simclr_batch_size]
+    run("prepare", "data/prepare_mimgnet.py", "--images", shown(data / "images"), "--splits", shown(data), "--out",
+        shown(out / "arrays"), **steps)
+    simclr = ["simclr/main.py", "--data-dir", shown(out / "arrays"), "--batch-size", args.simclr_batch_size]
     run("simclr_train_export", *simclr, "--save-dir", shown(out / "simclr"), "--feature-save-dir",
         shown(features["simclr"]), "--hidden-size", args.simclr_hidden_size, "--train-epochs", args.simclr_epochs,
         "--seed", args.seed, "--overwrite", **steps)
-    save_random_checkpoint(out / "random_init.pt", args.simclr_hidden_size, args.seed)
+    save_random_checkpoint(folder, "random_init.pt", args.simclr_hidden_size, args.seed)
     run("random_init_export", *simclr, "--feature-save-dir", shown(features["random"]), "--export-only",
         "--checkpoint", shown(out / "random_init.pt"), **steps)
     start = time.perf_counter()
@@ -162,12 +166,14 @@ def main(argv=None):
     shots = [shot for shot in SHOTS if shot + QUERY <= args.per_class]
     timings, commands = {}, []
     start = time.perf_counter()
-    results = run_pipeline(args, out, shots, timings, commands)
-    timings["total"] = time.perf_counter() - start
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    summary = {"config": config, "way": WAY, "query": QUERY, "shots": shots, "results": results,
-               "wall_time_s": timings, "commands": commands}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with OutputFolder(out, "synthetic Mini-ImageNet benchmark", "--out") as folder:
+        folder.claim()
+        results = run_pipeline(args, folder, shots, timings, commands)
+        timings["total"] = time.perf_counter() - start
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        summary = {"config": config, "way": WAY, "query": QUERY, "shots": shots, "results": results,
+                   "wall_time_s": timings, "commands": commands}
+        folder.write_json("summary.json", summary)
     print_report(summary)
     print(f"\nwrote {out / 'summary.json'}")
 

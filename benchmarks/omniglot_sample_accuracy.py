@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from data.prepare_omniglot import SAMPLE_ARCHIVES, URL_BASE, build_omniglot, download_archives  # noqa: E402
 from metagmvae.episodes import make_eval_set  # noqa: E402
 from metagmvae.evaluation import nearest_class_mean_accuracies, summarize  # noqa: E402
+from metagmvae.folders import OutputFolder  # noqa: E402
 from omniglot.dataset import load_split  # noqa: E402
 
 TRAIN_FLAGS = ["--way", "5", "--sample-size", "100", "--batch-size", "1", "--train-mc-sample-size", "8",
@@ -71,28 +72,30 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    sources = args.zips or download_archives(URL_BASE, args.out / "downloads", SAMPLE_ARCHIVES)
-    data_dir = args.out / "data"
-    build_omniglot(sources, data_dir, seed=0)
-    test = load_split(data_dir, "test")
-    baseline = {f"5way-{shot}shot": summarize(nearest_class_mean_accuracies(
-        make_eval_set(test, 5, shot, 15, args.test_episodes, args.seed, "test"))) for shot in (1, 5)}
+    with OutputFolder(args.out, "Omniglot sample benchmark", "--out") as folder:  # the runs in it are its own
+        folder.claim()
+        sources = args.zips or download_archives(URL_BASE, args.out / "downloads", SAMPLE_ARCHIVES)
+        data_dir = args.out / "data"
+        build_omniglot(sources, data_dir, seed=0)
+        test = load_split(data_dir, "test")
+        baseline = {f"5way-{shot}shot": summarize(nearest_class_mean_accuracies(
+            make_eval_set(test, 5, shot, 15, args.test_episodes, args.seed, "test"))) for shot in (1, 5)}
 
-    stages = [args.out / f"run-{steps}" for steps in (args.steps_a, args.steps_b) if steps]
-    for stale in stages:
-        shutil.rmtree(stale, ignore_errors=True)
-    common = [sys.executable, "omniglot/main.py", "--data-dir", data_dir, *TRAIN_FLAGS, "--seed", args.seed,
-              "--select-by", args.select_by]
-    run([*common, "--save-dir", stages[0], "--train-iters", args.steps_a])
-    if len(stages) == 2:
-        shutil.copytree(stages[0], stages[1])
-        run([*common, "--save-dir", stages[1], "--train-iters", args.steps_b, "--resume"])
-    tests = {stage.name: {name: test_checkpoints(stage, data_dir, args.seed, args.test_episodes, checkpoint)
-                          for name, checkpoint in CHECKPOINTS[args.select_by].items()} for stage in stages}
-    wall = {stage.name: json.loads((stage / "results.json").read_text())["wall_time_s"] for stage in stages}
-    summary = {"config": TRAIN_FLAGS, "seed": args.seed, "select_by": args.select_by, "pixel_ncm": baseline,
-               "test": tests, "train_wall_time_s": wall}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        stages = [args.out / f"run-{steps}" for steps in (args.steps_a, args.steps_b) if steps]
+        for stale in stages:
+            shutil.rmtree(stale, ignore_errors=True)
+        common = [sys.executable, "omniglot/main.py", "--data-dir", data_dir, *TRAIN_FLAGS, "--seed", args.seed,
+                  "--select-by", args.select_by]
+        run([*common, "--save-dir", stages[0], "--train-iters", args.steps_a])
+        if len(stages) == 2:
+            shutil.copytree(stages[0], stages[1])
+            run([*common, "--save-dir", stages[1], "--train-iters", args.steps_b, "--resume"])
+        tests = {stage.name: {name: test_checkpoints(stage, data_dir, args.seed, args.test_episodes, checkpoint)
+                              for name, checkpoint in CHECKPOINTS[args.select_by].items()} for stage in stages}
+        wall = {stage.name: json.loads((stage / "results.json").read_text())["wall_time_s"] for stage in stages}
+        summary = {"config": TRAIN_FLAGS, "seed": args.seed, "select_by": args.select_by, "pixel_ncm": baseline,
+                   "test": tests, "train_wall_time_s": wall}
+        folder.write_json("summary.json", summary)
 
     def cell(res):
         return f"{100 * res['mean']:.2f} ± {100 * res['ci95']:.2f}"

@@ -16,7 +16,6 @@ Prints a Markdown table of ARI and NMI (mean ± standard deviation over the draw
 """
 import argparse
 import csv
-import json
 import shlex
 import shutil
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.mimgnet_synthetic import run, shown  # noqa: E402
 from mimgnet import cluster as mimgnet_cluster  # noqa: E402
 from omniglot import cluster as omniglot_cluster  # noqa: E402
+from metagmvae.folders import OutputFolder  # noqa: E402
 from omniglot.dataset import load_split  # noqa: E402
 
 ROTATIONS = 4  # test.npy class 4c + r is character c rotated by 90r degrees (data/omniglot_build.py)
@@ -123,8 +123,9 @@ def train_mimgnet(args, timings, commands):
     steps = dict(timings=timings, commands=commands)
     run("mimgnet_generate", "data/synthetic_mimgnet.py", "--out", shown(data), "--train-classes", 16,
         "--val-classes", 8, "--test-classes", 8, "--per-class", args.per_class, "--seed", args.seed, **steps)
-    run("mimgnet_prepare", "data/prepare_mimgnet.py", "--out", shown(data), **steps)
-    run("simclr", "simclr/main.py", "--data-dir", shown(data), "--batch-size", 64, "--save-dir",
+    run("mimgnet_prepare", "data/prepare_mimgnet.py", "--images", shown(data / "images"), "--splits", shown(data),
+        "--out", shown(args.out / "mimgnet-arrays"), **steps)
+    run("simclr", "simclr/main.py", "--data-dir", shown(args.out / "mimgnet-arrays"), "--batch-size", 64, "--save-dir",
         shown(args.out / "simclr"), "--feature-save-dir", shown(features), "--hidden-size", args.simclr_hidden_size,
         "--train-epochs", args.simclr_epochs, "--seed", args.seed, "--overwrite", **steps)
     run("mimgnet_train", "mimgnet/main.py", "--data-dir", shown(features), "--save-dir", shown(args.out / "mimgnet"),
@@ -180,18 +181,20 @@ def main(argv=None):
     args.out = args.out.resolve()
     timings, commands = {}, []
     start = time.perf_counter()
-    data_dir, checkpoint = train_omniglot(args, timings, commands)
-    mimgnet_data, encoder, mimgnet_checkpoint = train_mimgnet(args, timings, commands)
-    grouping_start = time.perf_counter()
-    rows = {("Omniglot sample", way, "pixels"): draws
-            for way, draws in omniglot_draws(args, data_dir, checkpoint, commands).items()}
-    rows[("synthetic Mini-ImageNet", MIMGNET_WAY, "SimCLR features")] = mimgnet_draws(
-        args, mimgnet_data, encoder, mimgnet_checkpoint, commands)
-    timings["grouping"] = time.perf_counter() - grouping_start
-    timings["total"] = time.perf_counter() - start
-    summary = {"config": {k: str(v) for k, v in vars(args).items()}, "wall_time_s": timings, "commands": commands,
-               "draws": {" ".join(map(str, key)): draws for key, draws in rows.items()}}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with OutputFolder(args.out, "own-data grouping benchmark", "--out") as folder:  # the draws' folders are its own
+        folder.claim()
+        data_dir, checkpoint = train_omniglot(args, timings, commands)
+        mimgnet_data, encoder, mimgnet_checkpoint = train_mimgnet(args, timings, commands)
+        grouping_start = time.perf_counter()
+        rows = {("Omniglot sample", way, "pixels"): draws
+                for way, draws in omniglot_draws(args, data_dir, checkpoint, commands).items()}
+        rows[("synthetic Mini-ImageNet", MIMGNET_WAY, "SimCLR features")] = mimgnet_draws(
+            args, mimgnet_data, encoder, mimgnet_checkpoint, commands)
+        timings["grouping"] = time.perf_counter() - grouping_start
+        timings["total"] = time.perf_counter() - start
+        summary = {"config": {k: str(v) for k, v in vars(args).items()}, "wall_time_s": timings,
+                   "commands": commands, "draws": {" ".join(map(str, key)): draws for key, draws in rows.items()}}
+        folder.write_json("summary.json", summary)
     print(f"\nARI and NMI against the true classes, mean ± standard deviation over {args.draws} draws, "
           f"{args.restarts} restarts each:\n")
     print(markdown_table(rows, args))

@@ -1,16 +1,18 @@
 """What the real Omniglot build (prepare_omniglot.py) and the procedural one (synthetic_omniglot.py) share:
 the seeded character split, the four rotations as classes, and the atomic writing of the arrays."""
 from contextlib import ExitStack
-from pathlib import Path
 
 import numpy as np
 
-from metagmvae.runfiles import UserError, atomic_path, write_json
+from metagmvae.folders import OutputFolder, canonical_json
+from metagmvae.runfiles import UserError
 
 REFERENCE_SPLIT = (1200, 100, 323)  # train / val / test characters of the full set
 SPLITS = ("train", "val", "test")
 ROTATIONS = 4  # 0, 90, 180, 270 degrees
 IMAGE_SIZE = 28
+BUILD_KIND = "Omniglot arrays"  # the kind of folder a build is, in its record (metagmvae/folders.py)
+BUILD_FILES = ("manifest.json", *(f"{split}.npy" for split in SPLITS))
 
 
 def split_counts(n):
@@ -43,14 +45,21 @@ def with_rotations(images):
     return np.ascontiguousarray(rotated.reshape(-1, *images.shape[1:], 1))
 
 
+def build_folder(out):
+    """The OutputFolder of a build into `out` (--out)."""
+    return OutputFolder(out, BUILD_KIND, "--out")
+
+
+def check_build_folder(out):
+    """Refuse, before the slow work, an --out where a build may not write (folders.py)."""
+    build_folder(out).check(BUILD_FILES)
+
+
 def write_build(out, arrays, manifest):
-    """Write {split}.npy and manifest.json atomically; the files are renamed into place together."""
-    out = Path(out)
-    try:
-        with ExitStack() as stack:  # renames happen on exit, in reverse order: the manifest last
-            write_json(stack.enter_context(atomic_path(out / "manifest.json")), manifest)
-            for name, array in arrays.items():
-                with open(stack.enter_context(atomic_path(out / f"{name}.npy")), "wb") as f:
-                    np.save(f, array)
-    except OSError as e:
-        raise UserError(f"{out}: cannot write the outputs ({e})") from None
+    """Write {split}.npy and manifest.json into the build folder `out`; the files are renamed into place
+    together once all are written."""
+    with build_folder(out) as folder, ExitStack() as stack:  # renames on exit, in reverse order: the manifest last
+        manifest_file = stack.enter_context(folder.writing("manifest.json"))
+        for name, array in arrays.items():
+            np.save(stack.enter_context(folder.writing(f"{name}.npy")), array)
+        manifest_file.write(canonical_json(manifest))

@@ -6,8 +6,8 @@ written as uint8 (classes, per_class, 84, 84, 3): classes in the order they firs
 images in CSV order within a class. manifest.json lists the class names (synsets), the per-class count,
 the source CSVs and any skipped image (docs/method.md).
 
-    python data/prepare_mimgnet.py                          # reads data/imgnet/{images/,train.csv,...}
-    python data/prepare_mimgnet.py --images DIR --splits DIR --out data/imgnet --skip-bad
+    python data/prepare_mimgnet.py      # reads data/imgnet/{images/,train.csv,...}, writes data/imgnet/arrays
+    python data/prepare_mimgnet.py --images DIR --splits DIR --out data/imgnet/arrays --skip-bad
 """
 import argparse
 import csv
@@ -23,9 +23,12 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metagmvae.cli import HelpFormatter  # noqa: E402
-from metagmvae.runfiles import UserError, atomic_path, exit_on_user_error, write_json  # noqa: E402
+from metagmvae.folders import OutputFolder, canonical_json, check_outside_inputs  # noqa: E402
+from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "imgnet"
+DEFAULT_SOURCE = Path(__file__).resolve().parent / "imgnet"  # images/ and the split CSVs
+DEFAULT_OUT = DEFAULT_SOURCE / "arrays"
+BUILD_KIND = "Mini-ImageNet arrays"  # the kind of folder --out is, in its record (metagmvae/folders.py)
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 84
 HEADER = ["filename", "label"]
@@ -152,6 +155,8 @@ def prepare_mimgnet(images_dir, splits_dir, out, skip_bad=False):
     images_dir, splits_dir, out = Path(images_dir), Path(splits_dir), Path(out)
     if not images_dir.is_dir():
         raise UserError(f"--images {images_dir}: no such folder")
+    check_outside_inputs(out, "--out", [("--images", images_dir)])
+    OutputFolder(out, BUILD_KIND, "--out").check(["manifest.json", *(f"{split}_images.npy" for split in SPLITS)])
     csv_paths = {split: splits_dir / f"{split}.csv" for split in SPLITS}
     csvs = {split: read_split_csv(path) for split, path in csv_paths.items()}
     counts = {split: images_per_class(classes, csv_paths[split]) for split, classes in csvs.items()}
@@ -159,21 +164,18 @@ def prepare_mimgnet(images_dir, splits_dir, out, skip_bad=False):
         check_files_exist(images_dir, csvs)
     manifest = {"images": str(images_dir.resolve()), "preprocessing": PREPROCESSING, "image_size": IMAGE_SIZE,
                 "splits": {}}
-    try:
-        with ExitStack() as stack:  # renames happen on exit, in reverse order: the manifest last
-            manifest_tmp = stack.enter_context(atomic_path(out / "manifest.json"))
-            for split, classes in csvs.items():
-                array, skipped = load_split(images_dir, split, classes, skip_bad)
-                with open(stack.enter_context(atomic_path(out / f"{split}_images.npy")), "wb") as f:
-                    np.save(f, array)
-                manifest["splits"][split] = {
-                    "file": f"{split}_images.npy", "csv": str(csv_paths[split].resolve()), "shape": list(array.shape),
-                    "classes": list(classes), "per_class": counts[split], "skipped": skipped,
-                }
-                del array  # keep one split in memory at a time
-            write_json(manifest_tmp, manifest)
-    except OSError as e:
-        raise UserError(f"{out}: cannot write the outputs ({e})") from None
+    with OutputFolder(out, BUILD_KIND, "--out") as folder, ExitStack() as stack:
+        # the files are renamed into place on exit, in reverse order: the manifest last
+        manifest_file = stack.enter_context(folder.writing("manifest.json"))
+        for split, classes in csvs.items():
+            array, skipped = load_split(images_dir, split, classes, skip_bad)
+            np.save(stack.enter_context(folder.writing(f"{split}_images.npy")), array)
+            manifest["splits"][split] = {
+                "file": f"{split}_images.npy", "csv": str(csv_paths[split].resolve()), "shape": list(array.shape),
+                "classes": list(classes), "per_class": counts[split], "skipped": skipped,
+            }
+            del array  # keep one split in memory at a time
+        manifest_file.write(canonical_json(manifest))
     return manifest
 
 
@@ -181,15 +183,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="output folder for <split>_images.npy and manifest.json")
-    parser.add_argument("--images", type=Path, help="folder holding the image files (default: <out>/images)")
-    parser.add_argument("--splits", type=Path, help="folder holding train.csv, val.csv, test.csv (default: --out)")
+    parser.add_argument("--images", type=Path, default=DEFAULT_SOURCE / "images", help="folder holding the image files")
+    parser.add_argument("--splits", type=Path, default=DEFAULT_SOURCE,
+                        help="folder holding train.csv, val.csv, test.csv")
     parser.add_argument("--skip-bad", action="store_true",
                         help="replace a missing or unreadable image by another image of its class (listed in the "
                              "manifest) instead of stopping")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):
-        manifest = prepare_mimgnet(args.images or args.out / "images", args.splits or args.out, args.out,
-                                   args.skip_bad)
+        manifest = prepare_mimgnet(args.images, args.splits, args.out, args.skip_bad)
     for split, info in manifest["splits"].items():
         print(f"{split}: {len(info['classes'])} classes x {info['per_class']} images -> {info['shape']}, "
               f"{len(info['skipped'])} replaced")

@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import http.client
 import io
-import os
 import sys
 import urllib.request
 import zipfile
@@ -28,11 +27,14 @@ from tqdm import tqdm
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.omniglot_build import IMAGE_SIZE, SPLITS, split_characters, with_rotations, write_build  # noqa: E402
+from data.omniglot_build import (IMAGE_SIZE, SPLITS, build_folder, check_build_folder, split_characters,  # noqa: E402
+                                 with_rotations, write_build)
 from data.synthetic_omniglot import build_synthetic_omniglot  # noqa: E402
 from metagmvae.cli import HelpFormatter, check_seed  # noqa: E402
+from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error, format_bytes  # noqa: E402
 
+DOWNLOADS_KIND = "Omniglot downloads"  # the kind of folder --download-dir is, in its record
 URL_BASE = "https://github.com/brendenlake/omniglot/raw/master/python/"
 # Official archive -> number of characters it holds (30 + 20 alphabets, 1623 characters in all).
 OFFICIAL_ARCHIVES = {"images_background.zip": 964, "images_evaluation.zip": 659}
@@ -187,6 +189,8 @@ def build_omniglot(sources, out, seed=0, split=None):
     Every input is read and checked before anything is written; the four files are then renamed
     into `out` together, so a failure leaves a previous build intact. Returns the manifest.
     """
+    check_outside_inputs(out, "--out", [("--source", s) for s in sources if Path(s).is_dir()])
+    check_build_folder(out)
     characters = collect_characters(sources)
     keys = list(characters)
     parts = split_characters(len(keys), seed, split)  # checks --split before the slow decoding
@@ -207,14 +211,14 @@ def build_omniglot(sources, out, seed=0, split=None):
     return manifest
 
 
-def _fetch(url, path):
-    """Stream `url` into `path` with a progress bar."""
+def _fetch(url, file):
+    """Stream `url` into the binary `file` with a progress bar."""
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as f:
+        with urllib.request.urlopen(url, timeout=60) as response:
             size = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=size, unit="B", unit_scale=True, desc=Path(path).stem, disable=None) as bar:
+            with tqdm(total=size, unit="B", unit_scale=True, desc=Path(url).stem, disable=None) as bar:
                 for block in iter(lambda: response.read(1 << 20), b""):
-                    f.write(block)
+                    file.write(block)
                     bar.update(len(block))
     except (OSError, http.client.HTTPException) as e:  # URLError and HTTPError are OSErrors
         hint = "download it manually and pass it with --source"
@@ -232,29 +236,27 @@ def _check_archive(path, expected, context):
 
 
 def download_archives(url_base, dest, archives=OFFICIAL_ARCHIVES):
-    """Download each archive {file name: expected characters} from `url_base` into `dest`.
+    """Download each archive {file name: expected characters} from `url_base` into the folder `dest`
+    (--download-dir, an output folder of its own).
 
-    An archive already in `dest` is checked and reused. A download goes to `<name>.part` and is
-    renamed only once checked, so a broken download never looks complete. Returns the paths.
+    An archive already in `dest` is checked and reused. A download is written under a temporary name and
+    checked once in place; a broken one is removed, so it never looks complete. Returns the paths.
     """
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, expected in archives.items():
-        path = dest / name
-        if path.exists():
-            _check_archive(path, expected, "delete it to download it again")
-        else:
+    with OutputFolder(dest, DOWNLOADS_KIND, "--download-dir") as folder:
+        for name, expected in archives.items():
+            if (dest / name).exists():
+                _check_archive(dest / name, expected, "delete it to download it again")
+                continue
             url = f"{url_base.rstrip('/')}/{name}"
-            part = dest / f"{name}.part"
+            with folder.writing(name) as file:
+                _fetch(url, file)
             try:
-                _fetch(url, part)
-                _check_archive(part, expected, f"downloaded from {url}")
-                os.replace(part, path)
-            finally:
-                part.unlink(missing_ok=True)
-        paths.append(path)
-    return paths
+                _check_archive(dest / name, expected, f"downloaded from {url}")
+            except UserError:
+                folder.remove(name)
+                raise
+    return [dest / name for name in archives]
 
 
 def main(argv=None):
@@ -285,6 +287,9 @@ def main(argv=None):
             manifest = build_synthetic_omniglot(args.out, args.characters, args.drawings, args.seed, args.split)
         else:
             archives = SAMPLE_ARCHIVES if args.sample else OFFICIAL_ARCHIVES
+            if not args.source:
+                with build_folder(args.out) as out:  # claimed before the downloads go into it (by default)
+                    out.claim()
             sources = args.source or download_archives(args.url_base, args.download_dir or args.out / "downloads",
                                                        archives)
             manifest = build_omniglot(sources, args.out, args.seed, args.split)

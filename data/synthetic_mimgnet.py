@@ -15,6 +15,7 @@ same names are replaced. The class of every synset is printed.
 """
 import argparse
 import csv
+import io
 import itertools
 import sys
 from pathlib import Path
@@ -26,11 +27,13 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metagmvae.cli import check_positive, check_seed  # noqa: E402
+from metagmvae.folders import OutputFolder  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 NOISE_STD = 12.0  # per pixel and channel, in uint8 levels
 JPEG_QUALITY = 90
+DATASET_KIND = "synthetic Mini-ImageNet images"  # the kind of folder --out is, in its record
 
 # Shapes as masks of (u, v): pixel coordinates relative to the centre, rotated and divided by the radius.
 SHAPES = {
@@ -108,9 +111,11 @@ def render_class(shape, texture, n, size, rng):
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
-def write_split_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([["filename", "label"], *rows])
+def split_csv(rows):
+    """A split CSV's text: the header, then (filename, label) rows."""
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([["filename", "label"], *rows])
+    return buffer.getvalue()
 
 
 def write_dataset(out, num_classes, per_class, size, seed=0):
@@ -120,21 +125,21 @@ def write_dataset(out, num_classes, per_class, size, seed=0):
     from a generator seeded by (seed, k). Returns {split: [(synset, shape, texture), ...]} in CSV order.
     """
     specs = iter(class_specs(sum(num_classes.values()), seed))
-    out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     layout, k = {}, 0
-    for split in SPLITS:
-        layout[split], rows = [], []
-        for _ in range(num_classes[split]):
-            k += 1
-            synset, (shape, texture) = f"n{k:08d}", next(specs)
-            images = render_class(shape, texture, per_class, size, np.random.default_rng([seed, k]))
-            for i, image in enumerate(images, start=1):
-                name = f"{synset}{i:08d}.jpg"
-                Image.fromarray(image).save(out / "images" / name, quality=JPEG_QUALITY)
-                rows.append([name, synset])
-            layout[split].append((synset, shape, texture))
-        write_split_csv(out / f"{split}.csv", rows)
+    with OutputFolder(out, DATASET_KIND, "--out") as folder, folder.one_record_write():
+        for split in SPLITS:
+            layout[split], rows = [], []
+            for _ in range(num_classes[split]):
+                k += 1
+                synset, (shape, texture) = f"n{k:08d}", next(specs)
+                images = render_class(shape, texture, per_class, size, np.random.default_rng([seed, k]))
+                for i, image in enumerate(images, start=1):
+                    name = f"{synset}{i:08d}.jpg"
+                    with folder.writing(f"images/{name}") as f:
+                        Image.fromarray(image).save(f, format="JPEG", quality=JPEG_QUALITY)
+                    rows.append([name, synset])
+                layout[split].append((synset, shape, texture))
+            folder.write_text(f"{split}.csv", split_csv(rows))
     return layout
 
 

@@ -21,7 +21,8 @@ from PIL import Image, ImageDraw
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.omniglot_build import IMAGE_SIZE, SPLITS, split_characters, with_rotations, write_build  # noqa: E402
+from data.omniglot_build import (IMAGE_SIZE, SPLITS, check_build_folder, split_characters, with_rotations,  # noqa: E402
+                                 write_build)
 from metagmvae.cli import check_seed  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 
@@ -173,7 +174,8 @@ def build_synthetic_omniglot(out, num_characters, drawings=20, seed=0, split=Non
     too. Returns the manifest.
     """
     num_alphabets = default_alphabets(num_characters) if num_alphabets is None else num_alphabets
-    parts = split_characters(num_characters, seed, split)  # checks `split` before generating
+    parts = split_characters(num_characters, seed, split)  # checks `split` and `out` before generating
+    check_build_folder(out)
     images = generate_characters(num_characters, drawings, seed, num_alphabets)
     arrays = {name: with_rotations(images[idx]) for name, idx in zip(SPLITS, parts)}
     names = [f"alphabet{c * num_alphabets // num_characters + 1:02d}/character{c + 1:04d}"

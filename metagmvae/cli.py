@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from . import distributed
-from .runfiles import RunDir, UserError, check_fits_in_memory, check_writable_folder
+from .folders import EVAL_RESULTS, RunDir, check_outside_inputs
+from .runfiles import UserError, check_fits_in_memory, check_writable_folder
 
 # Flags that define the model or the objective: a resumed run must keep them.
 RESUME_INVARIANT_FLAGS = ("latent_size", "way", "batch_size", "sample_size", "train_mc_sample_size",
@@ -123,8 +124,9 @@ def check_positive(args, names):
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})")
 
 
-def check_args(args, positive=()):
-    """Refuse flag combinations that cannot work, before anything is read or written."""
+def check_args(args, model, positive=()):
+    """Refuse flag combinations that cannot work, and a --save-dir that is not a run folder of `model`
+    ("Omniglot") or a new one, before anything is read or written."""
     check_positive(args, ["latent_size", "train_mc_sample_size", "test_mc_sample_size", "batch_size", "sample_size",
                           "train_iters", "freq_iters", "eval_episodes", "way", "eval_way", "query", "val_elbo_sets",
                           "unsupervised_em_iters", "semisupervised_em_iters", *positive])
@@ -146,15 +148,19 @@ def check_args(args, positive=()):
         raise UserError("--resume and --overwrite exclude each other")
     if args.save_dir is not None:
         check_writable_folder(args.save_dir, "--save-dir")
+        check_outside_inputs(args.save_dir, "--save-dir", [("--data-dir", args.data_dir)])
+        if args.eval_only:
+            RunDir(args.save_dir, model).check([EVAL_RESULTS])
 
 
-def finish(results, eval_results_dir=None):
+def finish(results, model, eval_results_dir=None):
     """Rank 0 prints the test accuracies and the baselines', in %; with eval_results_dir (--eval-only
-    --save-dir) it also writes them to eval_results.json there."""
+    --save-dir) it also writes them to eval_results.json there, a run folder of `model` ("Omniglot")."""
     if not distributed.is_main():
         return
     if eval_results_dir is not None:
-        RunDir(eval_results_dir).write_results(results, "eval_results.json")
+        with RunDir(eval_results_dir, model).opened() as run:
+            run.write_results(results, EVAL_RESULTS)
     for key, res in results["test"].items():
         print(f"{key}: {100 * res['mean']:.2f} +- {100 * res['ci95']:.2f} % over {res['episodes']} episodes")
     for name, tests in results["baselines"].items():

@@ -26,11 +26,14 @@ from .clustering import adjusted_rand_index, cluster_set, kmeans, normalized_mut
 from .distributed import resolve_device
 from .episodes import GROUPING_EM, GROUPING_KMEANS, GROUPING_NOISE, EpisodeRandom
 from .evaluation import mean_confidence_interval
-from .runfiles import UserError, seed_everything, write_text
+from .folders import OutputFolder, check_outside_inputs
+from .runfiles import UserError, seed_everything
 
 IMAGE_SUFFIXES = frozenset(suffix for suffix, image_format in Image.registered_extensions().items()
                            if image_format in Image.OPEN)
 PREDICTIONS_COLUMNS = ["episode", "file", "predicted", "probability"]
+PREDICTIONS, CLUSTERS = "predictions.csv", "clusters.csv"
+PREDICTIONS_KIND, CLUSTERS_KIND = "predictions", "clusters"  # kinds of output folder, in their records
 # The set posterior attends over all N images at once: 4 heads x N^2 attention scores, and the EM holds
 # restarts x N x S latent samples.  At 5000 images, S = 32, D = 64, 10 restarts that is about 0.4 GB each.
 MAX_IMAGES = 5000
@@ -166,31 +169,24 @@ def evaluate(model, episodes, mc_samples, em_iters, device, baselines=None):
     return rows
 
 
-def write_csv(path, columns, rows):
-    """A CSV file of a header (columns) and rows, written atomically; a failure names the file."""
+def write_csv(folder, name, columns, rows):
+    """CSV file `name` of an opened OutputFolder: a header (columns) and rows."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
     writer.writerows(rows)
-    try:
-        write_text(path, buffer.getvalue())
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+    folder.write_text(name, buffer.getvalue())
 
 
-def write_predictions(path, rows):
-    """predictions.csv: a header (PREDICTIONS_COLUMNS) and the rows, written atomically."""
-    write_csv(path, PREDICTIONS_COLUMNS, rows)
-    print(f"wrote {len(rows)} predictions to {path}")
-
-
-def predict_and_report(model, episodes, mc_samples, em_iters, seed, device, predictions_path, baselines=None):
+def predict_and_report(model, episodes, mc_samples, em_iters, seed, device, out, baselines=None):
     """What both evaluate.py do once the episodes hold the model's items: seed the MC draws, evaluate (see
-    evaluate) and write the unlabelled episodes' predictions, if any, to predictions_path."""
+    evaluate) and write the unlabelled episodes' predictions, if any, to <out>/predictions.csv."""
     seed_everything(seed)
     rows = evaluate(model, episodes, mc_samples, em_iters, device, baselines)
     if rows:
-        write_predictions(predictions_path, rows)
+        with OutputFolder(out, PREDICTIONS_KIND, "--out") as folder:
+            write_csv(folder, PREDICTIONS, PREDICTIONS_COLUMNS, rows)
+        print(f"wrote {len(rows)} predictions to {out / PREDICTIONS}")
 
 
 # ---- command line
@@ -205,17 +201,36 @@ def episodes_parser(description, checkpoint_help):
     parser.add_argument("--em-iters", type=int, default=10, help="iterations of the semi-supervised EM")
     parser.add_argument("--seed", type=int, default=0, help="seeds the MC draws")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
-    parser.add_argument("--predictions", type=Path, default=None,
-                        help="CSV for episodes with unlabelled queries (None = <episodes>/predictions.csv)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for predictions.csv, written for episodes with unlabelled queries (None: "
+                             "<episodes>-predictions beside --episodes)")
     return parser
 
 
+def output_folder(args, input_flag, suffix):
+    """--out, or <input>-<suffix> beside the input folder (args.images, args.episodes); the input is never
+    written into."""
+    source = getattr(args, input_flag.lstrip("-")).resolve()  # "." has no name
+    return args.out or source.parent / f"{source.name}-{suffix}"
+
+
+def check_output(args, input_flag, suffix, kind, names):
+    """Refuse, before any work, an --out that lies in the input folder or where `names` may not be written;
+    returns the output folder."""
+    out = output_folder(args, input_flag, suffix)
+    check_outside_inputs(out, "--out", [(input_flag, getattr(args, input_flag.lstrip("-")))])
+    OutputFolder(out, kind, "--out").check(names)
+    return out
+
+
 def check_episodes_args(args, counts=()):
-    """Refuse non-positive --mc-samples, --em-iters and other `counts` (attribute names) and a bad --seed;
-    returns the torch device of --device."""
+    """Refuse non-positive --mc-samples, --em-iters and other `counts` (attribute names), a bad --seed and an
+    --out where predictions.csv may not be written; returns (the torch device of --device, the output
+    folder)."""
     check_positive(args, ["mc_samples", "em_iters", *counts])
     check_seed(args.seed)
-    return resolve_device(args.device)
+    return resolve_device(args.device), check_output(args, "--episodes", "predictions", PREDICTIONS_KIND,
+                                                     [PREDICTIONS])
 
 
 # ---- grouping an unlabeled folder
@@ -243,11 +258,12 @@ def grouping_parser(doc):
 
 
 def start_grouping(args):
-    """Check the shared flags and list the images; returns (device, image files)."""
+    """Check the shared flags and --out, and list the images; returns (device, image files)."""
     check_positive(args, ["restarts", "mc_sample_size", "em_iters", "max_images"])
     if args.clusters < 2:
         raise UserError(f"--clusters must be at least 2 (got {args.clusters})")
     check_seed(args.seed)
+    check_output(args, "--images", "clusters", CLUSTERS_KIND, [CLUSTERS, *cluster_pictures(args.clusters)])
     return resolve_device(args.device), list_images(args)
 
 
@@ -260,16 +276,9 @@ def find_images(root):
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def grouping_out(args):
-    """--out, or <images>-clusters beside --images."""
-    images = args.images.resolve()  # "." has no name
-    return args.out or images.parent / f"{images.name}-clusters"
-
-
 def list_images(args):
     """The image files of --images; none, more than --max-images or fewer than --clusters is an error."""
-    out = grouping_out(args).resolve()
-    files = [f for f in find_images(args.images) if out not in f.resolve().parents]  # not earlier outputs
+    files = find_images(args.images)
     if not files:
         raise UserError(f"--images {args.images}: no image files (.png, .jpg, ... that Pillow reads)")
     if len(files) > args.max_images:
@@ -300,18 +309,21 @@ def print_scores(classes, partitions):
     return scores
 
 
-def write_clusters(out, root, files, cluster, confidence, num_clusters, draw_cluster):
-    """<out>/clusters.csv and <out>/cluster_<k>.png per non-empty cluster k, drawn by
-    draw_cluster(k, members (n,), path)."""
-    write_csv(out / "clusters.csv", ["file", "cluster", "confidence"],
+def cluster_pictures(num_clusters):
+    """cluster_<k>.png for k < num_clusters, k padded to the same width."""
+    digits = len(str(num_clusters - 1))
+    return [f"cluster_{k:0{digits}d}.png" for k in range(num_clusters)]
+
+
+def write_clusters(folder, root, files, cluster, confidence, num_clusters, draw_cluster):
+    """clusters.csv and cluster_<k>.png per non-empty cluster k in the opened OutputFolder, drawn by
+    draw_cluster(k, members (n,), place in the folder)."""
+    write_csv(folder, CLUSTERS, ["file", "cluster", "confidence"],
               [[f.relative_to(root).as_posix(), k, f"{c:.6f}"]
                for f, k, c in zip(files, cluster.tolist(), confidence.tolist())])
-    digits = len(str(num_clusters - 1))
-    try:
-        for k in cluster.unique().tolist():
-            draw_cluster(k, torch.nonzero(cluster == k).flatten(), out / f"cluster_{k:0{digits}d}.png")
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
+    pictures = cluster_pictures(num_clusters)
+    for k in cluster.unique().tolist():
+        draw_cluster(k, torch.nonzero(cluster == k).flatten(), folder / pictures[k])
 
 
 def group_folder(args, files, items, model, baseline_features, baseline_name):
@@ -340,7 +352,8 @@ def group_folder(args, files, items, model, baseline_features, baseline_name):
 
 def finish_grouping(args, files, cluster, confidence, scores, draw_cluster):
     """Write the outputs into --out (see write_clusters); returns main's result."""
-    out = grouping_out(args)
-    write_clusters(out, args.images, files, cluster, confidence, args.clusters, draw_cluster)
-    print(f"wrote {out / 'clusters.csv'} and {len(cluster.unique())} cluster PNGs")
+    out = output_folder(args, "--images", "clusters")
+    with OutputFolder(out, CLUSTERS_KIND, "--out") as folder:
+        write_clusters(folder, args.images, files, cluster, confidence, args.clusters, draw_cluster)
+    print(f"wrote {out / CLUSTERS} and {len(cluster.unique())} cluster PNGs")
     return {"cluster": cluster, "confidence": confidence, "scores": scores}

@@ -1,23 +1,16 @@
-"""Files of a run: user errors, atomic writes, the run folder, checkpoints and RNG state.
+"""Files of a run: user errors, safe reads of arrays, checkpoints and RNG state.
 
-A run folder (--save-dir) holds config.json, metrics.csv, checkpoints (*.pt) and results.json
-(TRAINING_FILES), and is locked while a process trains in it. Every file is written to a temporary name,
-fsynced and renamed over the old one, so a crash mid-write (or a full disk) leaves the previous file
-intact. Checkpoints are plain dicts that torch.load(weights_only=True) reads; the authors' checkpoints
-load too (`convert_state_dict`).
+Checkpoints are plain dicts that torch.load(weights_only=True) reads; the authors' checkpoints load too
+(`convert_state_dict`).  Writing goes through folders.py (output folders and the record of what this
+project wrote there).
 """
-import csv
 import errno
-import fcntl
 import io
-import json
 import math
 import os
 import pickle
 import random
 import sys
-import tempfile
-import time
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -52,54 +45,9 @@ def exit_on_user_error(prog):
         sys.exit(Interrupted.exit_code)
 
 
-# ---- atomic writes and safe reads
+# ---- safe reads
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def temporary_pattern(pattern):
-    """Glob pattern of the temporary files atomic_path writes for files matching `pattern` ("figures/*.png"
-    -> "figures/.*.png.*.tmp"): a process killed mid-write leaves one behind."""
-    folder, slash, name = pattern.rpartition("/")
-    return f"{folder}{slash}.{name}.*.tmp"
-
-
-@contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.  A full disk
-    raises UserError saying so; `path` then keeps its previous content (or stays absent)."""
-    path = Path(path)
-    existed = path.exists()
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno not in DISK_FULL:
-            raise
-        kept = "keeps its previous content" if existed else "was not written"
-        raise UserError(f"cannot write {path}: the disk is full ({e.strerror}); {path.name} {kept}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path, obj):
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_text(path, text):
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def physical_memory():
@@ -173,13 +121,12 @@ except AttributeError:  # numpy < 2
     _NUMPY_SCALAR_TYPES.append(np.core.multiarray.scalar)
 
 
-def save_checkpoint(path, state):
-    """torch.save `state` to a temporary file, fsync, then rename over `path`.  The bytes are written by
-    Python, so that a full disk is an OSError that atomic_path reports (torch's own writer says less)."""
+def checkpoint_bytes(state):
+    """The bytes torch.save writes for `state`, for an OutputFolder to write (folders.py): written by Python,
+    a full disk is an OSError that names the file (torch's own writer says less)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getbuffer())
+    return buffer.getbuffer()
 
 
 CHECKPOINT_EXPECTED = "expected a .pt checkpoint of this project or the authors' .pth"
@@ -267,7 +214,7 @@ def checkpoint_kind(state):
     return None
 
 
-def _name_list(names):
+def name_list(names):
     names = sorted(names)
     shown = ", ".join(names[:MAX_NAMES_SHOWN])
     return shown + (f" and {len(names) - MAX_NAMES_SHOWN} more" if len(names) > MAX_NAMES_SHOWN else "")
@@ -287,7 +234,7 @@ def load_weights(model, state_dict, path, name, renamed=False):
     expected = model.state_dict()
     missing, unexpected = expected.keys() - state_dict.keys(), state_dict.keys() - expected.keys()
     reshaped = [k for k in expected.keys() & state_dict.keys() if expected[k].shape != state_dict[k].shape]
-    problems = [f"{what}: {_name_list(keys)}" for what, keys in
+    problems = [f"{what}: {name_list(keys)}" for what, keys in
                 (("missing", missing), ("unexpected", unexpected), ("other shapes", reshaped)) if keys]
     if problems:
         names = " in this project's names" if renamed else ""
@@ -361,179 +308,6 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---- the run folder
-
-LAST_CHECKPOINT = "last.pt"
-CONFIG = "config.json"
-LOCK_FILE = ".lock"
-# What a training run writes in its folder, as glob patterns; beside them --eval-only --save-dir writes
-# eval_results.json.  These, and nothing else, are removed when a run is replaced.
-TRAINING_FILES = (CONFIG, "metrics.csv", "results.json", LAST_CHECKPOINT, "best_*.pt", "figures/*.png")
-RUN_FILES = (*TRAINING_FILES, "eval_results.json")
-PID_WAIT_S = 1.0  # how long a refused process waits for the lock holder to have written its PID
-
-
-def _read_pid(fd):
-    """The PID that the holder of the lock file `fd` wrote, or None if it wrote none within PID_WAIT_S."""
-    deadline = time.monotonic() + PID_WAIT_S
-    while True:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if text.isdigit() or time.monotonic() > deadline:
-            return int(text) if text.isdigit() else None
-        time.sleep(0.01)
-
-
-class RunDir:
-    """config.json, metrics.csv, checkpoints (*.pt), results.json and figures/ of one run."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-
-    @contextmanager
-    def locked(self):
-        """Hold the folder (created if missing) for the block: an exclusive flock on its .lock file, which
-        holds this process's PID.  The OS drops a flock with its process, so a run killed even by SIGKILL
-        leaves no lock behind.  A folder that another process holds raises UserError naming that PID."""
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            fd = self._lock()
-        except OSError as e:
-            raise UserError(f"cannot write to --save-dir {self.path}: {e.strerror or e}") from None
-        try:
-            yield
-        finally:
-            (self.path / LOCK_FILE).unlink(missing_ok=True)  # while still held: no other process holds this file
-            os.close(fd)
-
-    def _lock(self):
-        """Open and flock the lock file, write our PID; returns its descriptor."""
-        path = self.path / LOCK_FILE
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid = _read_pid(fd)
-                os.close(fd)
-                holder = "another process" if pid is None else f"another process (PID {pid})"
-                raise UserError(f"--save-dir {self.path} is in use: {holder} is training in it; wait for it "
-                                "to end or choose another --save-dir") from None
-            try:
-                current = os.path.samestat(os.fstat(fd), os.stat(path))
-            except FileNotFoundError:
-                current = False
-            if current:  # else its holder removed the file as we opened it: lock the one now there
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-                return fd
-            os.close(fd)
-
-    def _glob(self, patterns):
-        return sorted({p for pattern in patterns for p in self.path.glob(pattern) if p.is_file()})
-
-    def _names(self, paths):
-        return _name_list(str(p.relative_to(self.path)) for p in paths)
-
-    def check_resumable(self):
-        """Refuse --resume unless the folder has a last.pt, saying what to do instead."""
-        if not self.path.is_dir():
-            raise UserError(f"--resume: {self.path} does not exist; run without --resume to start a run there")
-        if not self.last_checkpoint.is_file():
-            raise UserError(f"--resume: {self.path} holds no {LAST_CHECKPOINT} (the run wrote no checkpoint yet)"
-                            + self.instead_of_last("run without --resume to start the run anew"))
-
-    def instead_of_last(self, otherwise):
-        """The end of a message about an absent or unreadable last.pt: the best_*.pt checkpoints that could be
-        resumed from instead, if any, else `otherwise` (what to do)."""
-        best = self._glob(["best_*.pt"])
-        if best:
-            hold = "hold checkpoints" if len(best) > 1 else "holds a checkpoint"
-            return f"; {self._names(best)} in {self.path} {hold} of this run: copy one to {LAST_CHECKPOINT} to resume"
-        return f"; {otherwise}"
-
-    def prepare(self, config, resume=False, overwrite=False):
-        """Make the folder ready and write config.json; returns the names of the files kept beside the
-        files of a run that were removed, as text ("" if none were removed).
-
-        A new run (not resume) refuses a folder holding a run, one with a last.pt, unless overwrite, and a
-        folder holding files of our names without the config.json of a run of ours.  It then removes the files
-        of the old run (RUN_FILES; the files of a run that never wrote a checkpoint too), nothing else."""
-        removed, kept = [], ()
-        if not resume:
-            taken = self._glob(TRAINING_FILES)
-            if taken and not (self.path / CONFIG).is_file():
-                raise UserError(f"{self.path} holds {self._names(taken)} but no {CONFIG}, so no run of this "
-                                "project; a run would replace them: move them or choose another --save-dir")
-            if self.last_checkpoint.exists() and not overwrite:
-                raise UserError(f"{self.path} already holds a run; pass --resume to continue it, --overwrite to "
-                                "replace it (only the run's files are removed), or choose another --save-dir")
-            removed = self._glob([*RUN_FILES, *map(temporary_pattern, RUN_FILES)]) if taken else []
-        try:
-            for old in removed:
-                old.unlink()
-            if removed and self.figures.is_dir() and not any(self.figures.iterdir()):
-                self.figures.rmdir()
-            write_json(self.path / CONFIG, config)
-        except OSError as e:
-            raise UserError(f"cannot write to --save-dir {self.path}: {e.strerror or e}") from None
-        if removed:
-            kept = [p.name + "/" * p.is_dir() for p in self.path.iterdir() if p.name not in (LOCK_FILE, CONFIG)]
-        return _name_list(kept)
-
-    @property
-    def last_checkpoint(self):
-        return self.path / LAST_CHECKPOINT
-
-    @property
-    def figures(self):
-        return self.path / "figures"
-
-    @property
-    def metrics(self):
-        return self.path / "metrics.csv"
-
-    def checkpoint(self, name):
-        return self.path / f"{name}.pt"
-
-    def read_metrics(self, up_to, key="step"):
-        """Rows of metrics.csv (as strings) whose `key` column is <= up_to, those a checkpoint at up_to has
-        seen, the last being up_to's.  A missing file, one that is not a table of numbers with a `key` column,
-        or one without up_to's row raises UserError: --resume would lose or garble the run's history."""
-        fix = "restore it, or start the run anew with --overwrite"
-        if not self.metrics.is_file():
-            raise UserError(f"--resume: {self.metrics} is missing (it holds the run's rows up to {key} {up_to} "
-                            f"of {LAST_CHECKPOINT}); {fix}")
-        try:
-            with self.metrics.open(newline="") as f:
-                rows = list(csv.DictReader(f))
-            for row in rows:
-                for value in row.values():
-                    if value != "":  # an empty cell is a column that other rows have
-                        float(value)  # raises on a cell that is not a number (None: a short row)
-            steps = [int(row[key]) for row in rows]
-        except (OSError, UnicodeDecodeError, csv.Error, ValueError, TypeError, KeyError) as e:
-            if isinstance(e, OSError):
-                raise UserError(f"--resume: cannot read {self.metrics} ({e.strerror or e}); {fix}") from None
-            reason = f"no {key!r} column" if isinstance(e, KeyError) else "not a table of numbers"
-            raise UserError(f"--resume: {self.metrics} is damaged ({reason}); {fix}") from None
-        seen = [row for row, step in zip(rows, steps) if step <= up_to]
-        if not seen or int(seen[-1][key]) != up_to:
-            raise UserError(f"--resume: {self.metrics} has no row for {key} {up_to} of {LAST_CHECKPOINT}; {fix}")
-        return seen
-
-    def write_metrics(self, rows):
-        """Rewrite metrics.csv atomically; the columns are the union of the rows' keys, in order."""
-        fields = list(dict.fromkeys(k for row in rows for k in row))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(self.metrics, buffer.getvalue())
-
-    def write_results(self, results, name="results.json"):
-        write_json(self.path / name, results)
 
 
 def check_writable_folder(path, flag):

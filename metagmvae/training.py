@@ -18,8 +18,9 @@ from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRando
                        sample_unlabeled_sets)
 from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import autocast
-from .runfiles import (Interrupted, RunDir, UserError, build_model, check_run_checkpoint, check_same_flags,
-                       load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state)
+from .folders import RunDir
+from .runfiles import (Interrupted, UserError, build_model, check_run_checkpoint, check_same_flags, load_checkpoint,
+                       load_weights, rng_state, set_rng_state)
 
 
 class TrainingDiverged(UserError):
@@ -196,9 +197,9 @@ class RunLog:
 def save_after_validation(run, log, state):
     """Write best_{name}.pt for each improved name, metrics.csv, then last.pt (rank 0 only)."""
     for name in log.improved:
-        save_checkpoint(run.checkpoint(f"best_{name}"), state)
+        run.save_checkpoint(f"best_{name}", state)
     run.write_metrics(log.rows)
-    save_checkpoint(run.last_checkpoint, state)
+    run.save_checkpoint("last", state)
 
 
 def save_results(run, results):
@@ -248,20 +249,21 @@ def load_model(path, model_class, convert_reference, name, device):
 
 
 @contextmanager
-def run_folder(save_dir, resume, progress="step"):
-    """The run folder (a RunDir) of a training process, locked for the block: a second process on it is
-    refused naming this one (rank 0 holds the lock).  A Ctrl-C or a diverged loss inside the block ends
-    in one line (from rank 0) naming the checkpoint, with its `progress` count ("step", "epoch"), that the
-    run can continue from.  With resume, a folder without last.pt is refused before anything is created."""
-    run = RunDir(save_dir)
+def run_folder(save_dir, model, resume, overwrite, progress="step"):
+    """The run folder (a RunDir) of a training process of `model` ("Omniglot"), opened for the block: a
+    second process on it is refused naming this one (rank 0 holds the lock; folders.py says which folders
+    and files a run may write).  A Ctrl-C or a diverged loss inside the block ends in one line (from rank 0)
+    naming the checkpoint, with its `progress` count ("step", "epoch"), that the run can continue from.
+    With resume, a folder without last.pt is refused before anything is created."""
+    run = RunDir(save_dir, model)
 
-    def lock():
+    def open_folder():
         if resume:
             run.check_resumable()
-        stack.enter_context(run.locked())
+        stack.enter_context(run.opened(new_run=not (resume or overwrite)))
 
     with ExitStack() as stack:
-        distributed.from_main(lock)
+        distributed.from_main(open_folder)
         try:
             yield run
         except (KeyboardInterrupt, TrainingDiverged) as e:
@@ -315,8 +317,9 @@ def restore_training(state, path, name, model, optimizer):
 def prepare_folder(run, config, resume, overwrite):
     """RunDir.prepare by rank 0, which prints the files it kept beside those of a replaced run."""
     kept = distributed.from_main(lambda: run.prepare(config, resume=resume, overwrite=overwrite))
-    if kept and distributed.is_main():
-        print(f"replaced the run in {run.path}; kept what no run writes: {kept}")
+    if kept is not None and distributed.is_main():
+        print(f"replaced the run in {run.path}" + (f"; kept the files this project did not write: {kept}" if kept
+                                                   else ""))
 
 
 def start_run(run, model, optimizer, config, resume, overwrite, invariant_flags, name):

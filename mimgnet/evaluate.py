@@ -12,7 +12,7 @@ Mini-ImageNet: RGB, resized to 84x84 (Pillow bilinear, aspect ratio not kept), u
 (model.predict). Prints each episode's accuracy beside two baselines on the same features (nearest class
 mean, softmax regression), and the means with their 95% CI. An episode whose query images lie directly in
 query/ (no class folders) is predicted instead: one row (episode, file, predicted class, probability) per
-image in predictions.csv.
+image in <out>/predictions.csv (--out; default <episodes>-predictions beside --episodes, which is only read).
 """
 import sys
 from dataclasses import replace
@@ -61,14 +61,14 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=256, help="images per encoder pass")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):
-        device = imagefolders.check_episodes_args(args, ["batch_size"])
+        device, out = imagefolders.check_episodes_args(args, ["batch_size"])
         encoder = simclr_trainer.load_model(args.encoder, device)
         model = load_model(args.checkpoint, device).eval()
         check_feature_sizes(encoder, model, args.encoder, args.checkpoint)
         episodes = [load_episode(folder, encoder, args.batch_size, device)
                     for folder in imagefolders.episode_folders(args.episodes)]
         imagefolders.predict_and_report(model, episodes, args.mc_samples, args.em_iters, args.seed, device,
-                                        args.predictions or args.episodes / "predictions.csv", BASELINES)
+                                        out, BASELINES)
 
 
 if __name__ == "__main__":

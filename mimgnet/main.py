@@ -12,6 +12,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from metagmvae import cli, distributed  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error, seed_everything  # noqa: E402
 from mimgnet import trainer  # noqa: E402
+from mimgnet.model import MODEL_NAME  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "imgnet" / "features"
 REFERENCE_DEFAULTS = dict(latent_size=32, train_mc_sample_size=256, test_mc_sample_size=256, batch_size=16,
@@ -29,11 +30,11 @@ def main(argv=None):
     cli.use_huge_pages()
     args = parse_args(argv)
     with exit_on_user_error("mimgnet/main.py"):
-        cli.check_args(args, positive=["shot"])
+        cli.check_args(args, MODEL_NAME, positive=["shot"])
         with distributed.process_group(args.device, args.gpu_id) as device:
             seed_everything(args.seed)
             results = trainer.evaluate(args, device) if args.eval_only else trainer.train(args, device)
-        cli.finish(results, args.save_dir if args.eval_only else None)
+        cli.finish(results, MODEL_NAME, args.save_dir if args.eval_only else None)
     return results
 
 

@@ -12,10 +12,14 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from metagmvae.cli import check_positive, check_seed, use_huge_pages  # noqa: E402
 from metagmvae.distributed import resolve_device  # noqa: E402
+from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
 from omniglot.dataset import load_omniglot  # noqa: E402
-from omniglot.figures import write_run_figures  # noqa: E402
+from omniglot.figures import FIGURE_NAMES, write_run_figures  # noqa: E402
 from omniglot.model import load_model  # noqa: E402
+
+
+FIGURES_KIND = "Omniglot figures"  # the kind of folder --out is, in its record (metagmvae/folders.py)
 
 
 def parse_args(argv=None):
@@ -23,7 +27,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", required=True, help="checkpoint to draw")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1] / "data" / "omniglot"),
                    help="folder with train/val/test.npy")
-    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p.add_argument("--out", required=True, help="folder for the PNG files (a new folder, or one it wrote before)")
     p.add_argument("--metrics", help="a run's metrics.csv, for the learning curves")
     p.add_argument("--way", type=int, default=5, help="mixture components of the episode figure")
     p.add_argument("--eval-way", type=int, default=5, help="classes of the test-episode figure")
@@ -44,13 +48,16 @@ def main(argv=None):
         check_positive(args, ["way", "eval_way", "sample_size", "query", "unsupervised_em_iters",
                               "semisupervised_em_iters", "test_mc_sample_size"])
         check_seed(args.seed)
+        check_outside_inputs(args.out, "--out", [("--data-dir", args.data_dir)])
+        out = OutputFolder(args.out, FIGURES_KIND, "--out")
+        out.check(FIGURE_NAMES)
         device = resolve_device(args.device)
         model = load_model(args.checkpoint, device)
         data = load_omniglot(args.data_dir, ("train", "val"))
-        metrics = args.metrics or Path(args.out) / "metrics.csv"
-        paths = write_run_figures(model, data, args.out, metrics, args.way, args.eval_way, args.sample_size, args.query,
-                                  args.unsupervised_em_iters, args.semisupervised_em_iters, args.test_mc_sample_size,
-                                  args.seed)
+        with out:
+            paths = write_run_figures(model, data, out, args.metrics, args.way, args.eval_way, args.sample_size,
+                                      args.query, args.unsupervised_em_iters, args.semisupervised_em_iters,
+                                      args.test_mc_sample_size, args.seed)
     for path in paths:
         print(path)
 

@@ -10,7 +10,7 @@ border pixels > 0.5 on [0, 1]), resized to 28x28 with Lanczos filtering, float i
 Support and queries are encoded as one set and labelled by the semi-supervised EM (model.predict).
 Prints each episode's accuracy and their mean with its 95% CI. An episode whose query images lie directly
 in query/ (no class folders) is predicted instead: one row (episode, file, predicted class, probability)
-per image in predictions.csv.
+per image in <out>/predictions.csv (--out; default <episodes>-predictions beside --episodes, which is only read).
 """
 import sys
 from pathlib import Path
@@ -56,11 +56,10 @@ def main(argv=None):
     parser = imagefolders.episodes_parser(__doc__.split("\n")[0], "our .pt checkpoint or the authors' .pth")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):
-        device = imagefolders.check_episodes_args(args)
+        device, out = imagefolders.check_episodes_args(args)
         episodes = [load_episode(folder) for folder in imagefolders.episode_folders(args.episodes)]
         model = load_model(args.checkpoint, device).eval()
-        imagefolders.predict_and_report(model, episodes, args.mc_samples, args.em_iters, args.seed, device,
-                                        args.predictions or args.episodes / "predictions.csv")
+        imagefolders.predict_and_report(model, episodes, args.mc_samples, args.em_iters, args.seed, device, out)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Figures of an Omniglot run, drawn with Pillow: reconstructions, the mixture EM fits to one training
 episode, a labelled test episode and the learning curves.
 
-Every function takes arrays or tensors and a path, writes one PNG atomically and returns the path.
+Every function takes arrays or tensors and a place in an opened output folder (a FolderPath of
+metagmvae/folders.py, such as `run.folder / "figures" / "curves.png"`), writes one PNG there and returns its
+path.
 Images are (N, 1, 28, 28) in [0, 1] with ink = 1, drawn dark on white and enlarged SCALE times (nearest).
 A grid of R x C tiles is grid_size(R, C) pixels: GAP pixels around every tile, plus LABEL_HEIGHT below
 each tile when the tiles carry text.
@@ -19,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from metagmvae.episodes import FIGURES, EpisodeRandom, EpisodeSampler
 from metagmvae.evaluation import seeded_eval
 from metagmvae.gmm import fit_gmm_em, log_normal_identity
-from metagmvae.runfiles import UserError, atomic_path
+from metagmvae.runfiles import UserError
 
 SCALE = 3
 TILE = 28 * SCALE
@@ -31,6 +33,7 @@ MARGINS = (56, 26, 12, 30)  # left, top, right, bottom of a panel's plot area
 TICKS = 5
 WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (160, 160, 160)
 RED, GREEN, BLUE = (220, 30, 30), (20, 160, 40), (40, 90, 220)
+FIGURE_NAMES = ("reconstructions.png", "mixture.png", "test_episode.png", "curves.png")  # what write_run_figures draws
 SERIES_COLOURS = [BLUE, RED, GREEN, (230, 140, 0), (140, 60, 200), (0, 160, 170)]
 
 
@@ -63,10 +66,10 @@ def _frame(draw, xy, colour):
     draw.rectangle((x - FRAME, y - FRAME, x + TILE + FRAME - 1, y + TILE + FRAME - 1), outline=colour, width=FRAME)
 
 
-def _save(image, path):
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-    return Path(path)
+def _save(image, place):
+    with place.writing() as f:
+        image.save(f, format="PNG")
+    return place.path
 
 
 @contextmanager
@@ -235,14 +238,14 @@ def save_learning_curves(metrics_csv, path):
 
 def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_size, query, unsupervised_em_iters,
                       semisupervised_em_iters, mc_samples, seed):
-    """All four figures of a run into `folder`, from fixed draws (seeded by `seed`) that leave the global
-    RNG untouched, so a run with figures gives the same numbers as one without.
+    """All four figures of a run into `folder` (an opened OutputFolder, or a FolderPath in one), from fixed
+    draws (seeded by `seed`) that leave the global RNG untouched, so a run with figures gives the same numbers
+    as one without.
 
     data: {"train": (C, I, 1, 28, 28), "val": ...}; the mixture figure fits `way` components to at most 60
     of `sample_size` training items, the test episode is eval_way-way 1-shot with at most 3 queries per
     class.  Returns the paths written.
     """
-    folder = Path(folder)
     device = next(model.parameters()).device
     rng = EpisodeRandom([(seed, FIGURES)])  # one stream: the same items and episode at every validation
     train = data["train"].flatten(0, 1)
@@ -257,7 +260,7 @@ def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_si
                                   mc_samples, semisupervised_em_iters)
         paths.append(save_test_episode(ep.support[0], ep.y_support[0], ep.query[0], ep.y_query[0],
                                        probs.argmax(-1)[0].cpu(), folder / "test_episode.png"))
-    if Path(metrics_csv).exists():
+    if metrics_csv is not None and Path(metrics_csv).exists():
         paths.append(save_learning_curves(metrics_csv, folder / "curves.png"))
     return paths
 

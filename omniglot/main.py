@@ -11,8 +11,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from data.synthetic_omniglot import build_synthetic_omniglot  # noqa: E402
 from metagmvae import cli, distributed  # noqa: E402
+from metagmvae.folders import RunDir  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error, seed_everything  # noqa: E402
 from omniglot import trainer  # noqa: E402
+from omniglot.model import MODEL_NAME  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = ROOT / "data" / "omniglot"
@@ -37,7 +39,6 @@ def parse_args(argv=None):
         if args.data_dir == str(DEFAULT_DATA_DIR):
             args.data_dir = str(DEMO_DATA_DIR)
         args.save_dir = args.save_dir or str(DEMO_SAVE_DIR)
-        args.overwrite = not args.resume
     return cli.finish_args(args)
 
 
@@ -45,14 +46,17 @@ def main(argv=None):
     cli.use_huge_pages()
     args = parse_args(argv)
     with exit_on_user_error("omniglot/main.py"):
-        cli.check_args(args, positive=["hidden_size"])
+        cli.check_args(args, MODEL_NAME, positive=["hidden_size"])
+        if args.demo and not args.resume:  # a demo run replaces an earlier demo run, nothing else
+            earlier = RunDir(args.save_dir, MODEL_NAME).earlier_config() or {}
+            args.overwrite = args.overwrite or earlier.get("demo") is True
         if args.demo and not (Path(args.data_dir) / "test.npy").exists():
             print(f"building {DEMO_CHARACTERS} procedural characters in {args.data_dir}")
             build_synthetic_omniglot(args.data_dir, DEMO_CHARACTERS, seed=0)
         with distributed.process_group(args.device, args.gpu_id) as device:
             seed_everything(args.seed)
             results = trainer.evaluate(args, device) if args.eval_only else trainer.train(args, device)
-        cli.finish(results, args.save_dir if args.eval_only else None)
+        cli.finish(results, MODEL_NAME, args.save_dir if args.eval_only else None)
     if distributed.is_main() and not args.eval_only:
         print(f"run files in {args.save_dir}; figures in {Path(args.save_dir) / 'figures'}")
     return results

@@ -11,6 +11,7 @@ from metagmvae import distributed
 from metagmvae.cli import RESUME_INVARIANT_FLAGS
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import nearest_class_mean_accuracies, with_baselines
+from metagmvae.folders import FIGURES
 from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoint, format_row, run_folder,
                                 save_after_validation, save_results, selected_checkpoint, start_run, step_progress,
                                 test_checkpoints, train_step, validate, validation_due, validation_episodes)
@@ -51,7 +52,7 @@ def train(args, device):
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     objective = Objective(args.way, args.train_mc_sample_size, args.unsupervised_em_iters, args.fix_pi)
 
-    with run_folder(args.save_dir, args.resume) as run:  # locked; a Ctrl-C says where to resume from
+    with run_folder(args.save_dir, MODEL_NAME, args.resume, args.overwrite) as run:  # held; Ctrl-C names the checkpoint
         log = start_run(run, model, optimizer, vars(args), args.resume, args.overwrite,
                         RESUME_INVARIANT_FLAGS + ("hidden_size",), MODEL_NAME)
         trained = distributed.wrap_for_training(model, device)  # DDP under torchrun, `model` itself otherwise
@@ -71,7 +72,7 @@ def train(args, device):
                 if distributed.is_main():
                     save_after_validation(run, log, log.checkpoint(model, optimizer, vars(args)))
                     progress.write(format_row(row))
-                    write_run_figures(model, data, run.figures, run.metrics, args.way, args.eval_way,
+                    write_run_figures(model, data, run.folder / FIGURES, run.metrics, args.way, args.eval_way,
                                       args.sample_size, args.query, args.unsupervised_em_iters,
                                       args.semisupervised_em_iters, args.test_mc_sample_size, args.seed)
                 log.restart_clock()

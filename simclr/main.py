@@ -13,10 +13,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from metagmvae import distributed  # noqa: E402
 from metagmvae.cli import check_number, check_positive, check_seed, use_huge_pages  # noqa: E402
+from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
 from metagmvae.runfiles import UserError, check_writable_folder, exit_on_user_error, seed_everything  # noqa: E402
-from simclr.trainer import DEBUG_BATCHES, export_checkpoint, train_and_export  # noqa: E402
+from simclr.trainer import DEBUG_BATCHES, FEATURES_KIND, export_checkpoint, train_and_export  # noqa: E402
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "imgnet"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "imgnet" / "arrays"
 DEBUG_EPOCHS = 2
 
 
@@ -65,7 +66,9 @@ def check_args(args):
         raise UserError("--resume and --overwrite exclude each other")
     if not args.export_only:
         check_writable_folder(args.save_dir, "--save-dir")
-    check_writable_folder(args.feature_save_dir, "--feature-save-dir")
+    others = [("--data-dir", args.data_dir)] + ([] if args.export_only else [("--save-dir", args.save_dir)])
+    check_outside_inputs(args.feature_save_dir, "--feature-save-dir", others)
+    OutputFolder(args.feature_save_dir, FEATURES_KIND, "--feature-save-dir").check()
 
 
 def main(argv=None):

@@ -7,15 +7,14 @@ images of every batch and NT-Xent uses the negatives of all processes (distribut
 import math
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from metagmvae import distributed
-from metagmvae.runfiles import (UserError, atomic_path, build_model, load_checkpoint, rng_state, save_checkpoint,
-                                write_json)
+from metagmvae.folders import OutputFolder, canonical_json
+from metagmvae.runfiles import UserError, build_model, load_checkpoint, rng_state
 from metagmvae.training import TrainingDiverged, prepare_folder, read_resume_state, restore_training, run_folder
 
 from .augment import eval_transform, two_views
@@ -30,6 +29,7 @@ DEBUG_BATCHES = 2  # --debug: batches per epoch at most
 RESUME_INVARIANT_FLAGS = ("hidden_size", "batch_size", "train_epochs", "lr", "temperature", "seed", "debug")
 CHECKPOINT_KEYS = ("model", "model_config", "optimizer", "scheduler", "epoch", "rng", "shuffle_rng", "augment_rng",
                    "config", "wall_time_s")
+FEATURES_KIND = "SimCLR features"  # the kind of folder --feature-save-dir is, in its record
 EXPORT_TRANSFORM = "simclr.augment.eval_transform: resize the smaller edge to 84, ImageNet mean/std normalisation"
 
 
@@ -136,8 +136,7 @@ def fit(model, optimizer, scheduler, rngs, images, batches, run, start, args, de
         rows.append({"epoch": epoch + 1, "loss": loss, "lr": lr, "wall_time_s": wall_time})
         if distributed.is_main():  # last.pt last: a crash in between leaves a row that --resume drops
             run.write_metrics(rows)
-            save_checkpoint(run.last_checkpoint, checkpoint_state(model, optimizer, scheduler, epoch + 1, rngs, args,
-                                                                  wall_time))
+            run.save_checkpoint("last", checkpoint_state(model, optimizer, scheduler, epoch + 1, rngs, args, wall_time))
 
 
 @torch.inference_mode()
@@ -155,25 +154,21 @@ def export_features(model, data_dir, feature_dir, checkpoint, batch_size, device
     Rows are class-major in CSV order, as the image arrays. The files are renamed into place together
     once every split is encoded. Returns the manifest.
     """
-    feature_dir = Path(feature_dir)
     manifest = {"checkpoint": str(checkpoint), "data_dir": str(data_dir), "transform": EXPORT_TRANSFORM,
                 "splits": {}}
-    try:
-        with ExitStack() as stack:  # renames happen on exit, in reverse order: the manifest last
-            manifest_tmp = stack.enter_context(atomic_path(feature_dir / "manifest.json"))
-            for split in SPLITS:
-                images, labels, names = load_split(data_dir, split)
-                features = encode(model, images, batch_size, device)
-                for name, array in ((f"{split}_features.npy", features), (f"{split}_labels.npy", labels.numpy())):
-                    with open(stack.enter_context(atomic_path(feature_dir / name)), "wb") as f:
-                        np.save(f, array)
-                manifest["feature_size"] = features.shape[1]
-                manifest["splits"][split] = {"features": f"{split}_features.npy", "labels": f"{split}_labels.npy",
-                                             "classes": names, "per_class": len(images) // len(names),
-                                             "count": len(images)}
-            write_json(manifest_tmp, manifest)
-    except OSError as e:
-        raise UserError(f"--feature-save-dir {feature_dir}: cannot write the features ({e})") from None
+    with OutputFolder(feature_dir, FEATURES_KIND, "--feature-save-dir") as folder, ExitStack() as stack:
+        # the files are renamed into place on exit, in reverse order: the manifest last
+        manifest_file = stack.enter_context(folder.writing("manifest.json"))
+        for split in SPLITS:
+            images, labels, names = load_split(data_dir, split)
+            features = encode(model, images, batch_size, device)
+            for name, array in ((f"{split}_features.npy", features), (f"{split}_labels.npy", labels.numpy())):
+                np.save(stack.enter_context(folder.writing(name)), array)
+            manifest["feature_size"] = features.shape[1]
+            manifest["splits"][split] = {"features": f"{split}_features.npy", "labels": f"{split}_labels.npy",
+                                         "classes": names, "per_class": len(images) // len(names),
+                                         "count": len(images)}
+        manifest_file.write(canonical_json(manifest))
     return manifest
 
 
@@ -200,7 +195,7 @@ def pretrain(args, device):
     distributed.check_batch_divides(args.batch_size)
     model, optimizer, scheduler = make_training(args, device)
     rngs = (torch.Generator().manual_seed(2 * args.seed), torch.Generator().manual_seed(2 * args.seed + 1))
-    with run_folder(args.save_dir, args.resume, progress="epoch") as run:  # locked; a Ctrl-C says where to resume
+    with run_folder(args.save_dir, MODEL_NAME, args.resume, args.overwrite, progress="epoch") as run:
         start = resume_training(run, model, optimizer, scheduler, rngs, args) if args.resume else (0, 0.0, [])
         prepare_folder(run, vars(args), args.resume, args.overwrite)
         fit(model, optimizer, scheduler, rngs, images, batches, run, start, args, device)

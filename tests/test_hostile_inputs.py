@@ -12,6 +12,7 @@ from numpy.lib import format as npy_format
 from PIL import Image
 
 from data import prepare_mimgnet
+from metagmvae.folders import OutputFolder
 from metagmvae.runfiles import MAX_NAMES_SHOWN, UserError, build_model, load_npy
 from mimgnet import main as mimgnet_main
 from mimgnet.model import REFERENCE_PREFIXES as MIMGNET_PREFIXES
@@ -138,8 +139,8 @@ def test_mimgnet_eval_only_refuses_omniglot_checkpoints(mimgnet_data, checkpoint
 
 def test_resume_from_a_file_that_is_not_a_run_checkpoint_is_refused(omniglot_data, checkpoints, tmp_path, capsys):
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text("{}\n")
+    with OutputFolder(run, "Omniglot run", "--save-dir") as folder:  # a run folder of ours whose last.pt was replaced
+        folder.write_text("config.json", "{}\n")
     (run / "last.pt").write_bytes((checkpoints / "authors_omniglot.pth").read_bytes())
     common = ["--data-dir", omniglot_data, "--save-dir", run, "--resume", *OMNIGLOT_FLAGS]
     assert_refused("omniglot/main.py", *common,

@@ -109,16 +109,18 @@ def test_impossible_flags_are_refused(omniglot_sample, tmp_path, flags, text):
 
 
 def test_missing_or_malformed_data(tmp_path):
-    assert_refused(run_main("--data-dir", tmp_path, "--save-dir", tmp_path / "run", *SMALL), "train.npy not found")
+    data = tmp_path / "data"
+    data.mkdir()
+    assert_refused(run_main("--data-dir", data, "--save-dir", tmp_path / "run", *SMALL), "train.npy not found")
     for name in ("train", "val", "test"):
-        np.save(tmp_path / f"{name}.npy", np.full((6, 20, 28, 28, 1), 2.0, np.float32))
-    assert_refused(run_main("--data-dir", tmp_path, "--save-dir", tmp_path / "run", *SMALL), "expected [0, 1]")
-    np.save(tmp_path / "train.npy", np.zeros((6, 20, 28, 28), np.float32))
-    assert_refused(run_main("--data-dir", tmp_path, "--save-dir", tmp_path / "run", *SMALL), "has shape (6, 20, 28, 28)")
-    np.save(tmp_path / "train.npy", np.zeros((6, 20, 28, 28, 1), np.uint8))
-    assert_refused(run_main("--data-dir", tmp_path, "--save-dir", tmp_path / "run", *SMALL), "has dtype uint8")
-    np.save(tmp_path / "train.npy", np.full((6, 20, 28, 28, 1), np.nan, np.float32))
-    assert_refused(run_main("--data-dir", tmp_path, "--save-dir", tmp_path / "run", *SMALL), "contains NaN")
+        np.save(data / f"{name}.npy", np.full((6, 20, 28, 28, 1), 2.0, np.float32))
+    assert_refused(run_main("--data-dir", data, "--save-dir", tmp_path / "run", *SMALL), "expected [0, 1]")
+    np.save(data / "train.npy", np.zeros((6, 20, 28, 28), np.float32))
+    assert_refused(run_main("--data-dir", data, "--save-dir", tmp_path / "run", *SMALL), "has shape (6, 20, 28, 28)")
+    np.save(data / "train.npy", np.zeros((6, 20, 28, 28, 1), np.uint8))
+    assert_refused(run_main("--data-dir", data, "--save-dir", tmp_path / "run", *SMALL), "has dtype uint8")
+    np.save(data / "train.npy", np.full((6, 20, 28, 28, 1), np.nan, np.float32))
+    assert_refused(run_main("--data-dir", data, "--save-dir", tmp_path / "run", *SMALL), "contains NaN")
 
 
 def test_existing_run_is_not_overwritten_and_bad_checkpoint_is_refused(trained, omniglot_sample, tmp_path):
@@ -161,7 +163,7 @@ def test_demo_flags_pick_the_cpu_configuration_and_synthetic_data(tmp_path):
     args = omniglot_main.parse_args(["--demo"])
     assert (args.way, args.sample_size, args.batch_size, args.train_mc_sample_size) == (5, 100, 1, 8)
     assert args.data_dir == str(omniglot_main.DEMO_DATA_DIR) and args.save_dir == str(omniglot_main.DEMO_SAVE_DIR)
-    assert args.overwrite and not args.resume
+    assert not args.overwrite and not args.resume  # a demo replaces only an earlier demo run (main decides)
     mine = omniglot_main.parse_args(["--demo", "--data-dir", str(tmp_path), "--save-dir", str(tmp_path / "run")])
     assert mine.data_dir == str(tmp_path) and mine.save_dir == str(tmp_path / "run")
 

@@ -224,10 +224,9 @@ def test_omniglot_cluster_is_deterministic_and_scores_only_with_class_folders(om
     # default --out: beside --images
     omniglot_cluster.main(list(map(str, [*args, "--images", one_class])))
     assert (tmp_path / "single-clusters" / "clusters.csv").is_file()
-    # --out inside --images: a second run does not group the first run's PNGs
-    for _ in range(2):
-        omniglot_cluster.main(list(map(str, [*args, "--images", one_class, "--out", one_class / "groups"])))
-        assert len(read_clusters(one_class / "groups")) == 1 + PER_CLASS
+    # --out inside --images is refused: nothing is written into an input folder
+    assert_refused_in_process(omniglot_cluster.main, *args, "--images", one_class, "--out", one_class / "groups",
+                              text=f"lies inside --images {one_class}", roots=[one_class], capsys=capsys)
 
 
 def test_mimgnet_cluster_command_end_to_end(photo_folder, checkpoints, tmp_path):

@@ -28,7 +28,7 @@ from simclr.model import SimCLR
 from simclr.trainer import export_features
 
 from .conftest import REPO_ROOT, to_reference_state_dict, unlabel_queries
-from .test_hostile_inputs import assert_refused, assert_refused_in_process
+from .test_hostile_inputs import assert_refused, assert_refused_in_process, snapshot
 
 HIDDEN = 4  # SimCLR channels: F = 4 * 2 * 2 = 16 features
 FEATURES = 4 * HIDDEN
@@ -60,10 +60,10 @@ def exported(models, tmp_path_factory):
     (image folder, test class synsets, test features (classes, PER_CLASS, F))."""
     root = tmp_path_factory.mktemp("imgnet")
     layout = write_dataset(root, {"train": 1, "val": 1, "test": WAY}, PER_CLASS, (60, 100), seed=0)
-    prepare_mimgnet(root / "images", root, root)
+    prepare_mimgnet(root / "images", root, root / "arrays")
     encoder = SimCLR(hidden_size=HIDDEN)
     encoder.load_state_dict(torch.load(models / "simclr.pt")["model"])
-    export_features(encoder, root, root / "features", models / "simclr.pt", 16, CPU)
+    export_features(encoder, root / "arrays", root / "features", models / "simclr.pt", 16, CPU)
     features = np.load(root / "features" / "test_features.npy").reshape(WAY, PER_CLASS, FEATURES)
     return root / "images", [synset for synset, _, _ in layout["test"]], torch.from_numpy(features)
 
@@ -173,21 +173,24 @@ def test_command_prints_model_and_baselines_per_episode_and_their_means(models, 
     assert capsys.readouterr().out == result.stdout
 
 
-def test_unlabelled_queries_are_predicted_into_a_csv(models, episodes, tmp_path, capsys):
+def test_unlabelled_queries_are_predicted_into_a_csv_beside_the_episodes(models, episodes, tmp_path, capsys):
     root = tmp_path / "unlabelled"
     shutil.copytree(episodes / "ep1", root / "holiday")
     unlabel_queries(root / "holiday")
+    before = snapshot(root)
     flags = ["--encoder", str(models / "simclr.pt"), "--checkpoint", str(models / "features.pt"), *SMALL]
     evaluate.main([*flags, "--episodes", str(root)])
-    assert capsys.readouterr().out == f"wrote 9 predictions to {root / 'predictions.csv'}\n"
-    with open(root / "predictions.csv", newline="") as f:
+    predictions = tmp_path / "unlabelled-predictions" / "predictions.csv"
+    assert capsys.readouterr().out == f"wrote 9 predictions to {predictions}\n"
+    assert snapshot(root) == before  # the input folder is only read
+    with open(predictions, newline="") as f:
         header, *rows = csv.reader(f)
     assert header == PREDICTIONS_COLUMNS == ["episode", "file", "predicted", "probability"]
     classes = sorted(p.name for p in (root / "holiday" / "support").iterdir())
     assert [r[1] for r in rows] == sorted(p.name for p in (root / "holiday" / "query").iterdir() if p.suffix != ".txt")
     assert all(r[0] == "holiday" and r[2] in classes and 1 / WAY <= float(r[3]) <= 1 for r in rows)
-    evaluate.main([*flags, "--episodes", str(root), "--predictions", str(tmp_path / "again.csv")])
-    assert (tmp_path / "again.csv").read_bytes() == (root / "predictions.csv").read_bytes()  # seeded
+    evaluate.main([*flags, "--episodes", str(root), "--out", str(tmp_path / "again")])
+    assert (tmp_path / "again" / "predictions.csv").read_bytes() == predictions.read_bytes()  # seeded
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from metagmvae.runfiles import UserError, load_checkpoint, save_checkpoint
+from metagmvae.folders import LOCK_FILE, RECORD, OutputFolder
+from metagmvae.runfiles import UserError, checkpoint_bytes, load_checkpoint
 from metagmvae.training import Objective, TrainingDiverged, train_step
 from mimgnet.model import FeatureGMVAE
 
@@ -17,20 +18,23 @@ from .conftest import REPO_ROOT
 WRITER = """
 import sys, torch
 sys.path.insert(0, {root!r})
-from metagmvae.runfiles import save_checkpoint
+from metagmvae.folders import OutputFolder
+from metagmvae.runfiles import checkpoint_bytes
 step = 0
-while True:
-    step += 1
-    save_checkpoint({path!r}, {{"step": step, "weights": torch.full((1 << 20,), float(step))}})
-    print(step, flush=True)
+with OutputFolder({folder!r}, "test run", "--save-dir") as folder:
+    while True:
+        step += 1
+        folder.write_bytes("last.pt", checkpoint_bytes({{"step": step, "weights": torch.full((1 << 20,), float(step))}}))
+        print(step, flush=True)
 """
 
 
-def test_a_checkpoint_killed_mid_write_is_never_corrupt(tmp_path):
+def test_a_checkpoint_killed_mid_write_is_never_corrupt_and_stays_recorded(tmp_path):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"step": 0, "weights": torch.zeros(1 << 20)})
+    with OutputFolder(tmp_path, "test run", "--save-dir") as folder:
+        folder.write_bytes("last.pt", checkpoint_bytes({"step": 0, "weights": torch.zeros(1 << 20)}))
     for delay in (0.0, 0.005, 0.013, 0.021, 0.034):
-        writer = subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(REPO_ROOT), path=str(path))],
+        writer = subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(REPO_ROOT), folder=str(tmp_path))],
                                   stdout=subprocess.PIPE, text=True)
         writer.stdout.readline()  # torch imported, one checkpoint written: now kill it mid-stream
         time.sleep(delay)
@@ -40,7 +44,10 @@ def test_a_checkpoint_killed_mid_write_is_never_corrupt(tmp_path):
         state = load_checkpoint(path)  # the previous or the new file, whole
         assert state["step"] >= 1
         assert torch.equal(state["weights"], torch.full((1 << 20,), float(state["step"])))
-    assert not [p for p in tmp_path.iterdir() if p.name != "last.pt" and not p.name.endswith(".tmp")]
+        with OutputFolder(tmp_path, "test run", "--save-dir") as folder:
+            assert folder.owns("last.pt")  # the record knows it, whichever version it is
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("last.pt", RECORD, LOCK_FILE)
+                and not p.name.endswith(".tmp")]
 
 
 def test_foreign_and_truncated_files_are_refused(tmp_path):

@@ -14,7 +14,8 @@ import time
 import pytest
 import torch
 
-from metagmvae.runfiles import RunDir, UserError, load_checkpoint
+from metagmvae.folders import RECORD, OutputFolder
+from metagmvae.runfiles import UserError, load_checkpoint
 from metagmvae.training import TrainingDiverged
 from mimgnet import main as mimgnet_main
 from omniglot import main as omniglot_main
@@ -78,7 +79,7 @@ def test_two_runs_started_together_one_trains_the_other_is_refused(omniglot_data
     [winner] = [seed for seed, process in processes.items() if process.returncode == 0]
     [loser] = [seed for seed, process in processes.items() if process.returncode != 0]
     check_refusal(processes[loser].returncode, stderr[loser], f"--save-dir {save} is in use: another process (PID "
-                  f"{processes[winner].pid}) is training in it; wait for it to end or choose another --save-dir", False)
+                  f"{processes[winner].pid}) is writing in it; wait for it to end or choose another --save-dir", False)
     assert json.loads((save / "config.json").read_text())["seed"] == winner
     assert json.loads((save / "results.json").read_text())["config"]["seed"] == winner
     assert load_checkpoint(save / "last.pt")["config"]["seed"] == winner
@@ -92,41 +93,46 @@ def test_two_runs_started_together_one_trains_the_other_is_refused(omniglot_data
 ])
 def test_a_folder_in_use_is_refused_by_every_command(omniglot_data, simclr_data, run_copy, tmp_path, capsys, main,
                                                      flags):
+    held = tmp_path / "held"
     if main is omniglot_main.main:
-        argv = train_args(omniglot_data, run_copy, "--train-iters", "6", *flags)
+        held, kind = run_copy, "Omniglot run"
+        argv = train_args(omniglot_data, held, "--train-iters", "6", *flags)
     elif main is mimgnet_main.main:
-        argv = ["--data-dir", write_features(tmp_path / "features"), "--save-dir", run_copy, "--latent-size", "4",
+        kind = "Mini-ImageNet run"
+        argv = ["--data-dir", write_features(tmp_path / "features"), "--save-dir", held, "--latent-size", "4",
                 "--eval-shots", "1", "--eval-episodes", "2", "--device", "cpu", "--overwrite"]
     else:
-        argv = ["--data-dir", simclr_data, "--save-dir", run_copy, "--feature-save-dir", tmp_path / "out",
+        kind = "SimCLR run"
+        argv = ["--data-dir", simclr_data, "--save-dir", held, "--feature-save-dir", tmp_path / "out",
                 "--overwrite", *flags]
-    with RunDir(run_copy).locked():  # held by this process
-        assert_refused_in_process(main, *argv, text=f"is in use: another process (PID {os.getpid()}) is training",
-                                  roots=[run_copy], capsys=capsys)
+    with OutputFolder(held, kind, "--save-dir"):  # held by this process
+        assert_refused_in_process(main, *argv, text=f"is in use: another process (PID {os.getpid()}) is writing",
+                                  roots=[held], capsys=capsys)
 
 
 def test_under_torchrun_rank_0_checks_the_lock_and_every_process_stops(omniglot_data, run_copy):
     before = snapshot(run_copy)
-    with RunDir(run_copy).locked():
+    with OutputFolder(run_copy, "Omniglot run", "--save-dir"):
         result = torchrun(*train_args(omniglot_data, run_copy, "--overwrite"))
     assert result.returncode != 0
-    assert result.stderr.count(f"is in use: another process (PID {os.getpid()}) is training in it") == 2  # both ranks
+    assert result.stderr.count(f"is in use: another process (PID {os.getpid()}) is writing in it") == 2  # both ranks
     assert snapshot(run_copy) == before
 
 
 def test_a_killed_holder_leaves_no_lock(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from metagmvae.runfiles import RunDir\n"
-                               f"with RunDir({str(tmp_path)!r}).locked():\n    print(flush=True); time.sleep(300)"],
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from metagmvae.folders import OutputFolder\n"
+                               f"with OutputFolder({str(tmp_path)!r}, 'Omniglot run', '--save-dir'):\n"
+                               "    print(flush=True); time.sleep(300)"],
                               cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     holder.stdout.readline()
     with pytest.raises(UserError, match=f"PID {holder.pid}"):
-        with RunDir(tmp_path).locked():
+        with OutputFolder(tmp_path, "Omniglot run", "--save-dir"):
             pass
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     holder.stdout.close()
     assert (tmp_path / ".lock").exists()  # the file stays, the lock is gone with its process
-    with RunDir(tmp_path).locked():
+    with OutputFolder(tmp_path, "Omniglot run", "--save-dir"):
         assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
     assert not (tmp_path / ".lock").exists()
 
@@ -140,7 +146,8 @@ def test_overwrite_removes_only_the_files_of_a_run(omniglot_data, run_copy, caps
     code, out, err = run_in_process(omniglot_main.main, train_args(omniglot_data, run_copy, "--train-iters", "2",
                                                                     "--seed", "2", "--overwrite"), capsys)
     assert code == 0, err
-    assert f"replaced the run in {run_copy}; kept what no run writes: figures/, my_pretrained.pt, notes.txt" in out
+    assert (f"replaced the run in {run_copy}; kept the files this project did not write: figures/, my_pretrained.pt, "
+            "notes.txt") in out
     assert {p: p.read_bytes() for p in mine} == mine
     assert json.loads((run_copy / "config.json").read_text())["seed"] == 2
     assert load_checkpoint(run_copy / "last.pt")["step"] == 2
@@ -153,8 +160,8 @@ def test_overwrite_refuses_files_of_our_names_that_no_run_of_ours_wrote(omniglot
     (folder / "results.json").write_text('{"accuracy": 0.9}\n')
     for flags in ([], ["--overwrite"]):
         assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, folder, *flags),
-                                  text=f"{folder} holds last.pt, results.json but no config.json, so no run of this "
-                                       "project; a run would replace them", roots=[folder], capsys=capsys)
+                                  text=f"--save-dir {folder} holds last.pt, results.json but no record of this project "
+                                       f"({RECORD})", roots=[folder], capsys=capsys)
 
 
 @pytest.mark.parametrize("flags, text", [
@@ -180,7 +187,7 @@ def test_a_run_stopped_before_its_first_checkpoint_does_not_block_a_rerun(omnigl
     assert code == 130 and error_lines(err) == [
         "omniglot/main.py: error: interrupted (Ctrl-C); the run wrote no checkpoint yet: run again without --resume "
         "to start it anew"]
-    assert sorted(p.name for p in save.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in save.iterdir()) == [RECORD, "config.json"]
     assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, save, "--train-iters", "2", "--resume"),
                               text=f"--resume: {save} holds no last.pt (the run wrote no checkpoint yet); run without "
                                    "--resume to start the run anew", roots=[save], capsys=capsys)
@@ -247,7 +254,8 @@ def test_disk_full_while_writing_a_checkpoint_keeps_every_file(omniglot_data, tm
     [line] = error_lines(err)
     assert re.fullmatch(rf"omniglot/main.py: error: cannot write {save}/(last|best_\dshot).pt: the disk is full "
                         r"\(No space left on device\); \S+ keeps its previous content", line), line
-    assert before and snapshot(save) == before  # nothing changed at or after the failed write, no .tmp or .lock left
+    after = {p: data for p, data in snapshot(save).items() if p.name != RECORD}
+    assert before and after == before  # nothing changed at or after the failed write, no .tmp or .lock left
     assert load_checkpoint(save / "last.pt")["step"] == 2
     code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "4",
                                                                   "--resume"), capsys)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-import simclr.trainer
 from data.prepare_mimgnet import load_image, prepare_mimgnet, read_split_csv
 from data.synthetic_mimgnet import write_dataset
+from metagmvae.folders import RECORD, RunDir
 from metagmvae.runfiles import UserError, load_checkpoint
 from simclr.data import load_split
 from simclr.main import main as simclr_main
@@ -58,7 +58,7 @@ def assert_refused(result, text):
 def prepared(tmp_path_factory):
     """The synthetic dataset prepared in its own folder: (folder, manifest)."""
     root = make_dataset(tmp_path_factory.mktemp("imgnet"))
-    return root, prepare_mimgnet(root / "images", root, root)
+    return root / "arrays", prepare_mimgnet(root / "images", root, root / "arrays")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_prepare_writes_arrays_in_csv_order(prepared):
         assert info["classes"] == classes
         assert info["per_class"] == PER_CLASS and info["skipped"] == [] and info["csv"].endswith(f"{split}.csv")
         synset = classes[1]
-        assert np.array_equal(array[1, 4], load_image(root / "images" / f"{synset}{5:08d}.jpg"))
+        assert np.array_equal(array[1, 4], load_image(root.parent / "images" / f"{synset}{5:08d}.jpg"))
     assert json.loads((root / "manifest.json").read_text()) == manifest
     assert "BILINEAR" in manifest["preprocessing"]
 
@@ -93,9 +93,10 @@ def test_prepare_writes_arrays_in_csv_order(prepared):
 def test_missing_image_is_an_error_and_writes_nothing(tmp_path):
     root = make_dataset(tmp_path / "imgnet")
     (root / "images" / "n0000000600000007.jpg").unlink()
-    result = run_script("data/prepare_mimgnet.py", "--out", root)
+    result = run_script("data/prepare_mimgnet.py", "--out", root / "arrays", "--images", root / "images", "--splits",
+                        root)
     assert_refused(result, "n0000000600000007.jpg: image not found")
-    assert sorted(p.name for p in root.iterdir()) == ["images", "test.csv", "train.csv", "val.csv"]
+    assert sorted(p.name for p in root.iterdir()) == [RECORD, "images", "test.csv", "train.csv", "val.csv"]
 
 
 def test_skip_bad_replaces_and_counts(tmp_path):
@@ -126,7 +127,7 @@ def test_malformed_csvs_are_refused(tmp_path):
     lines = (root / "val.csv").read_text().splitlines()
     (root / "val.csv").write_text("\n".join(lines[:-1]) + "\n")  # n00000006 has one image less
     with pytest.raises(UserError, match=r"class n00000006 has 11 images but n00000005 has 12"):
-        prepare_mimgnet(root / "images", root, root)
+        prepare_mimgnet(root / "images", root, root / "arrays")
     (root / "val.csv").write_text("\n".join(lines[:3] + ["n0000000500000004.jpg"] + lines[4:]) + "\n")
     with pytest.raises(UserError, match=r"val\.csv:4: expected 2 non-empty columns"):
         read_split_csv(root / "val.csv")
@@ -189,12 +190,12 @@ def test_resume_and_export_only_reproduce_the_run_bit_for_bit(prepared, trained,
     flags = ["--data-dir", str(prepared[0]), "--save-dir", str(tmp_path / "run"),
              "--feature-save-dir", str(tmp_path / "features"), *SMALL]
 
-    def save_then_crash(path, state):
-        save_checkpoint(path, state)
+    def save_then_crash(run, name, state):
+        save_checkpoint(run, name, state)
         raise Interrupted
 
-    save_checkpoint = simclr.trainer.save_checkpoint
-    monkeypatch.setattr(simclr.trainer, "save_checkpoint", save_then_crash)
+    save_checkpoint = RunDir.save_checkpoint
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_crash)
     with pytest.raises(Interrupted):
         simclr_main(flags)
     monkeypatch.undo()

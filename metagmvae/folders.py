@@ -1,0 +1,671 @@
+"""Folders this project writes into, and the record of what it wrote there.
+
+Every folder a command writes into (a run folder, a data build, a feature export, figures, clusters,
+predictions) is opened as an OutputFolder.  Before any other file, the folder gets RECORD: what kind of
+folder it is ("Omniglot run", "SimCLR features", ...) and, for every file the project wrote there, its size
+and SHA-256.  A file is replaced or deleted only when the record lists it and its content still matches;
+every other file is the user's and stays as it is, whatever its name.  A folder that holds files but no
+record is refused (unless `adopt` proves its files ours: a run folder written before records existed), and
+so is a record of another kind.
+
+No write, replacement, deletion or lock follows a symbolic link: every operation is made relative to the
+folder's descriptor with O_NOFOLLOW, and a link where the project would write is refused.  Only the process
+that holds the folder's lock (LOCK_FILE, an flock) writes in it, so two processes never write one record.
+
+A file is written to a temporary name, fsynced, listed in the record beside its previous version, renamed
+over the old one, then the record keeps the new version only: a crash at any moment leaves each file whole
+and recognised.
+"""
+import csv
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import stat
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runfiles import (DISK_FULL, OURS, UserError, check_writable_folder, checkpoint_bytes, checkpoint_kind,
+                       load_checkpoint, name_list)
+
+RECORD = ".metagmvae-files.json"
+RECORD_FORMAT = 1
+LOCK_FILE = ".lock"
+PID_WAIT_S = 1.0  # how long a refused process waits for the lock holder to have written its PID
+HASH_BLOCK = 1 << 20
+
+
+def file_digest(fd):
+    """{"size", "sha256"} of the open file `fd`."""
+    digest, offset = hashlib.sha256(), 0
+    while block := os.pread(fd, HASH_BLOCK, offset):
+        digest.update(block)
+        offset += len(block)
+    return {"size": offset, "sha256": digest.hexdigest()}
+
+
+def _read_pid(fd):
+    """The PID that the holder of the lock file `fd` wrote, or None if it wrote none within PID_WAIT_S."""
+    deadline = time.monotonic() + PID_WAIT_S
+    while True:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text.isdigit() or time.monotonic() > deadline:
+            return int(text) if text.isdigit() else None
+        time.sleep(0.01)
+
+
+def _valid_record(record):
+    """Why `record` (parsed JSON) is not a record of ours, or None."""
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        return f"not a format-{RECORD_FORMAT} record"
+    if not isinstance(record.get("kind"), str):
+        return "no kind"
+    versions = [v for key in ("files", "replacing") for v in (record.get(key) or {}).values()]
+    if not all(isinstance(record.get(key), dict) and all(isinstance(n, str) for n in record[key])
+               for key in ("files", "replacing")) \
+            or not all(isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
+                       for v in versions):
+        return "its file list is damaged"
+    if not all(isinstance(record.get(key), list) and all(isinstance(n, str) for n in record[key])
+               for key in ("folders", "temporary")):
+        return "its folder list is damaged"
+    return None
+
+
+class OutputFolder:
+    """A folder this process writes into (see the module docstring).  Use it in a `with`: entering creates
+    the folder if missing, checks it (refusing a folder of files without RECORD, a record of another kind,
+    a folder another process holds) and takes its lock; leaving releases the lock.
+
+    kind: what the folder holds, stored in its record ("Omniglot run").  flag: the flag that named it, for
+    messages ("--save-dir").  adopt(folder) -> {name: {"size", "sha256"}} or None: for a folder of files
+    without a record, the files proven ours (None: not ours)."""
+
+    def __init__(self, path, kind, flag, adopt=None):
+        self.path, self.kind, self.flag, self.adopt = Path(path), kind, flag, adopt
+        self.record, self._fd, self._lock_fd, self._deferred = None, None, None, False
+
+    def __enter__(self):
+        if self.path.is_symlink() and not self.path.exists():
+            raise UserError(f"cannot write to {self.flag} {self.path}: it is a broken symbolic link")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            reason = "it is not a folder" if e.errno in (errno.EEXIST, errno.ENOTDIR) else e.strerror or e
+            raise UserError(f"cannot write to {self.flag} {self.path}: {reason}") from None
+        try:
+            adopted = self._check_claimable()
+            self._lock()
+            if RECORD in self._entries():  # read under the lock: as the previous holder left it
+                self.record = self._read_record()
+                self._check_kind(self.record)
+            else:  # written with the first file
+                self.record = {"format": RECORD_FORMAT, "kind": self.kind, "files": adopted or {}, "replacing": {},
+                               "folders": [], "temporary": []}
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        if self._lock_fd is not None:
+            os.unlink(LOCK_FILE, dir_fd=self._fd)  # while still held: no other process holds this file
+        self._close()
+
+    def _close(self):
+        for fd in (self._lock_fd, self._fd):
+            if fd is not None:
+                os.close(fd)
+        self._lock_fd = self._fd = None
+
+    # ---- the record
+
+    def _entries(self, fd=None):
+        return sorted(os.listdir(self._fd if fd is None else fd))
+
+    def visible_entries(self):
+        """Names in the folder besides RECORD and LOCK_FILE, folders with a trailing slash."""
+        return [n + "/" * stat.S_ISDIR(self._lstat(n).st_mode) for n in self._entries() if n not in (RECORD, LOCK_FILE)]
+
+    def _lstat(self, name, fd=None):
+        return os.stat(name, dir_fd=self._fd if fd is None else fd, follow_symlinks=False)
+
+    def _read_record(self):
+        where = self.path / RECORD
+        try:
+            if not stat.S_ISREG(self._lstat(RECORD).st_mode):
+                raise UserError(f"{where} is not a regular file (a link?); choose another {self.flag}")
+            fd = os.open(RECORD, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._fd)
+            with os.fdopen(fd, "rb") as f:
+                record = json.loads(f.read())
+        except (OSError, ValueError, RecursionError) as e:
+            raise UserError(f"{where}: cannot read the record of what this project wrote here ({e}); "
+                            f"its files are left as they are: choose another {self.flag}") from None
+        reason = _valid_record(record)
+        if reason:
+            raise UserError(f"{where} is damaged ({reason}); its files are left as they are: choose another "
+                            f"{self.flag}")
+        return record
+
+    def _write_record(self):
+        """Write self.record to RECORD through a temporary file (unless deferred: see one_record_write)."""
+        if self._deferred:
+            return
+        tmp = f"{RECORD}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=self._fd)
+        try:
+            os.write(fd, (json.dumps(self.record, indent=1, sort_keys=True) + "\n").encode())
+            os.fsync(fd)
+            os.replace(tmp, RECORD, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+        finally:
+            os.close(fd)
+            try:
+                os.unlink(tmp, dir_fd=self._fd)
+            except FileNotFoundError:
+                pass
+
+    def claim(self):
+        """Write the record now rather than with the first file: for a folder that other commands fill with
+        subfolders of their own before this one writes a file in it."""
+        self._write_record()
+        return self
+
+    @contextmanager
+    def one_record_write(self):
+        """Write the record once, as the block ends (on failure too), instead of twice per file: for commands
+        that write thousands of small files.  A crash inside the block leaves the files written so far out of
+        the record: the user's, to this project, never replaced."""
+        self._deferred = True
+        try:
+            yield self
+        finally:
+            self._deferred = False
+            self._write_record()
+
+    @contextmanager
+    def reading(self):
+        """Open the existing folder for the block without writing or locking it: self.record is its record,
+        or None where it has none."""
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self.record = self._read_record() if RECORD in self._entries() else None
+            yield self
+        finally:
+            self.record = None
+            self._close()
+
+    def check(self, names=()):
+        """Refuse now, writing nothing, a folder that entering would refuse (a lock held by another process
+        aside), or where one of `names` is a file this project may not replace: for commands that write their
+        outputs only after long work."""
+        check_writable_folder(self.path, self.flag)
+        if not self.path.is_dir():
+            return
+        with self.reading():
+            self._check_claimable()
+            for name in names if self.record is not None else ():
+                self.check_replaceable(name)
+
+    def _check_claimable(self):
+        """Refuse a folder that holds files but no record (unless self.adopt proves them ours: returns them,
+        {name: digest}), a record of another kind, or a LOCK_FILE this project did not write."""
+        names = [n for n in self._entries() if n != LOCK_FILE]
+        if LOCK_FILE in self._entries() and not self._holds_a_pid(LOCK_FILE):
+            raise UserError(f"{self.flag} {self.path} holds a {LOCK_FILE} that this project did not write; move "
+                            f"it or choose another {self.flag}")
+        if RECORD in names:
+            self._check_kind(self._read_record())
+            return None
+        adopted = self.adopt(self) if names and self.adopt else None
+        if names and adopted is None:
+            raise UserError(f"{self.flag} {self.path} holds {name_list(names)} but no record of this project "
+                            f"({RECORD}), so none of it was written here by this project and none of it will be "
+                            "replaced: choose a new or empty folder")
+        return adopted
+
+    def _check_kind(self, record):
+        if record["kind"] != self.kind:
+            raise UserError(f"{self.flag} {self.path} holds files of another kind ({record['kind']}, says its "
+                            f"{RECORD}), not of {self.kind}: choose another {self.flag}")
+
+    def _holds_a_pid(self, name):
+        """Whether `name` is a regular file holding at most a PID, as a lock file of this project does."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._fd)
+        except OSError:
+            return False
+        try:
+            text = os.pread(fd, 64, 0)
+            return stat.S_ISREG(os.fstat(fd).st_mode) and (text.strip().isdigit() or not text.strip())
+        finally:
+            os.close(fd)
+
+    def _lock(self):
+        """Open and flock LOCK_FILE, write our PID into it."""
+        while True:
+            try:
+                fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644, dir_fd=self._fd)
+            except OSError as e:
+                raise UserError(f"cannot lock {self.flag} {self.path}: {self.path / LOCK_FILE} "
+                                f"{'is a symbolic link' if e.errno == errno.ELOOP else e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = _read_pid(fd)
+                os.close(fd)
+                holder = "another process" if pid is None else f"another process (PID {pid})"
+                raise UserError(f"{self.flag} {self.path} is in use: {holder} is writing in it; wait for it to end "
+                                f"or choose another {self.flag}") from None
+            try:
+                current = os.path.samestat(os.fstat(fd), self._lstat(LOCK_FILE))
+            except FileNotFoundError:
+                current = False
+            if current:  # else its holder removed the file as we opened it: lock the one now there
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self._lock_fd = fd
+                return
+            os.close(fd)
+
+    # ---- files
+
+    def _subfolder(self, name, create):
+        """(descriptor of the folder that holds `name` (self's or a subfolder's, opened without following
+        links), base name).  create: make the subfolder if missing (recorded).  Close a descriptor that is
+        not self._fd after use."""
+        folder, _, base = name.rpartition("/")
+        if not folder:
+            return self._fd, base
+        try:
+            if create and folder not in self._entries():
+                os.mkdir(folder, dir_fd=self._fd)
+                self.record["folders"].append(folder)
+                self._write_record()
+            return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self._fd), base
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UserError(f"cannot write to {self.path / folder}: it is a symbolic link or not a folder; "
+                                "this project writes through no link") from None
+            if e.errno == errno.ENOENT:
+                return None, base
+            raise
+
+    def owns(self, name):
+        """Whether `name` (relative, e.g. "figures/curves.png") is a regular file that the record lists with
+        its present content."""
+        versions = [v for key in ("files", "replacing") if (v := self.record[key].get(name)) is not None]
+        fd, base = self._subfolder(name, create=False)
+        if not versions or fd is None:
+            return False
+        try:
+            file_fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError:
+            return False
+        finally:
+            if fd != self._fd:
+                os.close(fd)
+        try:
+            if not stat.S_ISREG(os.fstat(file_fd).st_mode) or os.fstat(file_fd).st_size not in \
+                    {v["size"] for v in versions}:
+                return False
+            return file_digest(file_fd) in versions
+        finally:
+            os.close(file_fd)
+
+    def exists(self, name):
+        fd, base = self._subfolder(name, create=False)
+        if fd is None:
+            return False
+        try:
+            self._lstat(base, fd)
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            if fd != self._fd:
+                os.close(fd)
+
+    def check_replaceable(self, name):
+        """Refuse to write `name` where a file of the user's (not in the record, changed since, a link) is."""
+        if self.exists(name) and not self.owns(name):
+            raise UserError(f"{self.path / name} was not written by this project (it is not in its record "
+                            f"{RECORD}, has changed since, or is a link), so it is not replaced: move it or "
+                            f"choose another {self.flag}")
+
+    @contextmanager
+    def writing(self, name):
+        """Yield a binary file for the new content of `name` (relative, at most one subfolder deep); on
+        success it replaces `name` (see the module docstring).  A full disk or another write failure raises
+        UserError naming the file; `name` then keeps its previous content (or stays absent)."""
+        path = self.path / name
+        self.check_replaceable(name)
+        fd, base = self._subfolder(name, create=True)
+        tmp, existed = None, self.exists(name)
+        try:
+            tmp = f".{base}.{secrets.token_hex(4)}.tmp"
+            file_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=fd)
+            with os.fdopen(file_fd, "wb+") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+                version = file_digest(f.fileno())
+            self.record["replacing"][name] = version
+            self.record["temporary"].append(name.rpartition("/")[0] + "/" * ("/" in name) + tmp)
+            self._write_record()
+            os.replace(tmp, base, src_dir_fd=fd, dst_dir_fd=fd)
+            tmp = None
+            self.record["files"][name] = self.record["replacing"].pop(name)
+            self.record["temporary"].pop()
+            self._write_record()
+        except OSError as e:
+            kept = "keeps its previous content" if existed else "was not written"
+            reason = f"the disk is full ({e.strerror})" if e.errno in DISK_FULL else e.strerror or str(e)
+            raise UserError(f"cannot write {path}: {reason}; {Path(name).name} {kept}") from None
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+            if fd != self._fd:
+                os.close(fd)
+
+    def __truediv__(self, name):
+        return FolderPath(self, name)
+
+    def write_bytes(self, name, data):
+        with self.writing(name) as f:
+            f.write(data)
+
+    def write_text(self, name, text):
+        self.write_bytes(name, text.encode())
+
+    def write_json(self, name, obj):
+        self.write_bytes(name, canonical_json(obj))
+
+    def remove(self, name):
+        """Delete `name` if the record lists it with its present content; returns whether it did."""
+        if not self.owns(name):
+            return False
+        fd, base = self._subfolder(name, create=False)
+        try:
+            os.unlink(base, dir_fd=fd)
+        finally:
+            if fd != self._fd:
+                os.close(fd)
+        self.record["files"].pop(name, None)
+        self.record["replacing"].pop(name, None)
+        self._write_record()
+        return True
+
+    def remove_recorded(self):
+        """Delete every file and leftover temporary file the record lists that still matches it, then the
+        subfolders made for them if empty; returns the names kept (the user's, or changed since written)."""
+        for name in sorted({*self.record["files"], *self.record["replacing"]}):
+            self.remove(name)
+        for tmp in self.record["temporary"]:
+            fd, base = self._subfolder(tmp, create=False)
+            try:
+                if fd is not None and stat.S_ISREG(self._lstat(base, fd).st_mode):
+                    os.unlink(base, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            finally:
+                if fd not in (None, self._fd):
+                    os.close(fd)
+        for folder in self.record["folders"]:
+            try:
+                os.rmdir(folder, dir_fd=self._fd)
+            except OSError:  # not empty (the user's files), or gone
+                pass
+        self.record.update(files={}, replacing={}, temporary=[],
+                           folders=[f for f in self.record["folders"] if f in self._entries()])
+        self._write_record()
+        return self.visible_entries()
+
+
+@dataclass(frozen=True)
+class FolderPath:
+    """A file's place in an opened OutputFolder: `folder / "figures" / "curves.png"` is figures/curves.png."""
+    folder: OutputFolder
+    name: str
+
+    def __truediv__(self, name):
+        return FolderPath(self.folder, f"{self.name}/{name}")
+
+    @property
+    def path(self):
+        return self.folder.path / self.name
+
+    def writing(self):
+        return self.folder.writing(self.name)
+
+
+def check_outside_inputs(output, flag, inputs):
+    """Refuse an output folder that is one of the `inputs` ((flag, folder) pairs: folders the command reads,
+    or its other outputs) or lies inside one: nothing is written into a folder the user gives as input."""
+    output = Path(output).resolve()
+    for input_flag, folder in inputs:
+        folder = Path(folder).resolve()
+        if output == folder or folder in output.parents:
+            where = "is" if output == folder else "lies inside"
+            raise UserError(f"{flag} {output} {where} {input_flag} {folder}; the outputs go to a folder of their "
+                            f"own: choose another {flag}")
+
+
+# ---- the run folder
+
+CONFIG, METRICS, RESULTS, EVAL_RESULTS, LAST_CHECKPOINT = (
+    "config.json", "metrics.csv", "results.json", "eval_results.json", "last.pt")
+FIGURES = "figures"
+# The names a run writes in its folder (figures alone: where the folder is not a folder, a link say); only these
+# can clash with a user's file.
+RUN_FILE_NAMES = re.compile(r"(config\.json|metrics\.csv|results\.json|eval_results\.json|last\.pt"
+                            r"|best_(\d+shot|elbo)\.pt|figures"
+                            r"|figures/(reconstructions|mixture|test_episode|curves)\.png)")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def canonical_json(obj):
+    """The bytes this project writes for a JSON file."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def metrics_table(rows):
+    """metrics.csv's text: a header of the union of the rows' keys, in order, then the rows."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+class RunDir:
+    """The run folder of a `model` ("Omniglot", "Mini-ImageNet", "SimCLR"): config.json, metrics.csv,
+    checkpoints (*.pt), results.json and figures/, in an OutputFolder of kind "<model> run".
+
+    Paths are available at once; writing needs the folder opened (`opened`), which holds its lock."""
+
+    def __init__(self, path, model):
+        self.path, self.model, self.folder = Path(path), model, None
+
+    @contextmanager
+    def opened(self, new_run=False):
+        """Hold the folder for the block (see OutputFolder); a folder of this model's run written before
+        records existed is adopted (its files proven ours listed in a new record), except by a new run
+        (new_run), which is refused there as in a run folder of ours."""
+        adopt = self._refuse_old_run if new_run else self._adopt
+        with OutputFolder(self.path, f"{self.model} run", "--save-dir", adopt=adopt) as self.folder:
+            try:
+                yield self
+            finally:
+                self.folder = None
+
+    def check(self, names=()):
+        """OutputFolder.check of the run folder (an old run of ours counts as ours)."""
+        OutputFolder(self.path, f"{self.model} run", "--save-dir", adopt=self._proven_files).check(names)
+
+    def _proven_files(self, folder):
+        """{name: digest} of the run files in `folder` whose content proves them written by this project for
+        a run of self.model, or None when last.pt does not prove the folder a run of ours."""
+        names = self._present_run_names(folder)
+        if LAST_CHECKPOINT not in names or not self._proves(folder, LAST_CHECKPOINT):
+            return None
+        return {name: self._digest(folder, name) for name in names if self._proves(folder, name)}
+
+    def _refuse_old_run(self, folder):
+        if self._proven_files(folder) is not None:
+            raise UserError(f"{self.path} already holds a run (written before this project kept a record of its "
+                            "files); pass --resume to continue it, --overwrite to replace it (only the files the "
+                            "run wrote are removed), or choose another --save-dir")
+        return None
+
+    def _adopt(self, folder):
+        files = self._proven_files(folder)
+        if files is not None:
+            print(f"{self.path}: a run written before this project kept a record of its files; recorded as its "
+                  f"files: {', '.join(sorted(files))}")
+        return files
+
+    @staticmethod
+    def _present_run_names(folder):
+        """The names of run files (RUN_FILE_NAMES) in the folder, links included."""
+        names = [n for n in folder.visible_entries() if not n.endswith("/")]
+        if f"{FIGURES}/" in folder.visible_entries():
+            names += [f"{FIGURES}/{n}" for n in sorted(os.listdir(folder.path / FIGURES))]
+        return [n for n in names if RUN_FILE_NAMES.fullmatch(n) and os.path.lexists(folder.path / n)]
+
+    def _proves(self, folder, name):
+        """Whether the content of `name` is what this project writes there for a run of self.model."""
+        path = folder.path / name
+        if path.is_symlink():
+            return False
+        try:
+            data = path.read_bytes()
+            if name.endswith(".pt"):
+                state = load_checkpoint(path)
+                return checkpoint_kind(state) == (OURS, self.model) and "config" in state
+            if name.endswith(".json"):
+                return canonical_json(json.loads(data)) == data
+            if name.endswith(".csv"):
+                with io.StringIO(data.decode(), newline="") as f:
+                    return metrics_table(list(csv.DictReader(f))).encode() == data
+            return data.startswith(PNG_SIGNATURE)
+        except (OSError, UserError, ValueError, UnicodeDecodeError, csv.Error, RecursionError):
+            return False
+
+    @staticmethod
+    def _digest(folder, name):
+        fd = os.open(folder.path / name, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            return file_digest(fd)
+        finally:
+            os.close(fd)
+
+    def check_resumable(self):
+        """Refuse --resume unless the folder has a last.pt, saying what to do instead."""
+        if not self.path.is_dir():
+            raise UserError(f"--resume: {self.path} does not exist; run without --resume to start a run there")
+        if not self.last_checkpoint.is_file():
+            raise UserError(f"--resume: {self.path} holds no {LAST_CHECKPOINT} (the run wrote no checkpoint yet)"
+                            + self.instead_of_last("run without --resume to start the run anew"))
+
+    def instead_of_last(self, otherwise):
+        """The end of a message about an absent or unreadable last.pt: the best_*.pt checkpoints that could be
+        resumed from instead, if any, else `otherwise` (what to do)."""
+        best = sorted(p.name for p in self.path.glob("best_*.pt") if RUN_FILE_NAMES.fullmatch(p.name))
+        if best:
+            hold = "hold checkpoints" if len(best) > 1 else "holds a checkpoint"
+            return f"; {name_list(best)} in {self.path} {hold} of this run: copy one to {LAST_CHECKPOINT} to resume"
+        return f"; {otherwise}"
+
+    def prepare(self, config, resume=False, overwrite=False):
+        """Make the opened folder ready for training and write config.json; returns the names of the files kept
+        beside the files of a replaced run, as text ("" if no run was replaced).
+
+        Every file of a run's names (RUN_FILE_NAMES) that is there must be ours (in the record, unchanged),
+        or the run could not write it later.  Without resume, a folder whose record lists files of a run
+        besides config.json (a run stopped before its first checkpoint) is refused unless overwrite; those
+        recorded files are then removed, nothing else."""
+        folder = self.folder
+        clashes = [n for n in self._present_run_names(folder) if not folder.owns(n)]
+        if clashes:
+            raise UserError(f"{self.path} holds {name_list(clashes)}, which a run writes, but this project did not "
+                            f"write them (not in its record {RECORD}, changed since, or a link): move them or choose "
+                            "another --save-dir")
+        kept = None
+        if not resume:
+            earlier = [n for n in folder.record["files"] if n != CONFIG]
+            if LAST_CHECKPOINT in earlier and not overwrite:
+                raise UserError(f"{self.path} already holds a run; pass --resume to continue it, --overwrite to "
+                                "replace it (only the files the run wrote are removed), or choose another --save-dir")
+            if earlier and not overwrite:
+                raise UserError(f"{self.path} holds files this project wrote ({name_list(earlier)}); pass "
+                                "--overwrite to replace them, or choose another --save-dir")
+            if earlier:
+                kept = name_list(folder.remove_recorded())
+        folder.write_json(CONFIG, config)
+        return kept
+
+    def earlier_config(self):
+        """The config.json of the run in the folder if its record lists it unchanged, else None (reads only)."""
+        if not (self.path / RECORD).is_file():
+            return None
+        with OutputFolder(self.path, f"{self.model} run", "--save-dir").reading() as folder:
+            if folder.record["kind"] != folder.kind or not folder.owns(CONFIG):
+                return None
+            return json.loads((self.path / CONFIG).read_text())
+
+    @property
+    def last_checkpoint(self):
+        return self.path / LAST_CHECKPOINT
+
+    @property
+    def metrics(self):
+        return self.path / METRICS
+
+    def checkpoint(self, name):
+        return self.path / f"{name}.pt"
+
+    def save_checkpoint(self, name, state):
+        """Write checkpoint `name`.pt (e.g. "last", "best_1shot")."""
+        self.folder.write_bytes(f"{name}.pt", checkpoint_bytes(state))
+
+    def read_metrics(self, up_to, key="step"):
+        """Rows of metrics.csv (as strings) whose `key` column is <= up_to, those a checkpoint at up_to has
+        seen, the last being up_to's.  A missing file, one that is not a table of numbers with a `key` column,
+        or one without up_to's row raises UserError: --resume would lose or garble the run's history."""
+        fix = "restore it, or start the run anew with --overwrite"
+        if not self.metrics.is_file():
+            raise UserError(f"--resume: {self.metrics} is missing (it holds the run's rows up to {key} {up_to} "
+                            f"of {LAST_CHECKPOINT}); {fix}")
+        try:
+            with self.metrics.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            for row in rows:
+                for value in row.values():
+                    if value != "":  # an empty cell is a column that other rows have
+                        float(value)  # raises on a cell that is not a number (None: a short row)
+            steps = [int(row[key]) for row in rows]
+        except (OSError, UnicodeDecodeError, csv.Error, ValueError, TypeError, KeyError) as e:
+            if isinstance(e, OSError):
+                raise UserError(f"--resume: cannot read {self.metrics} ({e.strerror or e}); {fix}") from None
+            reason = f"no {key!r} column" if isinstance(e, KeyError) else "not a table of numbers"
+            raise UserError(f"--resume: {self.metrics} is damaged ({reason}); {fix}") from None
+        seen = [row for row, step in zip(rows, steps) if step <= up_to]
+        if not seen or int(seen[-1][key]) != up_to:
+            raise UserError(f"--resume: {self.metrics} has no row for {key} {up_to} of {LAST_CHECKPOINT}; {fix}")
+        return seen
+
+    def write_metrics(self, rows):
+        self.folder.write_text(METRICS, metrics_table(rows))
+
+    def write_results(self, results, name=RESULTS):
+        self.folder.write_json(name, results)

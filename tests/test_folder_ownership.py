@@ -1,0 +1,226 @@
+"""A folder's files are the user's unless its record says otherwise (metagmvae/folders.py): a command writes,
+replaces and deletes only what it recorded, refuses a folder of the user's with one line (exit 2) leaving every
+file byte-identical, follows no symbolic link, and only reads its input folders."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metagmvae.folders import RECORD, OutputFolder
+from mimgnet import main as mimgnet_main
+from omniglot import draw_figures, evaluate
+from omniglot import main as omniglot_main
+from omniglot.model import OmniglotGMVAE
+from simclr import main as simclr_main
+from simclr.model import SimCLR
+
+from .test_hostile_inputs import OMNIGLOT_FLAGS, assert_refused_in_process, snapshot
+from .test_reliability import write_features
+
+TINY = [*OMNIGLOT_FLAGS, "--train-iters", "2", "--freq-iters", "2", "--batch-size", "1"]
+
+
+def train(data, save, *flags):
+    return omniglot_main.main(["--data-dir", str(data), "--save-dir", str(save), *TINY, *map(str, flags)])
+
+
+def refused(main, *args, text, roots, capsys):
+    return assert_refused_in_process(main, *args, text=text, roots=roots, capsys=capsys)
+
+
+@pytest.fixture(scope="module")
+def finished_run(omniglot_data, tmp_path_factory):
+    """A finished 2-step Omniglot run of ours."""
+    save = tmp_path_factory.mktemp("finished") / "run"
+    train(omniglot_data, save)
+    return save
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    return shutil.copytree(finished_run, tmp_path / "run", symlinks=True)
+
+
+# ---- the reproductions of the issue
+
+def test_a_folder_of_the_users_is_refused_without_overwrite_and_with_it(omniglot_data, tmp_path, capsys):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}\n")
+    (folder / "best_checkpoint.pt").write_text("w\n")
+    (folder / "results.json").write_text("mine\n")
+    for flags in ([], ["--overwrite"]):
+        refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", folder, *TINY, *flags,
+                text=f"--save-dir {folder} holds best_checkpoint.pt, config.json, results.json but no record of this "
+                     f"project ({RECORD})", roots=[folder], capsys=capsys)
+
+
+def test_overwrite_keeps_a_users_checkpoint_of_a_run_name_and_says_so(omniglot_data, run_copy, capsys):
+    shutil.copy(run_copy / "last.pt", run_copy / "best_model_v2.pt")  # even a checkpoint of ours, copied by the user
+    mine = (run_copy / "best_model_v2.pt").read_bytes()
+    capsys.readouterr()
+    train(omniglot_data, run_copy, "--overwrite", "--seed", "3")
+    assert (f"replaced the run in {run_copy}; kept the files this project did not write: best_model_v2.pt"
+            in capsys.readouterr().out)
+    assert (run_copy / "best_model_v2.pt").read_bytes() == mine
+    assert json.loads((run_copy / "config.json").read_text())["seed"] == 3
+
+
+@pytest.fixture
+def tiny_demo(monkeypatch):
+    monkeypatch.setattr(omniglot_main, "DEMO_SETTINGS", dict(
+        way=5, eval_way=5, sample_size=10, batch_size=1, train_mc_sample_size=2, test_mc_sample_size=2, train_iters=2,
+        freq_iters=2, eval_episodes=2, eval_shots=[1]))
+    return ["--demo", "--hidden-size", "8", "--latent-size", "4", "--query", "2", "--device", "cpu"]
+
+
+def test_demo_replaces_an_earlier_demo_run_only(omniglot_data, run_copy, tmp_path, capsys, tiny_demo):
+    refused(omniglot_main.main, *tiny_demo, "--data-dir", omniglot_data, "--save-dir", run_copy,
+            text=f"{run_copy} already holds a run; pass --resume to continue it, --overwrite to replace it",
+            roots=[run_copy], capsys=capsys)
+    demo = tmp_path / "demo"
+    for seed in (1, 2):  # the second replaces the first
+        omniglot_main.main([*tiny_demo, "--data-dir", str(omniglot_data), "--save-dir", str(demo), "--seed", str(seed)])
+        assert json.loads((demo / "config.json").read_text())["seed"] == seed
+
+
+def test_feature_export_into_the_data_folder_is_refused(simclr_data, tmp_path, capsys):
+    checkpoint = tmp_path / "simclr.pt"
+    torch.save({"model": SimCLR(hidden_size=4).state_dict(), "model_config": {"hidden_size": 4, "image_size": 84}},
+               checkpoint)
+    flags = ["--data-dir", simclr_data, "--export-only", "--checkpoint", checkpoint, "--batch-size", "2"]
+    refused(simclr_main.main, *flags, "--feature-save-dir", simclr_data,
+            text=f"--feature-save-dir {simclr_data} is --data-dir {simclr_data}", roots=[simclr_data], capsys=capsys)
+    refused(simclr_main.main, *flags, "--feature-save-dir", simclr_data / "features",
+            text=f"lies inside --data-dir {simclr_data}", roots=[simclr_data], capsys=capsys)
+
+
+def write_drawing(path, row):
+    """A 28x28 PNG: a dark bar at `row` on white."""
+    pixels = np.full((28, 28), 255, np.uint8)
+    pixels[row:row + 4, 4:24] = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture
+def unlabelled_episodes(tmp_path):
+    """An Omniglot checkpoint and a folder of one episode (2 classes) with unlabelled queries; the folder also
+    holds the user's own predictions.csv."""
+    model = OmniglotGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, tmp_path / "model.pt")
+    episodes = tmp_path / "episodes"
+    for k, row in enumerate((4, 18)):
+        write_drawing(episodes / "ep" / "support" / f"class{k}" / "a.png", row)
+        write_drawing(episodes / "ep" / "query" / f"q{k}.png", row)
+    (episodes / "predictions.csv").write_text("my own notes\n")
+    return tmp_path / "model.pt", episodes
+
+
+def test_evaluate_only_reads_the_episodes_folder(unlabelled_episodes, tmp_path, capsys):
+    checkpoint, episodes = unlabelled_episodes
+    before = snapshot(episodes)
+    flags = ["--checkpoint", str(checkpoint), "--episodes", str(episodes), "--mc-samples", "2", "--device", "cpu"]
+    evaluate.main(flags)
+    assert snapshot(episodes) == before
+    rows = (tmp_path / "episodes-predictions" / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "episode,file,predicted,probability" and len(rows) == 3
+    refused(evaluate.main, *flags, "--out", episodes / "out", text=f"lies inside --episodes {episodes}",
+            roots=[tmp_path], capsys=capsys)
+    refused(evaluate.main, *flags, "--out", episodes, text=f"--out {episodes} is --episodes {episodes}",
+            roots=[tmp_path], capsys=capsys)
+
+
+# ---- the principle beyond the reproductions
+
+def test_links_where_a_run_would_write_are_refused(omniglot_data, run_copy, tmp_path, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "curves.png").write_bytes(b"the user's picture")
+    shutil.rmtree(run_copy / "figures")
+    (run_copy / "figures").symlink_to(outside)
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY, "--train-iters", "4",
+            "--resume", text="holds figures, which a run writes, but this project did not write them",
+            roots=[run_copy, outside], capsys=capsys)
+    (run_copy / "figures").unlink()
+    (run_copy / "last.pt").rename(outside / "last.pt")
+    (run_copy / "last.pt").symlink_to(outside / "last.pt")
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY, "--train-iters", "4",
+            "--resume", text="holds last.pt, which a run writes, but this project did not write them",
+            roots=[run_copy, outside], capsys=capsys)
+
+
+def test_a_link_as_lock_or_record_is_refused(omniglot_data, tmp_path, capsys):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the user's\n")
+    for name in (".lock", RECORD):
+        folder = tmp_path / name.strip(".")
+        folder.mkdir()
+        (folder / name).symlink_to(outside)
+        refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", folder, *TINY,
+                text=str(folder), roots=[tmp_path], capsys=capsys)
+
+
+def test_files_changed_since_the_run_wrote_them_are_not_replaced(omniglot_data, run_copy, capsys):
+    (run_copy / "results.json").write_text('{"my": "edit"}\n')
+    for flags in (["--overwrite"], ["--resume", "--train-iters", "4"]):
+        refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY, *flags,
+                text="holds results.json, which a run writes, but this project did not write them",
+                roots=[run_copy], capsys=capsys)
+
+
+def test_a_run_folder_of_another_experiment_is_refused(run_copy, tmp_path, capsys):
+    refused(mimgnet_main.main, "--data-dir", write_features(tmp_path / "features"), "--save-dir", run_copy,
+            "--latent-size", "4", "--eval-shots", "1", "--eval-episodes", "2", "--device", "cpu", "--overwrite",
+            text=f"--save-dir {run_copy} holds files of another kind (Omniglot run", roots=[run_copy], capsys=capsys)
+
+
+def test_a_damaged_record_leaves_the_folder_alone(omniglot_data, run_copy, capsys):
+    (run_copy / RECORD).write_text("{not json")
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY, "--overwrite",
+            text="cannot read the record of what this project wrote here", roots=[run_copy], capsys=capsys)
+
+
+def test_a_run_written_before_records_is_adopted_by_its_checkpoint(omniglot_data, run_copy, capsys):
+    (run_copy / RECORD).unlink()
+    (run_copy / "notes.txt").write_text("mine\n")
+    torch.save({"weights": torch.zeros(2)}, run_copy / "best_mine.pt")
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY,
+            text="already holds a run (written before this project kept a record of its files)", roots=[run_copy],
+            capsys=capsys)
+    mine = {p: snapshot(run_copy)[p] for p in (run_copy / "notes.txt", run_copy / "best_mine.pt")}
+    capsys.readouterr()
+    train(omniglot_data, run_copy, "--overwrite")
+    out = capsys.readouterr().out
+    assert ("recorded as its files: best_1shot.pt, best_5shot.pt, config.json, figures/curves.png, figures/mixture.png, "
+            "figures/reconstructions.png, figures/test_episode.png, last.pt, metrics.csv, results.json\n") in out
+    assert {p: p.read_bytes() for p in mine} == mine
+    with OutputFolder(run_copy, "Omniglot run", "--save-dir") as folder:
+        assert folder.owns("last.pt") and not folder.owns("best_mine.pt") and not folder.owns("notes.txt")
+
+
+def test_a_plain_run_where_a_stopped_run_left_files_asks_for_overwrite(omniglot_data, run_copy, capsys):
+    with OutputFolder(run_copy, "Omniglot run", "--save-dir") as folder:  # only the evaluation results remain
+        for name in ("last.pt", "best_1shot.pt", "best_5shot.pt", "results.json", "metrics.csv"):
+            assert folder.remove(name)
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY,
+            text="holds files this project wrote (figures/", roots=[run_copy], capsys=capsys)
+
+
+def test_draw_figures_writes_only_into_its_own_folder(omniglot_data, run_copy, tmp_path, capsys):
+    common = ["--checkpoint", run_copy / "last.pt", "--data-dir", omniglot_data, "--way", "2", "--eval-way", "2",
+              "--sample-size", "10", "--query", "1", "--test-mc-sample-size", "2", "--device", "cpu"]
+    refused(draw_figures.main, *common, "--out", run_copy,
+            text=f"--out {run_copy} holds files of another kind (Omniglot run", roots=[run_copy], capsys=capsys)
+    (tmp_path / "a_file").write_text("mine\n")
+    refused(draw_figures.main, *common, "--out", tmp_path / "a_file", text="it is not a folder", roots=[tmp_path],
+            capsys=capsys)
+    out = tmp_path / "figures"
+    draw_figures.main(list(map(str, [*common, "--out", out])))
+    (out / "mixture.png").unlink()
+    (out / "mixture.png").symlink_to(tmp_path / "a_file")
+    refused(draw_figures.main, *common, "--out", out, text=f"{out / 'mixture.png'} was not written by this project",
+            roots=[tmp_path], capsys=capsys)
