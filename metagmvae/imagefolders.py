@@ -69,8 +69,12 @@ def image_files(folder):
 
 
 def class_folders(folder):
-    """The visible sub-folders of `folder`, in name order."""
-    return [p for p in visible_entries(folder) if p.is_dir()]
+    """The visible sub-folders of `folder`, in name order; a broken symbolic link, a link loop (a class or an
+    episode that would vanish), a FIFO or a device among its entries raises UserError naming it."""
+    entries = visible_entries(folder)
+    for entry in entries:
+        check_regular_file(entry)
+    return [p for p in entries if p.is_dir()]
 
 
 def load_images(folder, load_image):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from metagmvae import distributed
-from metagmvae.runfiles import UserError, load_npy
+from metagmvae.runfiles import UserError, check_regular_file, load_npy
 
 SPLITS = ("train", "val", "test")
 # The authors' label-free feature files: Mini-ImageNet's classes per split (Ravi & Larochelle), 600 rows each.
@@ -67,8 +67,9 @@ def check_manifest(data_dir, data):
     """With simclr/main.py's manifest.json beside the features, each split must have the rows and the
     feature size it lists (the images of the split CSVs)."""
     path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return
+    check_regular_file(path)
     try:
         manifest = json.loads(path.read_text())
         expected = {split: (manifest["splits"][split]["count"], manifest["feature_size"]) for split in data}

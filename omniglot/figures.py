@@ -175,7 +175,7 @@ def read_metrics_table(metrics_csv):
     UserError naming the file (and the line and column)."""
     check_regular_file(metrics_csv)
     try:
-        with open(metrics_csv, newline="", encoding="utf-8") as f:
+        with open(metrics_csv, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = {name: [] for name in reader.fieldnames or []}
             for row in reader:

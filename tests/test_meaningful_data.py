@@ -287,6 +287,14 @@ def test_evaluate_refuses_an_image_that_is_a_broken_link_a_loop_or_a_fifo(image_
                               "cpu", text=f"{image} {KINDS[kind]}, not a regular file", roots=[root], capsys=capsys)
 
 
+def test_evaluate_refuses_a_class_folder_that_is_a_broken_link(image_folders, capsys):
+    root, checkpoint = image_folders
+    (root / "e1" / "support" / "c").symlink_to(root / "moved" / "c")  # a 3-way episode must not become 2-way
+    assert_refused_in_process(omniglot_evaluate.main, "--checkpoint", checkpoint, "--episodes", root, "--device",
+                              "cpu", text=f"{root / 'e1' / 'support' / 'c'} is a broken symbolic link",
+                              roots=[root], capsys=capsys)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_cluster_refuses_an_image_that_is_a_broken_link_a_loop_or_a_fifo(image_folders, capsys, kind):
     root, checkpoint = image_folders
