@@ -8,7 +8,8 @@ A folder of episodes holds one folder per episode: <episode>/support/<class>/<im
 <episode>/query/<class>/<image> (the support classes are the episode's classes), or the query images directly
 in <episode>/query/ (unlabelled: predicted, not scored). Hidden files (.DS_Store) and files whose suffix is not
 an image format Pillow opens (Thumbs.db, notes.txt) are skipped; a class folder without any image is refused, and
-so is a file named as an image that is a broken symbolic link, a link loop, a FIFO or a device.
+so is a file named as an image, or an entry beside class or episode folders, that is a broken symbolic link, a link
+loop, a FIFO or a device.
 Each image becomes an array through the caller's load_image(path), which raises UserError on a file it cannot
 decode; every image of an episode must give the same shape.
 """

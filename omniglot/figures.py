@@ -195,8 +195,8 @@ def read_metrics_table(metrics_csv):
     steps = columns.get("step", [])
     if not steps:
         raise UserError(f"{metrics_csv}: no rows with a 'step' column")
-    if not all(s is not None and s == int(s) and s >= 1 for s in steps) or any(b <= a for a, b in
-                                                                               zip(steps, steps[1:])):
+    positive_integers = all(s is not None and s == int(s) and s >= 1 for s in steps)
+    if not positive_integers or any(later <= earlier for earlier, later in zip(steps, steps[1:])):
         raise UserError(f"{metrics_csv}: the 'step' column is not increasing positive integers")
     return columns
 
