@@ -24,7 +24,7 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
 
 from metagmvae.cli import HelpFormatter  # noqa: E402
 from metagmvae.folders import OutputFolder, canonical_json, check_outside_inputs  # noqa: E402
-from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
+from metagmvae.runfiles import UserError, check_regular_file, exit_on_user_error  # noqa: E402
 
 DEFAULT_SOURCE = Path(__file__).resolve().parent / "imgnet"  # images/ and the split CSVs
 DEFAULT_OUT = DEFAULT_SOURCE / "arrays"
@@ -43,6 +43,7 @@ def read_split_csv(path):
     UserError naming the file and line.
     """
     path = Path(path)
+    check_regular_file(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
@@ -60,6 +61,7 @@ def read_split_csv(path):
         filename, label = (c.strip() for c in row)
         if Path(filename).is_absolute() or ".." in Path(filename).parts:
             raise UserError(f"{path}:{line}: {filename} is not a file name inside --images (absolute, or with '..')")
+        filename = Path(filename).as_posix()  # "./a.jpg" and "a//a.jpg" name "a.jpg", "a/a.jpg"
         if filename in seen:
             raise UserError(f"{path}:{line}: {filename} is listed twice (first on line {seen[filename]})")
         seen[filename] = line
@@ -80,8 +82,23 @@ def images_per_class(classes, path):
     return expected
 
 
+def check_disjoint_splits(csvs):
+    """Refuse a class or an image file listed in two splits ({split: {label: [files]}}): a test split that
+    shares them with training measures nothing."""
+    first_split = {}  # ("class" or "image", name) -> the first split listing it
+    for split, classes in csvs.items():
+        names = [("class", label) for label in classes] + [("image", f) for files in classes.values() for f in files]
+        for what, name in names:
+            other = first_split.setdefault((what, name), split)
+            if other != split:
+                raise UserError(f"{what} {name} is listed in both {other}.csv and {split}.csv; "
+                                "the splits must not share classes or images")
+
+
 def load_image(path):
-    """One image file -> (84, 84, 3) uint8; a missing or undecodable file raises UserError."""
+    """One image file -> (84, 84, 3) uint8; a missing, undecodable or not regular file (a FIFO, a device, a
+    broken link) raises UserError."""
+    check_regular_file(path)
     try:
         with Image.open(path) as im:
             im = im.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
@@ -141,6 +158,7 @@ def check_files_exist(images_dir, csvs):
     for split, classes in csvs.items():
         for files in classes.values():
             for name in files:
+                check_regular_file(images_dir / name)
                 if not (images_dir / name).is_file():
                     raise UserError(f"{images_dir / name}: image not found (listed in {split}.csv); "
                                     "pass --skip-bad to replace unreadable images")
@@ -160,6 +178,7 @@ def prepare_mimgnet(images_dir, splits_dir, out, skip_bad=False):
     csv_paths = {split: splits_dir / f"{split}.csv" for split in SPLITS}
     csvs = {split: read_split_csv(path) for split, path in csv_paths.items()}
     counts = {split: images_per_class(classes, csv_paths[split]) for split, classes in csvs.items()}
+    check_disjoint_splits(csvs)
     if not skip_bad:
         check_files_exist(images_dir, csvs)
     manifest = {"images": str(images_dir.resolve()), "preprocessing": PREPROCESSING, "image_size": IMAGE_SIZE,

@@ -32,7 +32,7 @@ from data.omniglot_build import (IMAGE_SIZE, SPLITS, build_folder, check_build_f
 from data.synthetic_omniglot import build_synthetic_omniglot  # noqa: E402
 from metagmvae.cli import HelpFormatter, check_seed  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
-from metagmvae.runfiles import UserError, exit_on_user_error, format_bytes  # noqa: E402
+from metagmvae.runfiles import UserError, check_regular_file, exit_on_user_error, format_bytes  # noqa: E402
 
 DOWNLOADS_KIND = "Omniglot downloads"  # the kind of folder --download-dir is, in its record
 URL_BASE = "https://github.com/brendenlake/omniglot/raw/master/python/"
@@ -120,11 +120,12 @@ def _read_zip(path):
 
 def _read_folder(path):
     """{character folder parts: [Drawing]} of an extracted folder."""
-    files = [f for pattern in ("*/*/*", "*/*/*/*") for f in path.glob(pattern) if f.is_file()]
+    files = [f for pattern in ("*/*/*", "*/*/*/*") for f in path.glob(pattern) if not f.is_dir()]
     paths = [f.relative_to(path).parts for f in files]
     folders = {}
     for parts in _layout(path, [p for p in paths if _is_drawing(p)]):
         file = path.joinpath(*parts)
+        check_regular_file(file)  # a FIFO would block, a device never end
         try:
             _check_size(file, file.stat().st_size)
             data = file.read_bytes()
@@ -146,6 +147,7 @@ def collect_characters(sources):
     """
     characters, seen_in = {}, {}
     for source in map(Path, sources):
+        check_regular_file(source)  # reading /dev/zero never ends, a FIFO blocks
         if not source.exists():
             raise UserError(f"{source}: no such file or folder")
         folders = _read_folder(source) if source.is_dir() else _read_zip(source)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .runfiles import (DISK_FULL, OURS, UserError, check_writable_folder, checkpoint_bytes, checkpoint_kind,
-                       load_checkpoint, name_list)
+                       load_checkpoint, metric_number, name_list)
 
 RECORD = ".metagmvae-files.json"
 RECORD_FORMAT = 1
@@ -652,7 +652,7 @@ class RunDir:
             for row in rows:
                 for value in row.values():
                     if value != "":  # an empty cell is a column that other rows have
-                        float(value)  # raises on a cell that is not a number (None: a short row)
+                        metric_number(value)  # raises on a cell that is not a number (None: a short row)
             steps = [int(row[key]) for row in rows]
         except (OSError, UnicodeDecodeError, csv.Error, ValueError, TypeError, KeyError) as e:
             if isinstance(e, OSError):

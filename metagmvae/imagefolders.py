@@ -7,7 +7,9 @@ docs/clustering.md).
 A folder of episodes holds one folder per episode: <episode>/support/<class>/<image> and
 <episode>/query/<class>/<image> (the support classes are the episode's classes), or the query images directly
 in <episode>/query/ (unlabelled: predicted, not scored). Hidden files (.DS_Store) and files whose suffix is not
-an image format Pillow opens (Thumbs.db, notes.txt) are skipped; a class folder without any image is refused.
+an image format Pillow opens (Thumbs.db, notes.txt) are skipped; a class folder without any image is refused, and
+so is a file named as an image, or an entry beside class or episode folders, that is a broken symbolic link, a link
+loop, a FIFO or a device.
 Each image becomes an array through the caller's load_image(path), which raises UserError on a file it cannot
 decode; every image of an episode must give the same shape.
 """
@@ -27,7 +29,7 @@ from .distributed import resolve_device
 from .episodes import GROUPING_EM, GROUPING_KMEANS, GROUPING_NOISE, EpisodeRandom
 from .evaluation import mean_confidence_interval
 from .folders import OutputFolder, check_outside_inputs
-from .runfiles import UserError, seed_everything
+from .runfiles import UserError, check_regular_file, seed_everything
 
 IMAGE_SUFFIXES = frozenset(suffix for suffix, image_format in Image.registered_extensions().items()
                            if image_format in Image.OPEN)
@@ -57,14 +59,26 @@ def visible_entries(folder):
     return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
 
+def is_image_file(path):
+    """Whether `path`, named as an image, is a file to read: True for a regular file, False for a folder; a
+    broken symbolic link, a link loop, a FIFO, a device or a socket raises UserError naming it, as an image
+    that cannot be decoded does."""
+    check_regular_file(path)
+    return path.is_file()
+
+
 def image_files(folder):
     """The visible files of `folder` whose suffix is an image format (see the module docstring)."""
-    return [p for p in visible_entries(folder) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    return [p for p in visible_entries(folder) if p.suffix.lower() in IMAGE_SUFFIXES and is_image_file(p)]
 
 
 def class_folders(folder):
-    """The visible sub-folders of `folder`, in name order."""
-    return [p for p in visible_entries(folder) if p.is_dir()]
+    """The visible sub-folders of `folder`, in name order; a broken symbolic link, a link loop (a class or an
+    episode that would vanish), a FIFO or a device among its entries raises UserError naming it."""
+    entries = visible_entries(folder)
+    for entry in entries:
+        check_regular_file(entry)
+    return [p for p in entries if p.is_dir()]
 
 
 def load_images(folder, load_image):
@@ -269,11 +283,12 @@ def start_grouping(args):
 
 def find_images(root):
     """Image files below `root` at any depth, sorted by path; hidden files and folders and files whose
-    suffix is not an image format Pillow opens are skipped."""
+    suffix is not an image format Pillow opens are skipped, other files that are not regular refused
+    (is_image_file)."""
     if not root.is_dir():
         raise UserError(f"--images {root}: no such folder")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts) and is_image_file(p))
 
 
 def list_images(args):

@@ -8,9 +8,10 @@ data_dir names omniglot), else Mini-ImageNet.
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
-from .runfiles import UserError, exit_on_user_error
+from .runfiles import UserError, check_regular_file, exit_on_user_error
 
 RESULT_FILES = ("results.json", "eval_results.json")
 KEY = re.compile(r"(\d+)way-(\d+)shot")
@@ -20,32 +21,76 @@ COLUMNS = ("run", "dataset", "method", "way", "shot", "accuracy (%)", "episodes"
 def results_file(path):
     """The results file of a run folder (results.json, else eval_results.json), or `path` itself."""
     path = Path(path)
-    if path.is_file():
+    if path.exists() and not path.is_dir():
         return path
     for name in RESULT_FILES:
-        if (path / name).is_file():
+        if (path / name).exists():
             return path / name
     raise UserError(f"{path}: no {' or '.join(RESULT_FILES)}")
 
 
+def _number(value):
+    """A finite JSON number that a float holds (true and false are not numbers)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
+
+
+def _count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# What the table reads, each field with the check of its value and what it should be: a run's fields
+# (optional: eval_results.json has no training) and every "<way>way-<shot>shot" entry's (required).
+RUN_FIELDS = {
+    "config": (lambda v: isinstance(v, dict), "a dict of the run's flags"),
+    "train_iters": (_count, "a positive integer"),
+    "wall_time_s": (lambda v: _number(v) and v >= 0, "a finite number of seconds >= 0"),
+}
+ENTRY_FIELDS = {
+    "mean": (lambda v: _number(v) and 0 <= v <= 1, "an accuracy, a finite number in [0, 1]"),
+    "ci95": (lambda v: _number(v) and 0 <= v <= 1, "a 95% CI half-width, a finite number in [0, 1]"),
+    "episodes": (_count, "a positive integer"),
+}
+
+
+def check_results(results, path):
+    """Refuse results whose fields the table reads have values that give no meaningful row (see RUN_FIELDS
+    and ENTRY_FIELDS), naming the file and the first bad field."""
+    def refuse(field, expected):
+        raise UserError(f"{path}: malformed {field}, expected {expected}")
+
+    if not isinstance(results, dict):
+        refuse("results", "a JSON object")
+    for field, (valid, expected) in RUN_FIELDS.items():
+        if results.get(field) is not None and not valid(results[field]):
+            refuse(f"\"{field}\" ({json.dumps(results[field])[:40]})", expected)
+    if not isinstance(results.get("test"), dict) or not results["test"]:
+        refuse("\"test\"", "a non-empty dict")
+    if not isinstance(results.get("baselines", {}), dict):
+        refuse("\"baselines\"", "a dict")
+    for name, entries in {"test": results["test"], **results.get("baselines", {})}.items():
+        if not isinstance(entries, dict):
+            refuse(f"entry {name!r}", "a dict of \"<way>way-<shot>shot\" entries")
+        for key, res in entries.items():
+            match = KEY.fullmatch(key)
+            if not match or int(match[1]) < 2 or int(match[2]) < 1 or not isinstance(res, dict):
+                refuse(f"entry {name}/{key}", "\"<way>way-<shot>shot\" (way >= 2, shot >= 1): "
+                       "{\"mean\", \"ci95\", \"episodes\"}")
+            for field, (valid, expected) in ENTRY_FIELDS.items():
+                if not valid(res.get(field)):
+                    refuse(f"{name}/{key}/{field} ({json.dumps(res.get(field))[:40]})", expected)
+
+
 def load_results(path):
-    """The parsed results dict; unreadable or malformed files raise UserError naming the file."""
+    """The parsed and checked (check_results) results dict; unreadable or malformed files raise UserError
+    naming the file."""
+    check_regular_file(path)
     try:
         results = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: not a readable JSON file ({e})") from None
-    if not isinstance(results, dict) or not isinstance(results.get("test"), dict) or not results["test"]:
-        raise UserError(f"{path}: malformed results, expected a non-empty \"test\" dict")
-    if not isinstance(results.get("baselines", {}), dict):
-        raise UserError(f"{path}: malformed \"baselines\", expected a dict")
-    for name, entries in {"test": results["test"], **results.get("baselines", {})}.items():
-        if not isinstance(entries, dict):
-            raise UserError(f"{path}: malformed entry {name!r}")
-        for key, res in entries.items():
-            if not KEY.fullmatch(key) or not isinstance(res, dict) or not all(
-                    isinstance(res.get(k), (int, float)) for k in ("mean", "ci95", "episodes")):
-                raise UserError(f"{path}: malformed entry {name}/{key}, expected "
-                                "\"<way>way-<shot>shot\": {\"mean\", \"ci95\", \"episodes\"}")
+    except RecursionError:
+        raise UserError(f"{path}: not a results file (JSON nested too deeply to read)") from None
+    check_results(results, path)
     return results
 
 

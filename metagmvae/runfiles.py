@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import random
+import stat
 import sys
 import warnings
 import zipfile
@@ -75,15 +76,42 @@ def check_fits_in_memory(size, what):
                         "memory of this machine")
 
 
+def special_file_kind(path):
+    """What `path` is, in words, when reading it as a file would fail or never end: "a broken symbolic link",
+    "a symbolic link loop", "a FIFO (named pipe)", "a device", "a socket"; None for a regular file, a folder,
+    a path that does not exist (the caller names that) or one this process may not inspect."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link" if path.is_symlink() else None
+    except OSError as e:
+        return "a symbolic link loop" if e.errno == errno.ELOOP else None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else None
+
+
+def check_regular_file(path, what=""):
+    """Refuse `path` (named after `what`, a flag such as "--source ") when it is a broken link, a link loop, a
+    FIFO, a device or a socket: reading a device such as /dev/zero never ends, and a FIFO blocks."""
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise UserError(f"{what}{path} is {kind}, not a regular file")
+
+
 _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def load_npy(path, mmap_mode=None):
     """np.load of a numeric .npy array (no pickled objects).  The header is checked first: a file that is not
-    a .npy array, holds Python objects, is shorter than its header says, or (unless memory-mapped) promises
-    more than this machine's memory raises UserError naming it."""
+    a regular file (a FIFO, a device) or not a .npy array, holds Python objects, is shorter than its header
+    says, or (unless memory-mapped) promises more than this machine's memory raises UserError naming it."""
     path = Path(path)
     expected = "expected a numeric .npy array written by numpy.save"
+    check_regular_file(path)
     try:
         with open(path, "rb") as f:
             read_header = _NPY_HEADER_READERS.get(np.lib.format.read_magic(f))
@@ -109,6 +137,18 @@ def load_npy(path, mmap_mode=None):
         raise UserError(f"{path}: its {format_bytes(size)} array does not fit in the free memory") from None
     except (ValueError, OSError, EOFError) as e:
         raise UserError(f"{path} is not a readable .npy array ({e}); {expected}") from None
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def metric_number(text):
+    """A metrics.csv cell as a float.  Raises ValueError unless it is finite and within float32's range: runs
+    compute their losses and accuracies in float32 and stop on a NaN or Inf loss, so no run writes another."""
+    value = float(text)
+    if not abs(value) <= FLOAT32_MAX:
+        raise ValueError(f"{text!r} is not a finite float32 number")
+    return value
 
 
 # ---- checkpoints

@@ -1,22 +1,49 @@
 """SimCLR features of Mini-ImageNet as simclr/main.py exports them: <split>_features.npy (N, F) float32,
-class-major, with <split>_labels.npy (N,).  The authors' feature files (600 rows per class, no labels)
-load too."""
+class-major, with <split>_labels.npy (N,) integer class indices.  The authors' feature files (600 rows per
+class, no labels) load too, when their rows are those of Mini-ImageNet's split: 64, 16 and 20 classes."""
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from metagmvae.runfiles import UserError, load_npy
+from metagmvae import distributed
+from metagmvae.runfiles import UserError, check_regular_file, load_npy
 
 SPLITS = ("train", "val", "test")
-REFERENCE_PER_CLASS = 600  # rows per class in the authors' label-free feature files
+# The authors' label-free feature files: Mini-ImageNet's classes per split (Ravi & Larochelle), 600 rows each.
+REFERENCE_CLASSES = {"train": 64, "val": 16, "test": 20}
+REFERENCE_PER_CLASS = 600
+
+
+def rows_per_class(labels, labels_path):
+    """The common number of rows of every class of integer labels (N,) that are class-major."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{labels_path} holds {labels.dtype} labels; expected integer class indices, as "
+                        "simclr/main.py writes them")
+    classes, counts = np.unique(labels, return_counts=True)
+    if (counts != counts[0]).any():
+        raise UserError(f"{labels_path}: classes have different numbers of rows ({counts.min()} to {counts.max()})")
+    if (np.diff(labels.astype(np.int64)) < 0).any():  # int64: a difference of unsigned labels wraps around
+        raise UserError(f"{labels_path}: rows are not class-major (labels must not decrease)")
+    return int(counts[0])
+
+
+def reference_rows_per_class(path, split, num_rows, labels_path):
+    """Without a labels file the rows are taken as the authors' files hold them, 600 rows per class of
+    Mini-ImageNet's split; other rows are refused, as cutting them would mix classes."""
+    classes = REFERENCE_CLASSES[split]
+    if num_rows != classes * REFERENCE_PER_CLASS:
+        raise UserError(f"{path} has {num_rows} rows and there is no {labels_path.name} giving each row's class; "
+                        f"label-free features must be the authors' {split} file, {classes} classes x "
+                        f"{REFERENCE_PER_CLASS} rows = {classes * REFERENCE_PER_CLASS} rows")
+    return REFERENCE_PER_CLASS
 
 
 def load_split(data_dir, split):
-    """One split as a float32 tensor (C, I, F); malformed files raise UserError."""
+    """One split as (float32 tensor (C, I, F), whether it has labels); malformed files raise UserError."""
     path = Path(data_dir) / f"{split}_features.npy"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():  # a broken link is named as such by load_npy
         raise UserError(f"{path} not found; export it with `python simclr/main.py --feature-save-dir {data_dir} ...`")
     features = load_npy(path)
     if features.ndim != 2 or 0 in features.shape or not np.issubdtype(features.dtype, np.floating):
@@ -24,31 +51,25 @@ def load_split(data_dir, split):
     if not np.isfinite(features).all():
         raise UserError(f"{path} contains NaN or Inf")
     labels_path = path.with_name(f"{split}_labels.npy")
-    if labels_path.is_file():
+    labelled = labels_path.exists() or labels_path.is_symlink()
+    if labelled:
         labels = load_npy(labels_path)
         if labels.shape != (len(features),):
             raise UserError(f"{labels_path} has shape {labels.shape}; expected ({len(features)},) for {path.name}")
-        classes, counts = np.unique(labels, return_counts=True)
-        if (counts != counts[0]).any():
-            raise UserError(f"{labels_path}: classes have different numbers of rows ({counts.min()} to {counts.max()})")
-        if (np.diff(labels) < 0).any():
-            raise UserError(f"{labels_path}: rows are not class-major (labels must not decrease)")
-        per_class = counts[0]
+        per_class = rows_per_class(labels, labels_path)
     else:
-        if len(features) % REFERENCE_PER_CLASS:
-            raise UserError(f"{path} has {len(features)} rows, not a multiple of {REFERENCE_PER_CLASS}, and there is "
-                            f"no {labels_path.name} giving each row's class")
-        per_class = REFERENCE_PER_CLASS
+        per_class = reference_rows_per_class(path, split, len(features), labels_path)
     array = np.ascontiguousarray(features, dtype=np.float32).reshape(-1, per_class, features.shape[1])
-    return torch.from_numpy(array)
+    return torch.from_numpy(array), labelled
 
 
 def check_manifest(data_dir, data):
     """With simclr/main.py's manifest.json beside the features, each split must have the rows and the
     feature size it lists (the images of the split CSVs)."""
     path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return
+    check_regular_file(path)
     try:
         manifest = json.loads(path.read_text())
         expected = {split: (manifest["splits"][split]["count"], manifest["feature_size"]) for split in data}
@@ -62,10 +83,17 @@ def check_manifest(data_dir, data):
 
 
 def load_features(data_dir, splits=SPLITS):
-    """{split: (C, I, F) tensor}; every split must have the same feature size F."""
-    data = {split: load_split(data_dir, split) for split in splits}
+    """{split: (C, I, F) tensor}; every split must have the same feature size F.  Splits without a labels
+    file are said (one line) to be read in the authors' layout."""
+    loaded = {split: load_split(data_dir, split) for split in splits}
+    data = {split: array for split, (array, _) in loaded.items()}
     sizes = {split: array.shape[-1] for split, array in data.items()}
     if len(set(sizes.values())) > 1:
         raise UserError(f"feature sizes differ between splits in {data_dir}: {sizes}")
     check_manifest(data_dir, data)
+    label_free = [split for split, (_, labelled) in loaded.items() if not labelled]
+    if label_free and distributed.is_main():
+        print(f"no labels files in {data_dir}: the authors' layout is assumed, " + ", ".join(
+            f"{split} {REFERENCE_CLASSES[split]} classes" for split in label_free)
+              + f" of {REFERENCE_PER_CLASS} rows each, class-major")
     return data

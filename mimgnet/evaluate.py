@@ -27,8 +27,8 @@ from data.prepare_mimgnet import load_image  # noqa: E402
 from metagmvae import imagefolders  # noqa: E402
 from metagmvae.cli import use_huge_pages  # noqa: E402
 from metagmvae.evaluation import logistic_regression_predictions, nearest_class_mean_predictions  # noqa: E402
-from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
-from mimgnet.model import load_model  # noqa: E402
+from metagmvae.runfiles import exit_on_user_error  # noqa: E402
+from mimgnet.model import check_feature_size, load_model  # noqa: E402
 from simclr import trainer as simclr_trainer  # noqa: E402
 
 BASELINES = {"feature nearest class mean": nearest_class_mean_predictions,
@@ -37,10 +37,8 @@ BASELINES = {"feature nearest class mean": nearest_class_mean_predictions,
 
 def check_feature_sizes(encoder, model, encoder_path, checkpoint_path):
     """Refuse a feature model whose input size is not the encoder's feature size."""
-    encoder_size, model_size = encoder.encoder.feature_size, model.config["feature_size"]
-    if encoder_size != model_size:
-        raise UserError(f"--checkpoint {checkpoint_path} takes {model_size} features but --encoder {encoder_path} "
-                        f"gives {encoder_size}; pass the SimCLR checkpoint whose features the model was trained on")
+    check_feature_size(model, encoder.encoder.feature_size, checkpoint_path, source=f"--encoder {encoder_path}",
+                       remedy="pass the SimCLR checkpoint whose features the model was trained on")
 
 
 def load_episode(folder, encoder, batch_size, device):

@@ -5,7 +5,7 @@ Shapes: B episodes, M items, S MC samples, F feature size, D latent size.
 from torch import nn
 
 from metagmvae.gmvae import SetGMVAE, SetPosterior, full_precision
-from metagmvae.runfiles import convert_state_dict
+from metagmvae.runfiles import UserError, convert_state_dict
 from metagmvae.training import load_model as load_run_model
 
 
@@ -33,6 +33,14 @@ class FeatureGMVAE(SetGMVAE):
 
 
 MODEL_NAME = "Mini-ImageNet"  # in checkpoints and their error messages
+
+
+def check_feature_size(model, feature_size, checkpoint_path, source, remedy):
+    """Refuse a model whose input size is not feature_size, that of the features `source` (the flag and the
+    path they come from) gives, saying `remedy`: evaluating it would fail at the first layer."""
+    if model.config["feature_size"] != feature_size:
+        raise UserError(f"--checkpoint {checkpoint_path} takes {model.config['feature_size']} features but {source} "
+                        f"gives {feature_size}; {remedy}")
 
 
 def load_model(path, device):

@@ -18,7 +18,7 @@ from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoi
                                 test_model, train_step, validate, validation_due, validation_episodes)
 
 from .dataset import load_features
-from .model import MODEL_NAME, FeatureGMVAE, load_model
+from .model import MODEL_NAME, FeatureGMVAE, check_feature_size, load_model
 
 
 BASELINES = {"feature_nearest_class_mean": nearest_class_mean_accuracies,
@@ -28,7 +28,10 @@ BASELINES = {"feature_nearest_class_mean": nearest_class_mean_accuracies,
 def evaluate(args, device):
     """--eval-only: test --checkpoint (ours or the authors') at every --eval-shots; returns the results."""
     test = load_features(args.data_dir, ("test",))["test"]
-    results = evaluate_checkpoint(load_model(args.checkpoint, device), args.checkpoint, test, BASELINES, args.eval_way,
+    model = load_model(args.checkpoint, device)
+    check_feature_size(model, test.shape[-1], args.checkpoint, source=f"--data-dir {args.data_dir}",
+                       remedy="pass the features the model was trained on")
+    results = evaluate_checkpoint(model, args.checkpoint, test, BASELINES, args.eval_way,
                                   args.eval_shots, args.query, args.eval_episodes, args.seed, args.test_mc_sample_size,
                                   args.semisupervised_em_iters, args.batch_size, device, args.amp)
     return {**results, "config": vars(args)}

@@ -13,9 +13,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from metagmvae.cli import check_positive, check_seed, use_huge_pages  # noqa: E402
 from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
-from metagmvae.runfiles import exit_on_user_error  # noqa: E402
+from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 from omniglot.dataset import load_omniglot  # noqa: E402
-from omniglot.figures import FIGURE_NAMES, write_run_figures  # noqa: E402
+from omniglot.figures import FIGURE_NAMES, check_figures_fit, write_run_figures  # noqa: E402
 from omniglot.model import load_model  # noqa: E402
 
 
@@ -48,12 +48,15 @@ def main(argv=None):
         check_positive(args, ["way", "eval_way", "sample_size", "query", "unsupervised_em_iters",
                               "semisupervised_em_iters", "test_mc_sample_size"])
         check_seed(args.seed)
+        if args.metrics is not None and not Path(args.metrics).exists():
+            raise UserError(f"--metrics {args.metrics}: no such file")
         check_outside_inputs(args.out, "--out", [("--data-dir", args.data_dir)])
         out = OutputFolder(args.out, FIGURES_KIND, "--out")
         out.check(FIGURE_NAMES)
         device = resolve_device(args.device)
         model = load_model(args.checkpoint, device)
         data = load_omniglot(args.data_dir, ("train", "val"))
+        check_figures_fit(data, args.way, args.eval_way, args.sample_size, args.query)
         with out:
             paths = write_run_figures(model, data, out, args.metrics, args.way, args.eval_way, args.sample_size,
                                       args.query, args.unsupervised_em_iters, args.semisupervised_em_iters,

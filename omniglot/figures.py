@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from metagmvae.episodes import FIGURES, EpisodeRandom, EpisodeSampler
+from metagmvae.episodes import FIGURES, EpisodeRandom, EpisodeSampler, check_episodes_fit
 from metagmvae.evaluation import seeded_eval
 from metagmvae.gmm import fit_gmm_em, log_normal_identity
-from metagmvae.runfiles import UserError
+from metagmvae.runfiles import UserError, check_regular_file, metric_number
 
 SCALE = 3
 TILE = 28 * SCALE
@@ -157,22 +157,51 @@ def save_test_episode(support, y_support, query, y_query, predicted, path, per_r
     return _save(canvas, path)
 
 
-def _read_metrics(metrics_csv):
-    """Columns of metrics.csv as {name: [float or None]}; `step` is required."""
+ACCURACY_COLUMN = re.compile(r"val_\d+shot(_ci95)?")  # fractions in [0, 1]
+
+
+def _metric_cell(text, column):
+    """One cell of metrics.csv: None when empty (a column other rows have), else metric_number's float; an
+    accuracy column's value must lie in [0, 1] (ValueError)."""
+    if text == "":
+        return None
+    value = metric_number(text)
+    if ACCURACY_COLUMN.fullmatch(column) and not 0 <= value <= 1:
+        raise ValueError(f"{text} is not an accuracy in [0, 1]")
+    return value
+
+
+def read_metrics_table(metrics_csv):
+    """Columns of a run's metrics.csv as {name: [float or None]}, checked before anything is drawn: a file
+    that is not a regular text file, a cell that is not a finite float32 number (runfiles.metric_number), an
+    accuracy outside [0, 1], or a `step` column that is missing or not increasing positive integers raises
+    UserError naming the file (and the line and column)."""
+    check_regular_file(metrics_csv)
     try:
-        with open(metrics_csv, newline="") as f:
-            rows = list(csv.DictReader(f))
+        with open(metrics_csv, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = {name: [] for name in reader.fieldnames or []}
+            for row in reader:
+                for name, text in row.items():
+                    if name is None or text is None:  # more cells than the header has, or fewer
+                        raise UserError(f"{metrics_csv}:{reader.line_num}: not the {len(columns)} cells of the "
+                                        "header")
+                    try:
+                        columns[name].append(_metric_cell(text, name))
+                    except ValueError as e:
+                        raise UserError(f"{metrics_csv}:{reader.line_num}: column {name!r} holds {text[:40]!r}, "
+                                        f"not a metric of a run ({e})") from None
     except OSError as e:
         raise UserError(f"{metrics_csv}: cannot read ({e.strerror or e})") from None
-    if not rows or "step" not in rows[0]:
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{metrics_csv}: not a metrics.csv table ({e})") from None
+    steps = columns.get("step", [])
+    if not steps:
         raise UserError(f"{metrics_csv}: no rows with a 'step' column")
-
-    def number(text):
-        try:
-            return float(text)
-        except (TypeError, ValueError):
-            return None
-    return {name: [number(row.get(name)) for row in rows] for name in rows[0]}
+    positive_integers = all(s is not None and s == int(s) and s >= 1 for s in steps)
+    if not positive_integers or any(later <= earlier for earlier, later in zip(steps, steps[1:])):
+        raise UserError(f"{metrics_csv}: the 'step' column is not increasing positive integers")
+    return columns
 
 
 def _limits(values):
@@ -219,10 +248,9 @@ def _plot(draw, left, title, steps, series, font):
         draw.text((x1 - 52, ly), name, fill=colour, font=font, anchor="lm")
 
 
-def save_learning_curves(metrics_csv, path):
-    """Three panels vs step from a run's metrics.csv: rec, kl, and validation accuracy (%) per shot
-    (columns val_{shot}shot).  The PNG is (3 PANEL_WIDTH, PANEL_HEIGHT)."""
-    columns = _read_metrics(metrics_csv)
+def save_learning_curves(columns, path):
+    """Three panels vs step from a run's metrics.csv columns (read_metrics_table): rec, kl, and validation
+    accuracy (%) per shot (columns val_{shot}shot).  The PNG is (3 PANEL_WIDTH, PANEL_HEIGHT)."""
     shots = sorted((int(m.group(1)), name) for name in columns if (m := re.fullmatch(r"val_(\d+)shot", name)))
     accuracy = {f"{shot}-shot": [None if v is None else 100 * v for v in columns[name]] for shot, name in shots}
     panels = [("rec", {k: columns[k] for k in ("rec",) if k in columns}),
@@ -236,32 +264,49 @@ def save_learning_curves(metrics_csv, path):
     return _save(canvas, path)
 
 
+MIXTURE_ITEMS = 60  # at most this many training items in the mixture figure
+TEST_EPISODE_QUERIES = 3  # at most this many queries per class in the test-episode figure
+
+
+def check_figures_fit(data, way, eval_way, sample_size, query):
+    """Refuse figure settings that the data {"val": (C, I, ...), ...} cannot give: the mixture figure fits
+    `way` components to min(sample_size, MIXTURE_ITEMS) items, and the test episode is eval_way-way 1-shot
+    with min(query, TEST_EPISODE_QUERIES) queries per class of the validation split."""
+    items = min(sample_size, MIXTURE_ITEMS)
+    if way > items:
+        raise UserError(f"--way {way}: the mixture figure fits {way} components to {items} items "
+                        f"(--sample-size {sample_size}, at most {MIXTURE_ITEMS}); give --way {items} or fewer")
+    check_episodes_fit("val", data["val"], eval_way, min(query, TEST_EPISODE_QUERIES), [1])
+
+
 def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_size, query, unsupervised_em_iters,
                       semisupervised_em_iters, mc_samples, seed):
     """All four figures of a run into `folder` (an opened OutputFolder, or a FolderPath in one), from fixed
     draws (seeded by `seed`) that leave the global RNG untouched, so a run with figures gives the same numbers
     as one without.
 
-    data: {"train": (C, I, 1, 28, 28), "val": ...}; the mixture figure fits `way` components to at most 60
-    of `sample_size` training items, the test episode is eval_way-way 1-shot with at most 3 queries per
-    class.  Returns the paths written.
+    data: {"train": (C, I, 1, 28, 28), "val": ...}; the mixture figure fits `way` components to at most
+    MIXTURE_ITEMS of `sample_size` training items, the test episode is eval_way-way 1-shot with at most
+    TEST_EPISODE_QUERIES queries per class.  metrics_csv, when it exists, is read (and checked) before any
+    figure is drawn.  Returns the paths written.
     """
+    metrics = read_metrics_table(metrics_csv) if metrics_csv is not None and Path(metrics_csv).exists() else None
     device = next(model.parameters()).device
     rng = EpisodeRandom([(seed, FIGURES)])  # one stream: the same items and episode at every validation
     train = data["train"].flatten(0, 1)
     with seeded_eval(model, device, seed):
         paths = [save_reconstructions(model, train[rng.randint(len(train), 1, 16)[0]], folder / "reconstructions.png"),
-                 save_episode_mixture(model, train[rng.randint(len(train), 1, min(sample_size, 60))[0]],
+                 save_episode_mixture(model, train[rng.randint(len(train), 1, min(sample_size, MIXTURE_ITEMS))[0]],
                                       way, unsupervised_em_iters, folder / "mixture.png")]
-        sampler = EpisodeSampler(data["val"], eval_way, 1, min(query, 3))
+        sampler = EpisodeSampler(data["val"], eval_way, 1, min(query, TEST_EPISODE_QUERIES))
         ep = sampler.gather(*sampler.sample_indices(rng))
         with _inference(model):
             probs = model.predict(ep.support.to(device), ep.y_support.to(device), ep.query.to(device), eval_way,
                                   mc_samples, semisupervised_em_iters)
         paths.append(save_test_episode(ep.support[0], ep.y_support[0], ep.query[0], ep.y_query[0],
                                        probs.argmax(-1)[0].cpu(), folder / "test_episode.png"))
-    if metrics_csv is not None and Path(metrics_csv).exists():
-        paths.append(save_learning_curves(metrics_csv, folder / "curves.png"))
+    if metrics is not None:
+        paths.append(save_learning_curves(metrics, folder / "curves.png"))
     return paths
 
 

@@ -110,7 +110,7 @@ def test_learning_curves_have_three_panels(tmp_path, steps):
         writer = csv.writer(f)
         writer.writerow(["step", "rec", "kl", "loss", "val_1shot", "val_1shot_ci95", "val_5shot", "wall_time_s"])
         writer.writerows([[s, 100 / (i + 1), 3 + i, 0, 0.4 + 0.1 * i, 0.01, 0.6, s / 10] for i, s in enumerate(steps)])
-    path = figures.save_learning_curves(metrics, tmp_path / "curves.png")
+    path = figures.save_learning_curves(figures.read_metrics_table(metrics), tmp_path / "curves.png")
     assert png_size(path) == (3 * figures.PANEL_WIDTH, figures.PANEL_HEIGHT)
 
 

@@ -67,10 +67,10 @@ def test_features_load_class_major_and_the_reference_layout(tmp_path):
     assert data["train"].shape == (8, 40, 16) and data["test"].shape == (6, 40, 16)
     reference = tmp_path / "reference"
     reference.mkdir()
-    for split in ("train", "val", "test"):  # the authors' files: 600 rows per class, no labels
-        np.save(reference / f"{split}_features.npy", np.arange(2 * 600 * 3, dtype=np.float32).reshape(-1, 3))
+    for split, classes in (("train", 64), ("val", 16), ("test", 20)):  # the authors' files: 600 rows per class
+        np.save(reference / f"{split}_features.npy", np.arange(classes * 600 * 3, dtype=np.float32).reshape(-1, 3))
     train = load_features(reference)["train"]
-    assert train.shape == (2, 600, 3) and train[1, 0, 0] == 600 * 3
+    assert train.shape == (64, 600, 3) and train[1, 0, 0] == 600 * 3
 
 
 def test_baselines_solve_separable_episodes(tmp_path):
@@ -106,7 +106,7 @@ def test_train_and_test_end_to_end(tmp_path):
 @pytest.mark.parametrize("damage, text", [
     (lambda d: np.save(d / "val_features.npy", np.full((6 * 40, 16), np.nan, np.float32)), "contains NaN"),
     (lambda d: np.save(d / "test_features.npy", np.ones((6 * 40, 8), np.float32)), "feature sizes differ"),
-    (lambda d: (d / "train_labels.npy").unlink(), "not a multiple of 600"),
+    (lambda d: (d / "train_labels.npy").unlink(), "label-free features must be the authors' train file"),
     (lambda d: np.save(d / "val_labels.npy", np.arange(6 * 40) % 6), "not class-major"),
     (lambda d: (d / "test_features.npy").unlink(), "test_features.npy not found"),
     (lambda d: (d / "manifest.json").write_text(json.dumps(

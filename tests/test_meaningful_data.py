@@ -1,0 +1,328 @@
+"""Input that would make a result meaningless, or that cannot be read, is refused before anything is computed or
+written (issue 22): exit code 2, one line on stderr naming the file or flag, no traceback, no file written."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data import prepare_mimgnet
+from metagmvae import report
+from mimgnet import main as mimgnet_main
+from mimgnet.dataset import load_features
+from mimgnet.model import FeatureGMVAE
+from omniglot import cluster as omniglot_cluster
+from omniglot import draw_figures
+from omniglot import evaluate as omniglot_evaluate
+from omniglot.model import OmniglotGMVAE
+
+from .conftest import REPO_ROOT
+from .test_hostile_inputs import MIMGNET_FLAGS, assert_refused_in_process, check_refusal, snapshot
+
+
+def assert_refused_by_process(script, *args, text, roots):
+    """`python script args` refused (check_refusal) within a minute (a FIFO would block it, a device never end
+    it), the files under `roots` unchanged."""
+    before = snapshot(*roots)
+    result = subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=60)
+    check_refusal(result.returncode, result.stderr, text, argparse_error=False)
+    assert snapshot(*roots) == before
+
+
+# ---- data/prepare_mimgnet.py: splits must not share classes or images
+
+@pytest.fixture
+def split_csvs(tmp_path):
+    """Images of three classes, one per split, and their split CSVs (each class has two images)."""
+    (tmp_path / "images").mkdir()
+    for name in ("a1", "a2", "b1", "b2", "c1", "c2"):
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "images" / f"{name}.jpg")
+    for split, label in (("train", "na"), ("val", "nb"), ("test", "nc")):
+        letter = label[1]
+        (tmp_path / f"{split}.csv").write_text(f"filename,label\n{letter}1.jpg,{label}\n{letter}2.jpg,{label}\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("test_csv, text", [
+    ("filename,label\na1.jpg,na\na2.jpg,na\n", "class na is listed in both train.csv and test.csv"),  # a copy
+    ("filename,label\nc1.jpg,nc\nc2.jpg,nc\nb1.jpg,nb\nb2.jpg,nb\n", "class nb is listed in both val.csv and test.csv"),
+    ("filename,label\nc1.jpg,nc\n./a1.jpg,nc\n", "image a1.jpg is listed in both train.csv and test.csv"),
+])
+def test_prepare_mimgnet_refuses_splits_that_share_classes_or_images(split_csvs, capsys, test_csv, text):
+    (split_csvs / "test.csv").write_text(test_csv)
+    assert_refused_in_process(prepare_mimgnet.main, "--images", split_csvs / "images", "--splits", split_csvs,
+                              "--out", split_csvs / "out", text=text, roots=[split_csvs], capsys=capsys)
+    assert not (split_csvs / "out").exists()
+
+
+def test_prepare_mimgnet_refuses_a_fifo_as_split_csv_or_image(split_csvs):
+    os.mkfifo(split_csvs / "fifo.jpg")
+    (split_csvs / "val.csv").rename(split_csvs / "val_copy.csv")
+    os.mkfifo(split_csvs / "val.csv")
+    args = ["--images", split_csvs / "images", "--splits", split_csvs, "--out", split_csvs / "out"]
+    assert_refused_by_process("data/prepare_mimgnet.py", *args, text="val.csv is a FIFO (named pipe), not a regular "
+                              "file", roots=[split_csvs])
+    (split_csvs / "val.csv").unlink()
+    (split_csvs / "val_copy.csv").rename(split_csvs / "val.csv")
+    (split_csvs / "images" / "b2.jpg").unlink()
+    (split_csvs / "images" / "b2.jpg").symlink_to(split_csvs / "fifo.jpg")
+    assert_refused_by_process("data/prepare_mimgnet.py", *args, text="b2.jpg is a FIFO (named pipe)",
+                              roots=[split_csvs])
+    assert not (split_csvs / "out").exists()
+    # --skip-bad replaces it as an unreadable image, instead of blocking on it
+    result = subprocess.run([sys.executable, "data/prepare_mimgnet.py", *map(str, args), "--skip-bad"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    [skipped] = json.loads((split_csvs / "out" / "manifest.json").read_text())["splits"]["val"]["skipped"]
+    assert skipped["file"] == "b2.jpg" and "is a FIFO" in skipped["reason"] and skipped["replaced_by"] == "b1.jpg"
+
+
+# ---- python -m metagmvae.report: values, not only types
+
+GOOD_RESULTS = {"test": {"5way-1shot": {"mean": 0.5, "ci95": 0.01, "episodes": 100}}, "config": {"hidden_size": 8},
+                "train_iters": 100, "wall_time_s": 60.0}
+
+
+def with_entry(**fields):
+    return {**GOOD_RESULTS, "test": {"5way-1shot": {**GOOD_RESULTS["test"]["5way-1shot"], **fields}}}
+
+
+@pytest.mark.parametrize("text, results", [
+    ("test/5way-1shot/mean (NaN), expected an accuracy, a finite number in [0, 1]", json.dumps(with_entry(mean=None))
+     .replace("null", "NaN")),
+    ("test/5way-1shot/mean (true)", with_entry(mean=True)),
+    ("test/5way-1shot/mean (1.5)", with_entry(mean=1.5)),
+    ("test/5way-1shot/episodes (-5), expected a positive integer", with_entry(episodes=-5)),
+    ("test/5way-1shot/episodes (2.5)", with_entry(episodes=2.5)),
+    ("test/5way-1shot/ci95 (-0.01)", with_entry(ci95=-0.01)),
+    ("\"wall_time_s\" (Infinity), expected a finite number of seconds >= 0",
+     json.dumps(GOOD_RESULTS).replace("60.0", "Infinity")),
+    ("\"wall_time_s\" (\"60\")", {**GOOD_RESULTS, "wall_time_s": "60"}),
+    ("\"wall_time_s\" (1000000000", json.dumps(GOOD_RESULTS).replace("60.0", "1" + "0" * 400)),
+    ("\"config\" ([1, 2]), expected a dict of the run's flags", {**GOOD_RESULTS, "config": [1, 2]}),
+    ("\"config\" (\"omniglot\")", {**GOOD_RESULTS, "config": "omniglot"}),
+    ("\"train_iters\" (-1)", {**GOOD_RESULTS, "train_iters": -1}),
+    ("entry test/1way-1shot", {**GOOD_RESULTS, "test": {"1way-1shot": GOOD_RESULTS["test"]["5way-1shot"]}}),
+    ("not a results file (JSON nested too deeply to read)", "[" * 10000 + "]" * 10000),
+])
+def test_report_refuses_values_that_make_no_row(tmp_path, capsys, text, results):
+    path = tmp_path / "results.json"
+    path.write_text(results if isinstance(results, str) else json.dumps(results))
+    line = assert_refused_in_process(report.main, tmp_path, text=text, roots=[tmp_path], capsys=capsys)
+    assert f"{path}: malformed" in line or "nested" in line
+
+
+def test_report_prints_a_valid_file_and_refuses_a_fifo(tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps(GOOD_RESULTS))
+    report.main([str(tmp_path)])
+    assert "| Omniglot | Meta-GMVAE | 5 | 1 | 50.00 +- 1.00 | 100 | 100 | 1.0 min |" in capsys.readouterr().out
+    os.mkfifo(tmp_path / "eval")
+    assert_refused_in_process(report.main, tmp_path / "eval", text="eval is a FIFO (named pipe), not a regular file",
+                              roots=[tmp_path], capsys=capsys)
+
+
+# ---- Mini-ImageNet features: the label-free layout, labels, feature size
+
+def save_features(folder, rows, labels=None, splits=("train", "val", "test"), feature_size=8):
+    folder.mkdir(exist_ok=True)
+    for split in splits:
+        np.save(folder / f"{split}_features.npy", np.random.default_rng(0).random((rows, feature_size), np.float32))
+        if labels is not None:
+            np.save(folder / f"{split}_labels.npy", labels)
+    return folder
+
+
+@pytest.mark.parametrize("rows", [50 * 60, 600, 64 * 600 + 600])
+def test_label_free_features_must_have_the_authors_layout(tmp_path, capsys, rows):
+    data = save_features(tmp_path / "features", rows)
+    assert_refused_in_process(mimgnet_main.main, "--data-dir", data, "--save-dir", tmp_path / "run", *MIMGNET_FLAGS,
+                              "--train-iters", "1", text=f"train_features.npy has {rows} rows and there is no train_labels.npy giving each "
+                                   "row's class; label-free features must be the authors' train file, 64 classes x 600 "
+                                   "rows = 38400 rows", roots=[tmp_path], capsys=capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_authors_layout_is_said_when_assumed(tmp_path, capsys):
+    folder = tmp_path / "features"
+    folder.mkdir()
+    for split, classes in (("val", 16), ("test", 20)):
+        np.save(folder / f"{split}_features.npy", np.repeat(np.arange(classes, dtype=np.float32), 600)[:, None])
+    np.save(folder / "val_labels.npy", np.repeat(np.arange(16), 600))
+    data = load_features(folder, ("val", "test"))
+    assert data["test"].shape == (20, 600, 1) and (data["test"][:, :, 0] == torch.arange(20.0)[:, None]).all()
+    assert capsys.readouterr().out == (f"no labels files in {folder}: the authors' layout is assumed, test 20 classes "
+                                       "of 600 rows each, class-major\n")
+
+
+@pytest.mark.parametrize("labels, text", [
+    (np.repeat(np.array(["cat", "dog"]), 30), "test_labels.npy holds <U3 labels; expected integer class indices"),
+    (np.repeat(np.array([0.0, 1.0]), 30), "test_labels.npy holds float64 labels"),
+    (np.repeat(np.array([1, 0], np.uint8), 30), "test_labels.npy: rows are not class-major"),
+])
+def test_labels_must_be_class_major_integers(tmp_path, capsys, labels, text):
+    data = save_features(tmp_path / "features", 60, labels, splits=("test",))
+    checkpoint = tmp_path / "model.pt"
+    model = FeatureGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, checkpoint)
+    assert_refused_in_process(mimgnet_main.main, "--data-dir", data, "--eval-only", "--checkpoint", checkpoint,
+                              "--save-dir", tmp_path / "run", *MIMGNET_FLAGS, text=text, roots=[tmp_path],
+                              capsys=capsys)
+
+
+def test_eval_only_refuses_features_of_another_size_than_the_checkpoints(tmp_path, capsys):
+    data = save_features(tmp_path / "features", 60, np.repeat(np.arange(2), 30), splits=("test",), feature_size=16)
+    model = FeatureGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, tmp_path / "model.pt")
+    assert_refused_in_process(mimgnet_main.main, "--data-dir", data, "--eval-only", "--checkpoint",
+                              tmp_path / "model.pt", "--eval-way", "2", "--save-dir", tmp_path / "run", *MIMGNET_FLAGS,
+                              text=f"model.pt takes 8 features but --data-dir {data} gives 16; pass the features the "
+                                   "model was trained on", roots=[tmp_path], capsys=capsys)
+
+
+def test_a_fifo_as_features_file_is_refused(tmp_path):
+    data = save_features(tmp_path / "features", 60, np.repeat(np.arange(2), 30), splits=("train", "val"))
+    os.mkfifo(data / "test_features.npy")
+    assert_refused_by_process("mimgnet/main.py", "--data-dir", data, "--save-dir", tmp_path / "run", *MIMGNET_FLAGS,
+                              text="test_features.npy is a FIFO (named pipe), not a regular file", roots=[tmp_path])
+
+
+# ---- omniglot/draw_figures.py: the metrics table and what the figures need
+
+@pytest.fixture(scope="module")
+def figure_inputs(tmp_path_factory):
+    """Omniglot arrays of 6 classes of 20 drawings per split (sparse ink on a 0 background) and a checkpoint."""
+    folder = tmp_path_factory.mktemp("figures")
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        np.save(folder / f"{split}.npy", (rng.random((6, 20, 28, 28, 1)) < 0.1).astype(np.float32))
+    model = OmniglotGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, folder / "model.pt")
+    return folder
+
+
+def draw_figures_flags(folder, *extra):
+    return ["--checkpoint", folder / "model.pt", "--data-dir", folder, "--out", folder / "out", "--device", "cpu",
+            "--test-mc-sample-size", "2", *extra]
+
+
+@pytest.mark.parametrize("rows, text", [
+    ("step,rec,kl\n10,100,3\n20,inf,2\n", "metrics.csv:3: column 'rec' holds 'inf', not a metric of a run"),
+    ("step,rec,kl\n10,100,3\n20,nan,2\n", "column 'rec' holds 'nan'"),
+    ("step,rec,kl\n10,100,3\n20,1e308,2\n", "column 'rec' holds '1e308', not a metric of a run ('1e308' is not a "
+                                            "finite float32 number)"),
+    ("step,rec,val_1shot\n10,100,0.4\n20,90,40\n", "column 'val_1shot' holds '40'"),
+    ("step,rec,kl\n10,100,3\n10,90,2\n", "the 'step' column is not increasing positive integers"),
+    ("step,rec,kl\n10,100,3\n20,90\n", "metrics.csv:3: not the 3 cells of the header"),
+    ("step,rec,kl\n10,100,3\n20,90,2,1\n", "metrics.csv:3: not the 3 cells of the header"),
+    ("step,rec,kl\n10,100,3\n20,ninety,2\n", "column 'rec' holds 'ninety'"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "metrics.csv: not a metrics.csv table"),
+    (b"step,rec\n10,\x00\x01\n", "metrics.csv:2: column 'rec' holds '\\x00\\x01'"),
+])
+def test_draw_figures_refuses_a_metrics_table_it_cannot_draw(figure_inputs, tmp_path, capsys, rows, text):
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_bytes(rows if isinstance(rows, bytes) else rows.encode())
+    assert_refused_in_process(draw_figures.main, *draw_figures_flags(figure_inputs, "--metrics", metrics), text=text,
+                              roots=[figure_inputs, tmp_path], capsys=capsys)
+    assert not (figure_inputs / "out").exists()
+
+
+@pytest.mark.parametrize("flags, text", [
+    (["--eval-way", "100"], "--eval-way 100 is larger than the 6 classes of the val split"),
+    (["--way", "100"], "--way 100: the mixture figure fits 100 components to 60 items (--sample-size 60, at most 60)"),
+    (["--way", "12", "--sample-size", "10"], "--way 12: the mixture figure fits 12 components to 10 items"),
+    (["--metrics", "no-such-metrics.csv"], "--metrics no-such-metrics.csv: no such file"),
+])
+def test_draw_figures_refuses_figures_the_data_cannot_give(figure_inputs, capsys, flags, text):
+    assert_refused_in_process(draw_figures.main, *draw_figures_flags(figure_inputs, *flags), text=text,
+                              roots=[figure_inputs], capsys=capsys)
+    assert not (figure_inputs / "out").exists()
+
+
+def test_draw_figures_draws_curves_of_a_valid_table(figure_inputs, tmp_path, capsys):
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("step,rec,kl,val_1shot\n10,100,3,0.4\n20,90,2,\n")  # an empty cell: no validation there
+    draw_figures.main(list(map(str, draw_figures_flags(figure_inputs, "--metrics", metrics, "--out", tmp_path))))
+    assert (tmp_path / "curves.png").is_file()
+
+
+# ---- image folders: links that lead nowhere, FIFOs
+
+def break_file(path, kind):
+    """Replace the file `path` by a broken symbolic link, a link loop or a FIFO."""
+    path.unlink()
+    if kind == "broken link":
+        path.symlink_to(path.parent / "missing.png")
+    elif kind == "link loop":
+        path.symlink_to(path)
+    else:
+        os.mkfifo(path)
+
+
+KINDS = {"broken link": "is a broken symbolic link", "link loop": "is a symbolic link loop",
+         "fifo": "is a FIFO (named pipe)"}
+
+
+@pytest.fixture
+def image_folders(tmp_path, figure_inputs):
+    """An episode folder (2-way, one support and one query image per class) and a checkpoint."""
+    root = tmp_path / "episodes"
+    for part in ("support", "query"):
+        for name in ("a", "b"):
+            (root / "e1" / part / name).mkdir(parents=True)
+            Image.new("L", (28, 28), 255).save(root / "e1" / part / name / "1.png")
+    return root, figure_inputs / "model.pt"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_evaluate_refuses_an_image_that_is_a_broken_link_a_loop_or_a_fifo(image_folders, capsys, kind):
+    root, checkpoint = image_folders
+    image = root / "e1" / "query" / "b" / "1.png"
+    break_file(image, kind)
+    assert_refused_in_process(omniglot_evaluate.main, "--checkpoint", checkpoint, "--episodes", root, "--device",
+                              "cpu", text=f"{image} {KINDS[kind]}, not a regular file", roots=[root], capsys=capsys)
+
+
+def test_evaluate_refuses_a_class_folder_that_is_a_broken_link(image_folders, capsys):
+    root, checkpoint = image_folders
+    (root / "e1" / "support" / "c").symlink_to(root / "moved" / "c")  # a 3-way episode must not become 2-way
+    assert_refused_in_process(omniglot_evaluate.main, "--checkpoint", checkpoint, "--episodes", root, "--device",
+                              "cpu", text=f"{root / 'e1' / 'support' / 'c'} is a broken symbolic link",
+                              roots=[root], capsys=capsys)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cluster_refuses_an_image_that_is_a_broken_link_a_loop_or_a_fifo(image_folders, capsys, kind):
+    root, checkpoint = image_folders
+    image = root / "e1" / "support" / "a" / "1.png"
+    break_file(image, kind)
+    out = root.parent / "clusters"
+    assert_refused_in_process(omniglot_cluster.main, "--checkpoint", checkpoint, "--images", root, "--clusters", "2",
+                              "--out", out, "--device", "cpu", text=f"{image} {KINDS[kind]}, not a regular file",
+                              roots=[root], capsys=capsys)
+    assert not out.exists()
+
+
+# ---- data/prepare_omniglot.py --source: regular files only
+
+@pytest.mark.parametrize("source", ["/dev/zero", "fifo"])
+def test_prepare_omniglot_reads_only_regular_files(tmp_path, source):
+    if source == "fifo":
+        source = tmp_path / "images.zip"
+        os.mkfifo(source)
+    kind = "a device" if source == "/dev/zero" else "a FIFO (named pipe)"
+    assert_refused_by_process("data/prepare_omniglot.py", "--source", source, "--out", tmp_path / "out",
+                              text=f"{source} is {kind}, not a regular file", roots=[tmp_path])
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_omniglot_refuses_a_fifo_drawing_in_a_source_folder(tmp_path):
+    drawing = tmp_path / "src" / "Alphabet" / "character01" / "0001_01.png"
+    drawing.parent.mkdir(parents=True)
+    os.mkfifo(drawing)
+    assert_refused_by_process("data/prepare_omniglot.py", "--source", tmp_path / "src", "--out", tmp_path / "out",
+                              text="0001_01.png is a FIFO (named pipe), not a regular file", roots=[tmp_path])
