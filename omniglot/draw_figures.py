@@ -15,7 +15,7 @@ from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 from omniglot.dataset import load_omniglot  # noqa: E402
-from omniglot.figures import FIGURE_NAMES, check_figures_fit, write_run_figures  # noqa: E402
+from omniglot.figures import FIGURE_NAMES, check_figures_fit, read_metrics_table, write_run_figures  # noqa: E402
 from omniglot.model import load_model  # noqa: E402
 
 
@@ -50,6 +50,8 @@ def main(argv=None):
         check_seed(args.seed)
         if args.metrics is not None and not Path(args.metrics).exists():
             raise UserError(f"--metrics {args.metrics}: no such file")
+        if args.metrics is not None:
+            read_metrics_table(args.metrics)  # checked before anything is computed or written
         check_outside_inputs(args.out, "--out", [("--data-dir", args.data_dir)])
         out = OutputFolder(args.out, FIGURES_KIND, "--out")
         out.check(FIGURE_NAMES)

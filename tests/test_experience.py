@@ -13,6 +13,7 @@ from PIL import Image
 from data.synthetic_omniglot import build_synthetic_omniglot, generate_characters
 from data.synthetic_omniglot import main as synthetic_main
 from metagmvae import report
+from metagmvae.folders import OutputFolder
 from omniglot import evaluate, figures
 from omniglot.dataset import load_omniglot
 from omniglot.model import OmniglotGMVAE
@@ -83,18 +84,25 @@ def png_size(path):
         return im.size
 
 
-def test_figures_have_the_size_of_their_grid(tiny_model, drawings, tmp_path):
+@pytest.fixture
+def out(tmp_path):
+    """An opened output folder for figures."""
+    with OutputFolder(tmp_path / "figures", "test figures", "--out") as folder:
+        yield folder
+
+
+def test_figures_have_the_size_of_their_grid(tiny_model, drawings, out):
     images = drawings.flatten(0, 1)  # (30, 1, 28, 28)
-    path = figures.save_reconstructions(tiny_model, images[:11], tmp_path / "rec.png", per_row=8)
+    path = figures.save_reconstructions(tiny_model, images[:11], out / "rec.png", per_row=8)
     assert png_size(path) == (4 + 16 * (TILE + 4), 4 + 2 * (TILE + 4))  # 2 rows of 8 (input, output) pairs
-    path = figures.save_episode_mixture(tiny_model, images[:15], 3, 5, tmp_path / "mix.png", max_items=12)
+    path = figures.save_episode_mixture(tiny_model, images[:15], 3, 5, out / "mix.png", max_items=12)
     assert png_size(path) == (4 + 13 * (TILE + 4), 4 + 3 * (TILE + 4))  # the mean and 12 items per component
     assert tiny_model.training  # the figures restore the mode they found
     support, y_support = drawings[:3, :2].flatten(0, 1), torch.arange(3).repeat_interleave(2)
     query, y_query = drawings[:3, 2:5].flatten(0, 1)[:7], torch.arange(3).repeat_interleave(3)[:7]
     predicted = y_query.clone()
     predicted[0] = 2
-    path = figures.save_test_episode(support, y_support, query, y_query, predicted, tmp_path / "ep.png", per_row=4)
+    path = figures.save_test_episode(support, y_support, query, y_query, predicted, out / "ep.png", per_row=4)
     cell = TILE + figures.LABEL_HEIGHT + 4
     support_height = 4 + 3 * cell
     assert png_size(path) == (4 + 4 * (TILE + 4), support_height + 4 + 2 * cell)
@@ -104,13 +112,13 @@ def test_figures_have_the_size_of_their_grid(tiny_model, drawings, tmp_path):
 
 
 @pytest.mark.parametrize("steps", [[20], [1000, 2000, 3000]])
-def test_learning_curves_have_three_panels(tmp_path, steps):
+def test_learning_curves_have_three_panels(tmp_path, out, steps):
     metrics = tmp_path / "metrics.csv"
     with open(metrics, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", "rec", "kl", "loss", "val_1shot", "val_1shot_ci95", "val_5shot", "wall_time_s"])
         writer.writerows([[s, 100 / (i + 1), 3 + i, 0, 0.4 + 0.1 * i, 0.01, 0.6, s / 10] for i, s in enumerate(steps)])
-    path = figures.save_learning_curves(figures.read_metrics_table(metrics), tmp_path / "curves.png")
+    path = figures.save_learning_curves(figures.read_metrics_table(metrics), out / "curves.png")
     assert png_size(path) == (3 * figures.PANEL_WIDTH, figures.PANEL_HEIGHT)
 
 
@@ -170,7 +178,7 @@ def test_evaluate_writes_predictions_for_unlabelled_queries(episodes, checkpoint
     unlabel_queries(root / "ep")
     evaluate.main(["--checkpoint", str(checkpoint), "--episodes", str(root), "--mc-samples", "4", "--em-iters", "2"])
     assert "wrote 15 predictions" in capsys.readouterr().out
-    rows = list(csv.DictReader((root / "predictions.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "unlabelled-predictions" / "predictions.csv").open()))
     assert len(rows) == 15 and {r["episode"] for r in rows} == {"ep"}
     assert {r["predicted"] for r in rows} <= {p.name for p in (root / "ep" / "support").iterdir()}
     assert all(0.2 <= float(r["probability"]) <= 1 for r in rows)  # the top class of 5

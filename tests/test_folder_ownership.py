@@ -195,8 +195,9 @@ def test_a_run_written_before_records_is_adopted_by_its_checkpoint(omniglot_data
     capsys.readouterr()
     train(omniglot_data, run_copy, "--overwrite")
     out = capsys.readouterr().out
-    assert ("recorded as its files: best_1shot.pt, best_5shot.pt, config.json, figures/curves.png, figures/mixture.png, "
-            "figures/reconstructions.png, figures/test_episode.png, last.pt, metrics.csv, results.json\n") in out
+    assert ("recorded as its files: best_1shot.pt, best_5shot.pt, config.json, figures/curves.png, "
+            "figures/mixture.png, figures/reconstructions.png, figures/test_episode.png, last.pt, metrics.csv, "
+            "results.json\n") in out
     assert {p: p.read_bytes() for p in mine} == mine
     with OutputFolder(run_copy, "Omniglot run", "--save-dir") as folder:
         assert folder.owns("last.pt") and not folder.owns("best_mine.pt") and not folder.owns("notes.txt")
@@ -216,7 +217,7 @@ def test_draw_figures_writes_only_into_its_own_folder(omniglot_data, run_copy, t
     refused(draw_figures.main, *common, "--out", run_copy,
             text=f"--out {run_copy} holds files of another kind (Omniglot run", roots=[run_copy], capsys=capsys)
     (tmp_path / "a_file").write_text("mine\n")
-    refused(draw_figures.main, *common, "--out", tmp_path / "a_file", text="it is not a folder", roots=[tmp_path],
+    refused(draw_figures.main, *common, "--out", tmp_path / "a_file", text="a_file is not a folder", roots=[tmp_path],
             capsys=capsys)
     out = tmp_path / "figures"
     draw_figures.main(list(map(str, [*common, "--out", out])))

@@ -205,8 +205,13 @@ def figure_inputs(tmp_path_factory):
     return folder
 
 
+def figures_out(folder):
+    """Where draw_figures_flags draws: beside the data, not in it."""
+    return folder.parent / f"{folder.name}-out"
+
+
 def draw_figures_flags(folder, *extra):
-    return ["--checkpoint", folder / "model.pt", "--data-dir", folder, "--out", folder / "out", "--device", "cpu",
+    return ["--checkpoint", folder / "model.pt", "--data-dir", folder, "--out", figures_out(folder), "--device", "cpu",
             "--test-mc-sample-size", "2", *extra]
 
 
@@ -228,7 +233,7 @@ def test_draw_figures_refuses_a_metrics_table_it_cannot_draw(figure_inputs, tmp_
     metrics.write_bytes(rows if isinstance(rows, bytes) else rows.encode())
     assert_refused_in_process(draw_figures.main, *draw_figures_flags(figure_inputs, "--metrics", metrics), text=text,
                               roots=[figure_inputs, tmp_path], capsys=capsys)
-    assert not (figure_inputs / "out").exists()
+    assert not figures_out(figure_inputs).exists()
 
 
 @pytest.mark.parametrize("flags, text", [
@@ -240,14 +245,15 @@ def test_draw_figures_refuses_a_metrics_table_it_cannot_draw(figure_inputs, tmp_
 def test_draw_figures_refuses_figures_the_data_cannot_give(figure_inputs, capsys, flags, text):
     assert_refused_in_process(draw_figures.main, *draw_figures_flags(figure_inputs, *flags), text=text,
                               roots=[figure_inputs], capsys=capsys)
-    assert not (figure_inputs / "out").exists()
+    assert not figures_out(figure_inputs).exists()
 
 
 def test_draw_figures_draws_curves_of_a_valid_table(figure_inputs, tmp_path, capsys):
     metrics = tmp_path / "metrics.csv"
     metrics.write_text("step,rec,kl,val_1shot\n10,100,3,0.4\n20,90,2,\n")  # an empty cell: no validation there
-    draw_figures.main(list(map(str, draw_figures_flags(figure_inputs, "--metrics", metrics, "--out", tmp_path))))
-    assert (tmp_path / "curves.png").is_file()
+    flags = draw_figures_flags(figure_inputs, "--metrics", metrics, "--out", tmp_path / "out")
+    draw_figures.main(list(map(str, flags)))
+    assert (tmp_path / "out" / "curves.png").is_file()
 
 
 # ---- image folders: links that lead nowhere, FIFOs

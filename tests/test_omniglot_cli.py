@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from metagmvae.folders import RECORD, OutputFolder
 from metagmvae.runfiles import load_checkpoint
 
 from .conftest import REPO_ROOT, kill_once_written
@@ -172,10 +173,11 @@ def test_overwrite_replaces_every_file_of_the_old_run(trained, omniglot_sample, 
     save, _ = trained
     run = tmp_path / "copy"
     shutil.copytree(save, run)
-    (run / "eval_results.json").write_text("{}")
+    with OutputFolder(run, "Omniglot run", "--save-dir") as folder:  # as --eval-only --save-dir writes it
+        folder.write_json("eval_results.json", {})
     result = run_main("--data-dir", omniglot_sample, "--save-dir", run, *SMALL, "--eval-shots", "1",
                       "--train-iters", "2", "--overwrite")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in run.iterdir()) == ["best_1shot.pt", "config.json", "figures", "last.pt",
+    assert sorted(p.name for p in run.iterdir()) == [RECORD, "best_1shot.pt", "config.json", "figures", "last.pt",
                                                      "metrics.csv", "results.json"]
     assert [r["step"] for r in csv.DictReader((run / "metrics.csv").open())] == ["2"]

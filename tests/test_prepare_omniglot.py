@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from data.omniglot_build import REFERENCE_SPLIT, split_characters, split_counts
+from data.omniglot_build import BUILD_KIND, REFERENCE_SPLIT, split_characters, split_counts
 from data.prepare_omniglot import build_omniglot, collect_characters, download_archives, load_character
+from metagmvae.folders import RECORD, OutputFolder
 from metagmvae.runfiles import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -264,9 +265,9 @@ def assert_cli_fails(result, text, out, previous):
 def previous_build(tmp_path):
     """An --out folder holding a (fake) previous build; returns (folder, its files)."""
     out = tmp_path / "out"
-    out.mkdir()
-    for name in ("train.npy", "val.npy", "test.npy", "manifest.json"):
-        (out / name).write_bytes(b"previous " + name.encode())
+    with OutputFolder(out, BUILD_KIND, "--out") as folder:
+        for name in ("train.npy", "val.npy", "test.npy", "manifest.json"):
+            folder.write_bytes(name, b"previous " + name.encode())
     return out, {f.name: f.read_bytes() for f in out.iterdir()}
 
 
@@ -297,4 +298,4 @@ def test_cli_download_refuses_wrong_archive(server, previous_build, tmp_path):
     out, previous = previous_build
     result = run_cli("--out", out, "--download-dir", tmp_path / "dl", "--url-base", url + "official")
     assert_cli_fails(result, "136 characters, expected 964", out, previous)
-    assert not list((tmp_path / "dl").iterdir())  # nothing that looks like a finished download
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == [RECORD]  # nothing that looks like a finished download
