@@ -1,9 +1,11 @@
-"""Speed benchmark: ms per training step and per prediction batch, with peak memory and the CPU time the
-process spent per call in user code and in the kernel ("system": on CPU mostly page faults).
+"""Speed benchmark: ms per training step and per prediction batch, with peak memory, the CPU time the
+process spent per call in user code and in the kernel ("system": on CPU mostly page faults), and the page
+faults per call.
 
 Each configuration runs in a fresh subprocess so that its peak memory (resident on CPU, allocated on the
-GPU) is its own.  Like every command, it asks for 2 MB pages (metagmvae.cli.use_huge_pages); export
-THP_MEM_ALLOC_ENABLE=0 to measure without them.
+GPU) is its own.  Like every command, it sets up CPU memory with metagmvae.cli.use_huge_pages: export
+THP_MEM_ALLOC_ENABLE=0 to measure without 2 MB pages, METAGMVAE_CPU_ALLOCATOR=keep-freed to measure with
+glibc keeping freed memory (docs/performance.md, "Page faults").
 
     python benchmarks/bench.py                 # all configurations
     python benchmarks/bench.py --only omniglot-train-reduced --repeats 5
@@ -132,7 +134,8 @@ def measure(name, repeats, warmup, device, amp):
     return {"config": name, "work": CONFIGS[name][0], "min_ms": min(times),
             "median_ms": statistics.median(times), "repeats": repeats, "peak_mib": peak,
             "user_s": (after.ru_utime - before.ru_utime) / repeats,
-            "system_s": (after.ru_stime - before.ru_stime) / repeats}
+            "system_s": (after.ru_stime - before.ru_stime) / repeats,
+            "page_faults": (after.ru_minflt - before.ru_minflt) // repeats}
 
 
 def main():
@@ -153,15 +156,15 @@ def main():
              f"threads {torch.get_num_threads()}, {torch.backends.mkldnn.is_available() and 'oneDNN' or 'no oneDNN'}")
     print(f"torch {torch.__version__}, {where}, amp {args.amp}, python {sys.version.split()[0]}")
     memory = "peak GPU MiB" if device.type == "cuda" else "peak RSS MiB"
-    print(f"| configuration | work | min ms | median ms | {memory} | CPU s per call: user | system |\n"
-          "|---|---|---|---|---|---|---|")
+    print(f"| configuration | work | min ms | median ms | {memory} | CPU s per call: user | system "
+          "| page faults per call |\n|---|---|---|---|---|---|---|---|")
     for name in args.only or CONFIGS:
         out = subprocess.run([sys.executable, __file__, "--child", name, "--repeats", str(args.repeats),
                               "--warmup", str(args.warmup), "--device", args.device, *(["--amp"] * args.amp)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {name} | {r['work']} | {r['min_ms']:.0f} | {r['median_ms']:.0f} | {r['peak_mib']:.0f} "
-              f"| {r['user_s']:.2f} | {r['system_s']:.2f} |", flush=True)
+              f"| {r['user_s']:.2f} | {r['system_s']:.2f} | {r['page_faults']} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,14 @@ running statistics after one Adam step, the test-time predictions, and NT-Xent o
 It exits with 1 when a difference exceeds --tolerance.
 
 Speed (float32): training step (forward, backward, Adam) and prediction of both codes on the same
-weights and data, in interleaved rounds; the median of --rounds rounds.  Each column runs in its own
-worker process, because torch reads its allocator setting once per process: the authors' code as
-shipped, the authors' code with the 2 MB pages our commands ask for (metagmvae.cli.use_huge_pages), ours.
+weights and data, in interleaved rounds; the median of --rounds rounds, wall and system CPU time.  Each
+column runs in its own worker process, because torch and glibc read their allocator settings once per
+process: the authors' code as shipped, the authors' code with the 2 MB pages our commands ask for
+(metagmvae.cli.use_huge_pages), ours, ours with METAGMVAE_CPU_ALLOCATOR=keep-freed.  Then the peak
+resident memory of three training steps of each code in fresh processes, and issue 23's goals table.
+Exit code 2 with one line for a --reference folder that is not the authors' code (or whose code exits),
+1 when a worker stops: a comparison that did not happen never exits 0.  Nothing is written into
+--reference (no bytecode cache).
 
     python benchmarks/compare_reference.py --reference ../Meta-GMVAE
     python benchmarks/compare_reference.py --reference ../Meta-GMVAE --only speed --quick --threads 2
@@ -22,6 +27,7 @@ import argparse
 import importlib.util
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -70,18 +76,31 @@ def _import_model(folder, tag):
             sys.modules["module"] = saved
 
 
+class WorkerFailed(UserError):
+    """A worker process stopped before answering: nothing more can be compared (exit code 1)."""
+    exit_code = 1
+
+
 def load_reference(directory):
-    """The authors' Omniglot and Mini-ImageNet GMVAE classes and their NTXentLoss, from their checkout."""
+    """The authors' Omniglot and Mini-ImageNet GMVAE classes and their NTXentLoss, from their checkout.
+
+    Nothing is written into it: Python's bytecode cache is off for this process (and its workers,
+    `worker_env`).  Their classes are built once here, so that a folder holding other code, or code that
+    exits (SystemExit) when imported or built, is refused before anything is compared."""
     root = Path(directory)
     missing = [f for f in REFERENCE_FILES if not (root / f).is_file()]
     if missing:
         raise UserError(f"{directory} is not a checkout of the authors' code (git clone "
                         f"https://github.com/db-Lee/Meta-GMVAE): no {missing[0]}")
+    sys.dont_write_bytecode = True
     try:
         reference = SimpleNamespace(omniglot=_import_model(root / "omniglot", "omniglot").GMVAE,
                                     mimgnet=_import_model(root / "mimgnet", "mimgnet").GMVAE,
                                     nt_xent=_import_file(root / "simclr" / "utils.py", "reference_utils").NTXentLoss)
-    except Exception as e:  # any failure means the folder holds other code than the authors'
+        model_pair(reference, "omniglot", WAY, 1, torch.float32, **OMNIGLOT_SIZES)
+        model_pair(reference, "mimgnet", WAY, 1, torch.float32, **MIMGNET_SIZES)
+        reference.nt_xent("cpu", 2, 0.5, True)
+    except (Exception, SystemExit) as e:  # any failure means the folder holds other code than the authors'
         raise UserError(f"cannot import the authors' models from {directory}: {type(e).__name__}: {e}") from None
     return reference
 
@@ -323,55 +342,74 @@ SPEED_CASES = {
 SLOW_CASE = "Omniglot train step, default B=4 M=200 S=32"
 
 
-# Columns of the speed table: (heading, code, THP_MEM_ALLOC_ENABLE in its worker's environment).  The
-# authors' code runs as shipped (torch's default, no huge pages) and with the setting our commands make;
-# ours runs as our commands run it (None: the variable is unset and use_huge_pages sets it).
-COLUMNS = (("authors' code", "theirs", "0"), ("authors' code, 2 MB pages", "theirs", "1"), ("ours", "ours", None))
+# Columns of the speed table: (heading, code, settings in its worker's environment).  The authors' code
+# runs as shipped (torch's default: no huge pages, glibc's default) and with the 2 MB pages our commands
+# ask for; ours as our commands run it (use_huge_pages: 2 MB pages) and with the opt-in
+# METAGMVAE_CPU_ALLOCATOR=keep-freed.  A variable absent here is removed from the worker's environment.
+COLUMNS = (("authors' code", "theirs", {"THP_MEM_ALLOC_ENABLE": "0"}),
+           ("authors' code, 2 MB pages", "theirs", {"THP_MEM_ALLOC_ENABLE": "1"}),
+           ("ours", "ours", {}),
+           ("ours, keep-freed", "ours", {"METAGMVAE_CPU_ALLOCATOR": "keep-freed"}))
+CODE_NAMES = {"theirs": "the authors' code", "ours": "ours"}
+MEMORY_STEPS = 3  # training steps of the peak-memory processes: keep-freed's heap settles in the third
 
 
-def worker_env(thp):
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    return env if thp is None else env | {"THP_MEM_ALLOC_ENABLE": thp}
+def worker_env(settings):
+    """The environment of a worker: the column's settings, and no bytecode written (nothing is written
+    into --reference)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "METAGMVAE_CPU_ALLOCATOR")}
+    return env | {"PYTHONDONTWRITEBYTECODE": "1"} | settings
 
 
 class Worker:
-    """One code in its own process (torch reads its allocator setting once per process): `prepare(case)`
-    builds both models with the same weights and data, keeps its own and runs it once; `run()` times one
-    call in seconds."""
+    """One code in its own process (torch and glibc read their allocator settings once per process):
+    `prepare(case)` builds both models with the same weights and data, keeps its own and runs it once;
+    `run()` times one call: (wall seconds, system CPU seconds)."""
 
-    def __init__(self, reference_dir, threads, code, thp):
+    def __init__(self, reference_dir, threads, code, settings):
         self.code = code
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--reference", str(reference_dir), "--threads", str(threads), "--worker", code],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=worker_env(thp))
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=worker_env(settings))
 
     def ask(self, line):
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
-        answer = self.process.stdout.readline()
+        try:
+            self.process.stdin.write(line + "\n")
+            self.process.stdin.flush()
+            answer = self.process.stdout.readline()
+        except BrokenPipeError:
+            answer = ""
         if not answer:
-            raise RuntimeError(f"the worker running {self.code} stopped (its error is above)")
+            raise WorkerFailed(f"the worker timing {CODE_NAMES[self.code]} stopped with exit code "
+                               f"{self.process.wait()} before the comparison ended")
         return answer
 
     def prepare(self, case):
         self.ask(case)
 
     def run(self):
-        return float(self.ask("run"))
+        wall, system = self.ask("run").split()
+        return float(wall), float(system)
 
     def close(self):
-        self.process.stdin.close()
+        try:
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass
         self.process.wait()
 
 
 def serve(reference, code):
-    """The worker's loop: a case name on stdin builds and warms up that case; "run" prints one time."""
+    """The worker's loop: a case name on stdin builds and warms up that case; "run" prints one call's wall
+    and system CPU seconds."""
     run = None
     for line in sys.stdin:
         if line.strip() == "run":
+            system = resource.getrusage(resource.RUSAGE_SELF).ru_stime
             start = time.perf_counter()
             run()
-            print(time.perf_counter() - start, flush=True)
+            wall = time.perf_counter() - start
+            print(wall, resource.getrusage(resource.RUSAGE_SELF).ru_stime - system, flush=True)
         else:
             run = SPEED_CASES[line.strip()](reference)[code == "ours"]
             run()
@@ -380,13 +418,15 @@ def serve(reference, code):
 
 def speed(reference_dir, threads, rounds, slow_rounds, quick):
     """Print the speed table: median seconds of `rounds` rounds (`slow_rounds` for the default Omniglot
-    training step); each round runs every column once, the order rotating from round to round."""
+    training step); each round runs every column once, the order rotating from round to round.  Returns
+    {case: ([median wall s], [median system CPU s]) per column}."""
     slow = "" if quick else f" ({slow_rounds} for {SLOW_CASE})"
     print(f"\nSpeed in float32: median of {rounds} interleaved rounds{slow} after one warm-up run of each; "
           f"each column in its own process\n")
     print("| configuration | " + " | ".join(heading for heading, _, _ in COLUMNS)
-          + " | ratio | ratio, both with 2 MB pages |\n|---|---|---|---|---|---|")
-    workers = [Worker(reference_dir, threads, code, thp) for _, code, thp in COLUMNS]
+          + " | ratio | ratio, both with 2 MB pages | ratio, ours keep-freed |\n|---|---|---|---|---|---|---|---|")
+    workers = [Worker(reference_dir, threads, code, settings) for _, code, settings in COLUMNS]
+    medians = {}
     try:
         for name in SPEED_CASES:
             if quick and name == SLOW_CASE:
@@ -397,40 +437,83 @@ def speed(reference_dir, threads, rounds, slow_rounds, quick):
             for r in range(slow_rounds if name == SLOW_CASE else rounds):
                 for i in ((r + k) % len(workers) for k in range(len(workers))):
                     times[i].append(workers[i].run())
-            theirs, theirs_pages, ours = (statistics.median(t) for t in times)
+            medians[name] = ([statistics.median(w for w, _ in t) for t in times],
+                             [statistics.median(s for _, s in t) for t in times])
+            theirs, theirs_pages, ours, ours_kept = medians[name][0]
             print(f"| {name} | {format_seconds(theirs)} | {format_seconds(theirs_pages)} | {format_seconds(ours)} "
-                  f"| {theirs / ours:.2f}x | {theirs_pages / ours:.2f}x |", flush=True)
+                  f"| {format_seconds(ours_kept)} | {theirs / ours:.2f}x | {theirs_pages / ours:.2f}x "
+                  f"| {theirs / ours_kept:.2f}x |", flush=True)
     finally:
         for worker in workers:
             worker.close()
+    return medians
 
 
 def format_seconds(seconds):
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+MEMORY_COLUMNS = (COLUMNS[0], COLUMNS[2], COLUMNS[3])
+
+
 def peak_memory(reference_dir, quick, threads):
-    """Print the peak resident memory of one training step of each code as shipped, each in a fresh
-    subprocess."""
+    """Print the peak resident memory of MEMORY_STEPS training steps of the authors' code as shipped, ours
+    and ours with keep-freed, each in a fresh subprocess.  Returns {case: [MiB per column]}."""
     names = [n for n in SPEED_CASES if "train step" in n and not (quick and n == SLOW_CASE)]
-    print("\nPeak resident memory of one training step (fresh process each, as in the speed table's "
-          "first and last columns; includes torch itself)\n")
-    print("| configuration | authors' code | ours | ratio |\n|---|---|---|---|")
+    print(f"\nPeak resident memory of {MEMORY_STEPS} training steps (fresh process each; includes torch "
+          f"itself)\n")
+    print("| configuration | " + " | ".join(heading for heading, _, _ in MEMORY_COLUMNS)
+          + " | ratio | ratio, ours keep-freed |\n|---|---|---|---|---|---|")
+    peaks = {}
     for name in names:
-        mib = [float(subprocess.run(
-            [sys.executable, __file__, "--reference", str(reference_dir), "--threads", str(threads),
-             "--peak-rss-of", name, code], capture_output=True, text=True, check=True,
-            env=worker_env(thp)).stdout.split()[-1]) for _, code, thp in (COLUMNS[0], COLUMNS[-1])]
-        print(f"| {name} | {mib[0]:.0f} MiB | {mib[1]:.0f} MiB | {mib[0] / mib[1]:.2f}x |", flush=True)
+        peaks[name] = [peak_of_fresh_process(reference_dir, threads, name, code, settings)
+                       for _, code, settings in MEMORY_COLUMNS]
+        theirs, ours, ours_kept = peaks[name]
+        print(f"| {name} | {theirs:.0f} MiB | {ours:.0f} MiB | {ours_kept:.0f} MiB | {theirs / ours:.2f}x "
+              f"| {theirs / ours_kept:.2f}x |", flush=True)
+    return peaks
+
+
+def peak_of_fresh_process(reference_dir, threads, name, code, settings):
+    result = subprocess.run([sys.executable, __file__, "--reference", str(reference_dir), "--threads", str(threads),
+                             "--peak-rss-of", name, code], stdout=subprocess.PIPE, text=True, env=worker_env(settings))
+    if result.returncode != 0 or not result.stdout.split():
+        raise WorkerFailed(f"the process measuring the memory of {CODE_NAMES[code]} stopped with exit code "
+                           f"{result.returncode} before the comparison ended")
+    return float(result.stdout.split()[-1])
+
+
+GOALS = (("Omniglot train step, default B=4 M=200 S=32", 2.5), ("Omniglot train step, reduced B=1 M=100 S=8", 2.0),
+         ("Omniglot prediction, 4 episodes S=32", 4.0))
+
+
+def goals(medians, peaks):
+    """Print issue 23's table from this run: the ratios to the authors' code as shipped, the system CPU
+    time and the peak memory of a default Omniglot step."""
+    print("\nIssue 23's goals (ratio = the authors' code as shipped / ours)\n")
+    print("| measure | authors' code | ours | ours, keep-freed | goal |\n|---|---|---|---|---|")
+    for name, goal in GOALS:
+        if name in medians:
+            theirs, _, ours, ours_kept = medians[name][0]
+            print(f"| {name}: ratio | 1x | {theirs / ours:.2f}x | {theirs / ours_kept:.2f}x | >= {goal:g}x |")
+    if SLOW_CASE in medians:
+        theirs, _, ours, ours_kept = medians[SLOW_CASE][1]
+        print(f"| system CPU time of a default Omniglot step | {theirs:.2f} s | {ours:.2f} s | {ours_kept:.2f} s "
+              f"| < 2 s |")
+    if SLOW_CASE in peaks:
+        theirs, ours, ours_kept = (mib / 1024 for mib in peaks[SLOW_CASE])
+        print(f"| peak resident memory of default Omniglot steps | {theirs:.1f} GiB | {ours:.1f} GiB "
+              f"| {ours_kept:.1f} GiB | no more than ours today (6.8 GiB) |")
 
 
 def peak_rss_of(reference, name, code):
-    """Peak resident MiB of this process after one training step of `code` in case `name`.
+    """Peak resident MiB of this process after MEMORY_STEPS training steps of `code` in case `name`.
 
     VmHWM, not getrusage's ru_maxrss: the latter keeps the parent's peak across fork and exec.
     """
-    runs = SPEED_CASES[name](reference)
-    runs[code == "ours"]()
+    run = SPEED_CASES[name](reference)[code == "ours"]
+    for _ in range(MEMORY_STEPS):
+        run()
     status = Path("/proc/self/status").read_text().splitlines()
     return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
@@ -476,7 +559,7 @@ def main(argv=None):
     p.add_argument("--peak-rss-of", nargs=2, metavar=("CONFIGURATION", "CODE"), help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=["theirs", "ours"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    use_huge_pages()  # as our commands do; the authors' columns set the variable explicitly
+    use_huge_pages()  # as our commands do; every column sets or removes the variables it reads
     with exit_on_user_error(PROG):
         args.slow_rounds = args.rounds if args.slow_rounds is None else args.slow_rounds
         check_positive(args, ["rounds", "slow_rounds", "threads"])
@@ -492,10 +575,14 @@ def main(argv=None):
         if args.profile:
             profile(reference, args.quick)
             return
-        failures = 0 if args.only == "speed" else equivalence(reference, args.tolerance)
+        try:
+            failures = 0 if args.only == "speed" else equivalence(reference, args.tolerance)
+        except SystemExit as stop:  # raised by the authors' code: nothing of ours raises it here
+            raise UserError(f"the code in {args.reference} exited (SystemExit: {stop.code}) during the "
+                            f"comparison: it is not the authors' code") from None
         if args.only != "equivalence":
-            speed(args.reference, args.threads, args.rounds, args.slow_rounds, args.quick)
-            peak_memory(args.reference, args.quick, args.threads)
+            goals(speed(args.reference, args.threads, args.rounds, args.slow_rounds, args.quick),
+                  peak_memory(args.reference, args.quick, args.threads))
     if failures:
         sys.exit(f"{PROG}: {failures} quantities differ beyond tolerance {args.tolerance:g}")
 
