@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from metagmvae.runfiles import UserError, atomic_path, write_json
+from omniglot.dataset import check_drawings
 
 REFERENCE_SPLIT = (1200, 100, 323)  # train / val / test characters of the full set
 SPLITS = ("train", "val", "test")
@@ -44,8 +45,12 @@ def with_rotations(images):
 
 
 def write_build(out, arrays, manifest):
-    """Write {split}.npy and manifest.json atomically; the files are renamed into place together."""
+    """Check the arrays {split: (classes, drawings, 28, 28, 1)} against the convention that training reads
+    (omniglot/dataset.py check_drawings: ink = 1 on a 0 background), then write {split}.npy and
+    manifest.json atomically; the files are renamed into place together."""
     out = Path(out)
+    for name, array in arrays.items():
+        check_drawings(array, f"the converted drawings of {name}.npy")
     try:
         with ExitStack() as stack:  # renames happen on exit, in reverse order: the manifest last
             write_json(stack.enter_context(atomic_path(out / "manifest.json")), manifest)

@@ -10,7 +10,11 @@ import json
 import re
 from pathlib import Path
 
-from .runfiles import UserError, exit_on_user_error
+from .startup import quiet_ctrl_c
+
+quiet_ctrl_c(__name__, "python -m metagmvae.report")  # before torch loads: a Ctrl-C is one line, exit code 130
+
+from .runfiles import UserError, exit_on_user_error  # noqa: E402
 
 RESULT_FILES = ("results.json", "eval_results.json")
 KEY = re.compile(r"(\d+)way-(\d+)shot")

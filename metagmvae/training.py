@@ -18,8 +18,8 @@ from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRando
                        sample_unlabeled_sets)
 from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import autocast
-from .runfiles import (Interrupted, RunDir, UserError, build_model, check_run_checkpoint, check_same_flags,
-                       load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state)
+from .runfiles import (Interrupted, NonFiniteCheckpoint, RunDir, UserError, build_model, check_run_checkpoint,
+                       check_same_flags, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state)
 
 
 class TrainingDiverged(UserError):
@@ -296,7 +296,10 @@ def read_resume_state(run, config, keys, invariant_flags, name):
             raise UserError(f"{e}{run.instead_of_last('start the run anew with --overwrite')}") from None
 
     state = distributed.from_main(load)
-    check_run_checkpoint(state, run.last_checkpoint, keys, name)
+    try:
+        check_run_checkpoint(state, run.last_checkpoint, keys, name)
+    except NonFiniteCheckpoint as e:
+        raise UserError(f"{e}{run.instead_of_last('start the run anew with --overwrite')}") from None
     check_same_flags(state["config"], config, invariant_flags)
     return state
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from metagmvae.episodes import FIGURES, EpisodeRandom, EpisodeSampler
+from metagmvae.episodes import FIGURES, EpisodeRandom, EpisodeSampler, check_episodes_fit
 from metagmvae.evaluation import seeded_eval
 from metagmvae.gmm import fit_gmm_em, log_normal_identity
 from metagmvae.runfiles import UserError, atomic_path
@@ -233,14 +233,35 @@ def save_learning_curves(metrics_csv, path):
     return _save(canvas, path)
 
 
+MIXTURE_ITEMS = 60  # items of the mixture figure, unless --way asks for more
+FIGURE_QUERIES = 3  # at most this many queries per class in the test-episode figure
+
+
+def mixture_items(way, sample_size):
+    """Items of the mixture figure: MIXTURE_ITEMS of an episode of sample_size, or one per component when
+    --way asks for more."""
+    return min(sample_size, max(MIXTURE_ITEMS, way))
+
+
+def check_run_figures(data, way, eval_way, sample_size, query):
+    """Refuse settings with which write_run_figures would fail: `way` components fitted to the items of the
+    mixture figure, and an eval_way-way 1-shot episode of the validation split data["val"] (C, I, ...)."""
+    items = mixture_items(way, sample_size)
+    if way > items:
+        raise UserError(f"--way {way} is more than the {items} items of the mixture figure (--sample-size "
+                        f"{sample_size}): EM cannot fit more components than items")
+    check_episodes_fit("val", data["val"], eval_way, min(query, FIGURE_QUERIES), [1])
+
+
 def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_size, query, unsupervised_em_iters,
                       semisupervised_em_iters, mc_samples, seed):
     """All four figures of a run into `folder`, from fixed draws (seeded by `seed`) that leave the global
     RNG untouched, so a run with figures gives the same numbers as one without.
 
-    data: {"train": (C, I, 1, 28, 28), "val": ...}; the mixture figure fits `way` components to at most 60
-    of `sample_size` training items, the test episode is eval_way-way 1-shot with at most 3 queries per
-    class.  Returns the paths written.
+    data: {"train": (C, I, 1, 28, 28), "val": ...}; the mixture figure fits `way` components to
+    mixture_items(way, sample_size) training items, the test episode of the validation split is eval_way-way
+    1-shot with at most FIGURE_QUERIES queries per class (check_run_figures checks they can be drawn).
+    Returns the paths written.
     """
     folder = Path(folder)
     device = next(model.parameters()).device
@@ -248,9 +269,9 @@ def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_si
     train = data["train"].flatten(0, 1)
     with seeded_eval(model, device, seed):
         paths = [save_reconstructions(model, train[rng.randint(len(train), 1, 16)[0]], folder / "reconstructions.png"),
-                 save_episode_mixture(model, train[rng.randint(len(train), 1, min(sample_size, 60))[0]],
+                 save_episode_mixture(model, train[rng.randint(len(train), 1, mixture_items(way, sample_size))[0]],
                                       way, unsupervised_em_iters, folder / "mixture.png")]
-        sampler = EpisodeSampler(data["val"], eval_way, 1, min(query, 3))
+        sampler = EpisodeSampler(data["val"], eval_way, 1, min(query, FIGURE_QUERIES))
         ep = sampler.gather(*sampler.sample_indices(rng))
         with _inference(model):
             probs = model.predict(ep.support.to(device), ep.y_support.to(device), ep.query.to(device), eval_way,
