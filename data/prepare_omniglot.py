@@ -20,12 +20,15 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-from PIL import Image
-from tqdm import tqdm
-
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
+quiet_ctrl_c(__name__)  # a Ctrl-C from here on: one line, exit code 130
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from data.omniglot_build import (IMAGE_SIZE, SPLITS, build_folder, check_build_folder, split_characters,  # noqa: E402
                                  with_rotations, write_build)

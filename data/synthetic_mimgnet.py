@@ -20,11 +20,14 @@ import itertools
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
+quiet_ctrl_c(__name__)  # a Ctrl-C from here on: one line, exit code 130
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from metagmvae.cli import check_positive, check_seed  # noqa: E402
 from metagmvae.folders import OutputFolder  # noqa: E402

@@ -15,11 +15,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
-
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
+quiet_ctrl_c(__name__)  # a Ctrl-C from here on: one line, exit code 130
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from data.omniglot_build import (IMAGE_SIZE, SPLITS, check_build_folder, split_characters, with_rotations,  # noqa: E402
                                  write_build)

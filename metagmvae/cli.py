@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import distributed
+from .episodes import STREAM_BYTES
 from .folders import EVAL_RESULTS, RunDir, check_outside_inputs
 from .runfiles import UserError, check_fits_in_memory, check_writable_folder
 
@@ -116,10 +117,37 @@ SEED_LIMIT = 2 ** 32  # numpy's global seed (seed_everything) takes 0 <= seed < 
 LATENT_BYTES = 4  # float32
 
 
-def check_number(value, flag, allow_zero=False):
-    """Refuse a float flag that is NaN, infinite, negative, or zero unless allow_zero."""
+MIN_WAY = 2  # an N-way task with N = 1 is always right
+# Adam moves every weight by about lr per step whatever the gradient's size: above 1 a single step throws the
+# weights out of any meaningful range (and overflows float32 on the way).  Adam's L2 term (weight decay x
+# weight) outweighs the objective's gradient from far smaller coefficients than 1; above 1 the weights only decay.
+MAX_LR = 1.0
+MAX_WEIGHT_DECAY = 1.0
+FLOAT_BYTES = 4  # an item's pixels or features, float32
+INDEX_BYTES = 8  # an item index, int64
+
+
+def check_number(value, flag, allow_zero=False, at_most=None, reason=""):
+    """Refuse a float flag that is NaN, infinite, negative, zero unless allow_zero, or above at_most (for
+    `reason`, a phrase)."""
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise UserError(f"--{flag} must be a finite number {'>= 0' if allow_zero else '> 0'} (got {value})")
+    if at_most is not None and value > at_most:
+        raise UserError(f"--{flag} {value} is above {at_most:g}: {reason}")
+
+
+def check_lr(lr):
+    """Refuse an Adam learning rate outside (0, MAX_LR]."""
+    check_number(lr, "lr", at_most=MAX_LR, reason="Adam moves every weight by about lr per step, so a step "
+                                                   "would throw the weights out of any meaningful range")
+
+
+def check_way(way, given="--eval-way {}"):
+    """Refuse an evaluation way below MIN_WAY: a 1-way episode is scored 100 % whatever the model.  `given`
+    says where the way came from ({} is the way)."""
+    if way < MIN_WAY:
+        raise UserError(f"{given.format(way)}: an N-way episode needs N >= {MIN_WAY} classes (with one class "
+                        "every prediction is right, so the accuracy says nothing)")
 
 
 def check_seed(seed):
@@ -140,6 +168,34 @@ def check_latents_fit(args):
                                    f"{args.latent_size} floats)")
 
 
+def check_batches_fit(args, item_floats):
+    """Refuse counts whose items (item_floats float32 values each: 784 pixels, F features) of one batch alone,
+    a lower bound of what the batch needs, exceed this machine's memory: a training batch and a val-elbo
+    batch (--batch-size sets of --sample-size items) and an evaluation batch (--batch-size episodes of
+    --eval-way x (largest --eval-shots + --query) items)."""
+    batches = {"--sample-size": (args.sample_size, "a training batch"),
+               "--eval-way": (args.eval_way * (max(args.eval_shots) + args.query), "an evaluation batch")}
+    for flag, (items, what) in batches.items():
+        check_fits_in_memory(FLOAT_BYTES * args.batch_size * items * item_floats,
+                             f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: the items of {what} "
+                             f"({args.batch_size} episodes x {items} items x {item_floats} floats)")
+
+
+def check_episode_counts(args):
+    """Refuse --eval-episodes and --val-elbo-sets whose random streams (one per episode or set) and item
+    indices (int64) alone exceed this machine's memory: the fixed evaluation episodes (episodes x --eval-way x
+    (largest --eval-shots + --query) items) and the unlabeled validation sets (sets x --sample-size items)
+    are drawn before training starts."""
+    per_episode = args.eval_way * (max(args.eval_shots) + args.query)
+    check_fits_in_memory(args.eval_episodes * (STREAM_BYTES + INDEX_BYTES * per_episode),
+                         f"--eval-episodes {args.eval_episodes}: the random streams and item indices of the "
+                         f"evaluation episodes ({args.eval_episodes} episodes x {per_episode} items)")
+    if args.select_by == "val-elbo":
+        check_fits_in_memory(args.val_elbo_sets * (STREAM_BYTES + INDEX_BYTES * args.sample_size),
+                             f"--val-elbo-sets {args.val_elbo_sets}: the random streams and item indices of the "
+                             f"validation sets ({args.val_elbo_sets} sets x {args.sample_size} items)")
+
+
 def check_positive(args, names):
     """Refuse an integer flag among `names` (attributes of args) below 1."""
     for name in names:
@@ -147,22 +203,30 @@ def check_positive(args, names):
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})")
 
 
-def check_args(args, model, positive=()):
+def check_args(args, model, positive=(), item_floats=None):
     """Refuse flag combinations that cannot work, and a --save-dir that is not a run folder of `model`
-    ("Omniglot") or a new one, before anything is read or written."""
+    ("Omniglot") or a new one, before anything is read or written; item_floats (the values of one item,
+    when known before the data are read) bounds the batches (check_batches_fit)."""
     check_positive(args, ["latent_size", "train_mc_sample_size", "test_mc_sample_size", "batch_size", "sample_size",
                           "train_iters", "freq_iters", "eval_episodes", "way", "eval_way", "query", "val_elbo_sets",
                           "unsupervised_em_iters", "semisupervised_em_iters", *positive])
     if min(args.eval_shots) < 1:
         raise UserError(f"--eval-shots must be positive (got {args.eval_shots})")
+    check_way(args.eval_way, "--way {} (which --eval-way defaults to)" if args.eval_way == args.way
+              else "--eval-way {}")
     if args.sample_size < args.way:
         raise UserError(f"--sample-size {args.sample_size} is smaller than --way {args.way}: "
                         "the training prior needs at least one item per component")
-    check_number(args.lr, "lr")
-    check_number(args.weight_decay, "weight-decay", allow_zero=True)
+    check_lr(args.lr)
+    check_number(args.weight_decay, "weight-decay", allow_zero=True, at_most=MAX_WEIGHT_DECAY,
+                 reason="Adam adds weight decay x weight to every gradient; above 1 that term, not the objective, "
+                        "drives the weights")
     check_number(args.grad_clip, "grad-clip", allow_zero=True)
     check_seed(args.seed)
     check_latents_fit(args)
+    check_episode_counts(args)
+    if item_floats is not None:
+        check_batches_fit(args, item_floats)
     if args.eval_only and args.checkpoint is None:
         raise UserError("--eval-only needs --checkpoint PATH")
     if not args.eval_only and args.save_dir is None:

@@ -30,6 +30,7 @@ GROUPING_EM = 6        # (seed, GROUPING_EM, restart): one EM start when groupin
 GROUPING_NOISE = 7     # (seed, GROUPING_NOISE, 0): the MC noise of the grouped folder's set
 GROUPING_KMEANS = 8    # (seed, GROUPING_KMEANS, restart): one k-means++ start of the baseline
 SPLITS = {"val": 1, "test": 2}  # `split` in the evaluation keys: validation and test draw independently
+STREAM_BYTES = 1100  # memory of one stream of an EpisodeRandom (a numpy PCG64 Generator), as measured
 
 
 class EpisodeRandom:

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cli import HelpFormatter, check_positive, check_seed
+from .cli import FLOAT_BYTES, MIN_WAY, HelpFormatter, check_positive, check_seed
 from .clustering import adjusted_rand_index, cluster_set, kmeans, normalized_mutual_info, restart_streams
 from .distributed import resolve_device
-from .episodes import GROUPING_EM, GROUPING_KMEANS, GROUPING_NOISE, EpisodeRandom
+from .episodes import GROUPING_EM, GROUPING_KMEANS, GROUPING_NOISE, STREAM_BYTES, EpisodeRandom
 from .evaluation import mean_confidence_interval
 from .folders import OutputFolder, check_outside_inputs
-from .runfiles import UserError, check_regular_file, seed_everything
+from .runfiles import UserError, check_fits_in_memory, check_regular_file, seed_everything
 
 IMAGE_SUFFIXES = frozenset(suffix for suffix, image_format in Image.registered_extensions().items()
                            if image_format in Image.OPEN)
@@ -101,6 +101,9 @@ def load_episode(folder, load_image):
     class_dirs = class_folders(support_dir)
     if not class_dirs:
         raise UserError(f"{support_dir}: no class folders")
+    if len(class_dirs) < MIN_WAY:
+        raise UserError(f"{support_dir}: {len(class_dirs)} class folder ({class_dirs[0].name}); an episode needs at "
+                        f"least {MIN_WAY} classes (with one, every prediction is right)")
     classes = [d.name for d in class_dirs]
     support, y_support = [], []
     for k, d in enumerate(class_dirs):
@@ -192,9 +195,20 @@ def write_csv(folder, name, columns, rows):
     folder.write_text(name, buffer.getvalue())
 
 
+def check_samples_fit(num_items, mc_samples, latent_size, flag):
+    """Refuse `flag` (the MC sample count mc_samples) when the latent samples of num_items items encoded as
+    one set (num_items x mc_samples x latent_size float32) alone exceed this machine's memory."""
+    check_fits_in_memory(FLOAT_BYTES * num_items * mc_samples * latent_size,
+                         f"{flag} {mc_samples}: the latent samples of {num_items} images ({num_items} x {mc_samples} "
+                         f"samples x {latent_size} floats)")
+
+
 def predict_and_report(model, episodes, mc_samples, em_iters, seed, device, out, baselines=None):
-    """What both evaluate.py do once the episodes hold the model's items: seed the MC draws, evaluate (see
-    evaluate) and write the unlabelled episodes' predictions, if any, to <out>/predictions.csv."""
+    """What both evaluate.py do once the episodes hold the model's items: check that the MC samples of the
+    largest episode fit in memory, seed the MC draws, evaluate (see evaluate) and write the unlabelled
+    episodes' predictions, if any, to <out>/predictions.csv."""
+    check_samples_fit(max(len(e.support) + len(e.query) for e in episodes), mc_samples, model.config["latent_size"],
+                      "--mc-samples")
     seed_everything(seed)
     rows = evaluate(model, episodes, mc_samples, em_iters, device, baselines)
     if rows:
@@ -272,13 +286,19 @@ def grouping_parser(doc):
 
 
 def start_grouping(args):
-    """Check the shared flags and --out, and list the images; returns (device, image files)."""
+    """Check the shared flags and --out, and list the images; returns (device, image files).  The --restarts
+    EM runs (and k-means runs) go at once, each with its own random stream and the MC samples of every image:
+    more than this machine's memory holds is refused (a lower bound: one float per latent sample)."""
     check_positive(args, ["restarts", "mc_sample_size", "em_iters", "max_images"])
     if args.clusters < 2:
         raise UserError(f"--clusters must be at least 2 (got {args.clusters})")
     check_seed(args.seed)
     check_output(args, "--images", "clusters", CLUSTERS_KIND, [CLUSTERS, *cluster_pictures(args.clusters)])
-    return resolve_device(args.device), list_images(args)
+    files = list_images(args)
+    check_fits_in_memory(args.restarts * (STREAM_BYTES + FLOAT_BYTES * len(files) * args.mc_sample_size),
+                         f"--restarts {args.restarts}: the random streams and latent samples of the EM runs "
+                         f"({args.restarts} restarts x {len(files)} images x {args.mc_sample_size} samples)")
+    return resolve_device(args.device), files
 
 
 def find_images(root):

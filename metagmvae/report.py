@@ -11,7 +11,11 @@ import re
 import sys
 from pathlib import Path
 
-from .runfiles import UserError, check_regular_file, exit_on_user_error
+from .startup import quiet_ctrl_c
+
+quiet_ctrl_c(__name__, "python -m metagmvae.report")  # before torch loads: a Ctrl-C is one line, exit code 130
+
+from .runfiles import UserError, check_regular_file, exit_on_user_error  # noqa: E402
 
 RESULT_FILES = ("results.json", "eval_results.json")
 KEY = re.compile(r"(\d+)way-(\d+)shot")

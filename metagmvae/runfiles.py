@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .startup import end_quiet_ctrl_c
+
 
 class UserError(Exception):
     """Bad input (data, flags, files) that the user must fix: one line on stderr, exit code 2."""
@@ -35,7 +37,9 @@ class Interrupted(UserError):
 def exit_on_user_error(prog):
     """Turn a UserError raised inside the block into one line `prog: error: ...` (a message quoting a
     multi-line text, a file name with a newline say, is joined) and its exit code; a Ctrl-C that nothing
-    inside turned into Interrupted becomes `prog: error: interrupted` and exit code 130."""
+    inside turned into Interrupted becomes `prog: error: interrupted` and exit code 130 (before the block,
+    startup.quiet_ctrl_c says the same)."""
+    end_quiet_ctrl_c()
     try:
         yield
     except UserError as e:
@@ -260,11 +264,39 @@ def name_list(names):
     return shown + (f" and {len(names) - MAX_NAMES_SHOWN} more" if len(names) > MAX_NAMES_SHOWN else "")
 
 
+class NonFiniteCheckpoint(UserError):
+    """A checkpoint whose weights or optimizer state hold NaN or Inf."""
+
+
 def _check_tensor_dict(state_dict, path, key):
+    """Refuse `state_dict` (the checkpoint's entry `key`) unless it is a dict of named tensors, all finite."""
     if not isinstance(state_dict, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                    for k, v in state_dict.items()):
         found = type(state_dict).__name__ if not isinstance(state_dict, dict) else "a dict holding other things"
         raise UserError(f"{path}: {key!r} is not a dict of named tensors (found {found})")
+    _check_finite(state_dict, path, key)
+
+
+def _non_finite(value, name):
+    """The name ('<name>/<key>/...') of the first tensor or float in `value`, a tensor, float or nested
+    dict, list or tuple of them, holding NaN or Inf; None if all are finite."""
+    if isinstance(value, torch.Tensor):
+        finite = not value.is_floating_point() and not value.is_complex() or bool(torch.isfinite(value).all())
+        return None if finite else name
+    if isinstance(value, float):
+        return None if math.isfinite(value) else name
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    return next((found for k, v in items if (found := _non_finite(v, f"{name}/{k}")) is not None), None)
+
+
+def _check_finite(value, path, key):
+    """Refuse a checkpoint whose entry `key` (value: see _non_finite) holds NaN or Inf, naming the first
+    such tensor: a model or optimizer with them gives meaningless numbers (chance-level accuracies, nan
+    probabilities, one cluster)."""
+    found = _non_finite(value, key)
+    if found is not None:
+        raise NonFiniteCheckpoint(f"{path}: tensor {found!r} holds NaN or Inf values; the weights are not usable "
+                        "(a diverged or damaged checkpoint)")
 
 
 def load_weights(model, state_dict, path, name, renamed=False):
@@ -370,6 +402,7 @@ def check_run_checkpoint(state, path, keys, name):
     if missing:
         raise UserError(f"{path}: not a run checkpoint (no {', '.join(map(repr, missing))}); {expected}")
     _check_tensor_dict(state["model"], path, "model")
+    _check_finite(state["optimizer"], path, "optimizer")
 
 
 def check_same_flags(saved_config, config, flags):

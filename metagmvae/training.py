@@ -19,8 +19,8 @@ from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRando
 from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import autocast
 from .folders import RunDir
-from .runfiles import (Interrupted, UserError, build_model, check_run_checkpoint, check_same_flags, load_checkpoint,
-                       load_weights, rng_state, set_rng_state)
+from .runfiles import (Interrupted, NonFiniteCheckpoint, UserError, build_model, check_run_checkpoint, check_same_flags,
+                       load_checkpoint, load_weights, rng_state, set_rng_state)
 
 
 class TrainingDiverged(UserError):
@@ -298,7 +298,10 @@ def read_resume_state(run, config, keys, invariant_flags, name):
             raise UserError(f"{e}{run.instead_of_last('start the run anew with --overwrite')}") from None
 
     state = distributed.from_main(load)
-    check_run_checkpoint(state, run.last_checkpoint, keys, name)
+    try:
+        check_run_checkpoint(state, run.last_checkpoint, keys, name)
+    except NonFiniteCheckpoint as e:
+        raise UserError(f"{e}{run.instead_of_last('start the run anew with --overwrite')}") from None
     check_same_flags(state["config"], config, invariant_flags)
     return state
 

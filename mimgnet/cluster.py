@@ -14,12 +14,15 @@ prints the adjusted Rand index and normalised mutual information beside k-means 
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
+quiet_ctrl_c(__name__)  # a Ctrl-C from here on: one line, exit code 130
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from data.prepare_mimgnet import load_image  # noqa: E402
 from metagmvae import imagefolders  # noqa: E402

@@ -18,10 +18,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
+quiet_ctrl_c(__name__)  # a Ctrl-C from here on: one line, exit code 130
+
+import torch  # noqa: E402
 
 from data.prepare_mimgnet import load_image  # noqa: E402
 from metagmvae import imagefolders  # noqa: E402

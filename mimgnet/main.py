@@ -9,6 +9,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
+quiet_ctrl_c(__name__, "mimgnet/main.py")  # a Ctrl-C from here on: one line, exit code 130
+
 from metagmvae import cli, distributed  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error, seed_everything  # noqa: E402
 from mimgnet import trainer  # noqa: E402

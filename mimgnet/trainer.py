@@ -9,7 +9,7 @@ rank 0 alone writes files and prints (metagmvae/distributed.py).
 import torch
 
 from metagmvae import distributed
-from metagmvae.cli import RESUME_INVARIANT_FLAGS
+from metagmvae.cli import RESUME_INVARIANT_FLAGS, check_batches_fit
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import logistic_regression_accuracies, nearest_class_mean_accuracies, with_baselines
 from metagmvae.runfiles import load_checkpoint
@@ -28,6 +28,7 @@ BASELINES = {"feature_nearest_class_mean": nearest_class_mean_accuracies,
 def evaluate(args, device):
     """--eval-only: test --checkpoint (ours or the authors') at every --eval-shots; returns the results."""
     test = load_features(args.data_dir, ("test",))["test"]
+    check_batches_fit(args, test.shape[-1])
     model = load_model(args.checkpoint, device)
     check_feature_size(model, test.shape[-1], args.checkpoint, source=f"--data-dir {args.data_dir}",
                        remedy="pass the features the model was trained on")
@@ -37,14 +38,22 @@ def evaluate(args, device):
     return {**results, "config": vars(args)}
 
 
-def train(args, device):
-    """Meta-train, keep the checkpoint --select-by picks, test it; returns results.json's content."""
-    # Data: (C, I, F) features per split; training features pooled without labels.
-    features = load_features(args.data_dir)
+def check_run_fits(args, features):
+    """Refuse, before the first step and the first write, a run that could not finish: batches of this many
+    features in memory, validation episodes (val-acc), the test episodes and the batch split over the
+    processes.  features: {split: (C, I, F)}."""
+    check_batches_fit(args, features["train"].shape[-1])
     if args.select_by == "val-acc":  # the only mode that reads validation labels
         check_episodes_fit("val", features["val"], args.eval_way, args.query, [args.shot])
     check_episodes_fit("test", features["test"], args.eval_way, args.query, args.eval_shots)
     distributed.check_batch_divides(args.batch_size)
+
+
+def train(args, device):
+    """Meta-train, keep the checkpoint --select-by picks, test it; returns results.json's content."""
+    # Data: (C, I, F) features per split; training features pooled without labels.
+    features = load_features(args.data_dir)
+    check_run_fits(args, features)
     train_pool = features["train"].flatten(0, 1)  # (C * I, F)
 
     # The reference keeps one checkpoint, the best validation accuracy at --shot, and tests it at every shot.

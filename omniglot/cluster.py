@@ -16,11 +16,14 @@ against the folders, beside k-means on the raw pixels (k-means++ starts, same K 
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
+quiet_ctrl_c(__name__)  # a Ctrl-C from here on: one line, exit code 130
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from metagmvae import imagefolders  # noqa: E402
 from metagmvae.cli import use_huge_pages  # noqa: E402

@@ -1,5 +1,15 @@
 """Omniglot arrays as data/prepare_omniglot.py (or the reference's preprocessing) writes them:
-train.npy, val.npy, test.npy shaped (classes, drawings, 28, 28, 1), float in [0, 1], ink = 1."""
+train.npy, val.npy, test.npy shaped (classes, drawings, 28, 28, 1), float in [0, 1], ink = 1 on a 0
+background.
+
+`check_drawings` checks that convention where the arrays are loaded (load_split) and where they are built
+(data/omniglot_build.py write_build).  Real Omniglot has a mean pixel of about 0.08 and its border pixels
+(the 108 of the 28x28 perimeter) average under 0.003 per file, under 0.22 in any one drawing; inverted
+(1 - x) drawings give about 0.92 and 1.0.  A drawing whose border pixels average above BORDER_LIMIT is
+drawn dark on light (omniglot/evaluate.py load_image inverts such an image; an array is refused), a file
+whose mean pixel is above MEAN_LIMIT is mostly ink, and a drawing whose pixels are all equal holds no
+stroke: each of these is refused, as every accuracy computed from it would be meaningless.
+"""
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +19,43 @@ from metagmvae.runfiles import UserError, load_npy
 
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (28, 28, 1)
+BORDER_LIMIT = 0.5  # mean of a drawing's border pixels: real Omniglot < 0.22, inverted about 1.0
+MEAN_LIMIT = 0.3  # mean pixel of a file: real Omniglot about 0.08, inverted about 0.92
+CONVENTION = "expected ink = 1 on a 0 background (Omniglot: mean pixel about 0.08)"
+
+
+def border_means(images):
+    """Mean of the border pixels of each drawing: images (..., 28, 28) -> (...)."""
+    edges = [images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]]
+    return np.concatenate(edges, axis=-1).mean(-1, dtype=np.float64)
+
+
+def check_drawings(array, where):
+    """Refuse `array` (classes, drawings, 28, 28, 1), read from or written to `where` (a phrase naming the
+    file), unless it is float in [0, 1] with ink = 1 on a 0 background (see the module docstring)."""
+    if array.ndim != 5 or array.shape[2:] != IMAGE_SHAPE or 0 in array.shape[:2]:
+        raise UserError(f"{where} has shape {array.shape}; expected (classes, drawings, 28, 28, 1)")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise UserError(f"{where} has dtype {array.dtype}; expected float values in [0, 1]")
+    if not np.isfinite(array).all():
+        raise UserError(f"{where} contains NaN or Inf")
+    low, high = array.min(), array.max()
+    if low < 0 or high > 1:
+        raise UserError(f"{where} has values in [{low:.3g}, {high:.3g}]; expected [0, 1] with ink = 1")
+    images = array[..., 0]  # (C, I, 28, 28)
+    mean, borders = float(images.mean(dtype=np.float64)), border_means(images)  # borders: (C, I)
+    found = f"mean pixel {mean:.3g}, border mean {borders.mean():.3g}"
+    light = borders > BORDER_LIMIT
+    if light.any():
+        raise UserError(f"{where}: {light.sum()} of {light.size} drawings have a light background (border pixels "
+                        f"above {BORDER_LIMIT} on average; {found}): inverted ink? {CONVENTION}")
+    if mean > MEAN_LIMIT:
+        raise UserError(f"{where}: mostly ink (mean pixel above {MEAN_LIMIT}; {found}); {CONVENTION}")
+    blank = np.ptp(images.reshape(*images.shape[:2], -1), axis=-1) == 0  # (C, I)
+    if blank.any():
+        first = np.argwhere(blank)[0]
+        raise UserError(f"{where}: {blank.sum()} of {blank.size} drawings are blank (all pixels equal, the first "
+                        f"class {first[0]} drawing {first[1]}; {found}); {CONVENTION}")
 
 
 def load_split(data_dir, split):
@@ -17,14 +64,7 @@ def load_split(data_dir, split):
     if not path.is_file():
         raise UserError(f"{path} not found; build it with `python data/prepare_omniglot.py --out {data_dir}`")
     array = load_npy(path)
-    if array.ndim != 5 or array.shape[2:] != IMAGE_SHAPE or 0 in array.shape[:2]:
-        raise UserError(f"{path} has shape {array.shape}; expected (classes, drawings, 28, 28, 1)")
-    if not np.issubdtype(array.dtype, np.floating):
-        raise UserError(f"{path} has dtype {array.dtype}; expected float values in [0, 1]")
-    if not np.isfinite(array).all():
-        raise UserError(f"{path} contains NaN or Inf")
-    if array.min() < 0 or array.max() > 1:
-        raise UserError(f"{path} has values in [{array.min():.3g}, {array.max():.3g}]; expected [0, 1] with ink = 1")
+    check_drawings(array, path)
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(0, 1, 4, 2, 3).contiguous()
 
 

@@ -10,12 +10,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metagmvae.cli import check_positive, check_seed, use_huge_pages  # noqa: E402
+from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
+quiet_ctrl_c(__name__, "omniglot/draw_figures.py")  # a Ctrl-C from here on: one line, exit code 130
+
+from metagmvae.cli import check_positive, check_seed, check_way, use_huge_pages  # noqa: E402
 from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 from omniglot.dataset import load_omniglot  # noqa: E402
-from omniglot.figures import FIGURE_NAMES, check_figures_fit, read_metrics_table, write_run_figures  # noqa: E402
+from omniglot.figures import FIGURE_NAMES, check_run_figures, read_metrics_table, write_run_figures  # noqa: E402
 from omniglot.model import load_model  # noqa: E402
 
 
@@ -47,6 +50,7 @@ def main(argv=None):
     with exit_on_user_error("omniglot/draw_figures.py"):
         check_positive(args, ["way", "eval_way", "sample_size", "query", "unsupervised_em_iters",
                               "semisupervised_em_iters", "test_mc_sample_size"])
+        check_way(args.eval_way)
         check_seed(args.seed)
         if args.metrics is not None and not Path(args.metrics).exists():
             raise UserError(f"--metrics {args.metrics}: no such file")
@@ -58,7 +62,7 @@ def main(argv=None):
         device = resolve_device(args.device)
         model = load_model(args.checkpoint, device)
         data = load_omniglot(args.data_dir, ("train", "val"))
-        check_figures_fit(data, args.way, args.eval_way, args.sample_size, args.query)
+        check_run_figures(data, args.way, args.eval_way, args.sample_size, args.query)
         with out:
             paths = write_run_figures(model, data, out, args.metrics, args.way, args.eval_way, args.sample_size,
                                       args.query, args.unsupervised_em_iters, args.semisupervised_em_iters,

@@ -15,11 +15,14 @@ per image in <out>/predictions.csv (--out; default <episodes>-predictions beside
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
+quiet_ctrl_c(__name__)  # a Ctrl-C from here on: one line, exit code 130
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from metagmvae import imagefolders  # noqa: E402
 from metagmvae.cli import use_huge_pages  # noqa: E402

@@ -264,19 +264,24 @@ def save_learning_curves(columns, path):
     return _save(canvas, path)
 
 
-MIXTURE_ITEMS = 60  # at most this many training items in the mixture figure
-TEST_EPISODE_QUERIES = 3  # at most this many queries per class in the test-episode figure
+MIXTURE_ITEMS = 60  # items of the mixture figure, unless --way asks for more
+FIGURE_QUERIES = 3  # at most this many queries per class in the test-episode figure
 
 
-def check_figures_fit(data, way, eval_way, sample_size, query):
-    """Refuse figure settings that the data {"val": (C, I, ...), ...} cannot give: the mixture figure fits
-    `way` components to min(sample_size, MIXTURE_ITEMS) items, and the test episode is eval_way-way 1-shot
-    with min(query, TEST_EPISODE_QUERIES) queries per class of the validation split."""
-    items = min(sample_size, MIXTURE_ITEMS)
+def mixture_items(way, sample_size):
+    """Items of the mixture figure: MIXTURE_ITEMS of an episode of sample_size, or one per component when
+    --way asks for more."""
+    return min(sample_size, max(MIXTURE_ITEMS, way))
+
+
+def check_run_figures(data, way, eval_way, sample_size, query):
+    """Refuse settings with which write_run_figures would fail: `way` components fitted to the items of the
+    mixture figure, and an eval_way-way 1-shot episode of the validation split data["val"] (C, I, ...)."""
+    items = mixture_items(way, sample_size)
     if way > items:
-        raise UserError(f"--way {way}: the mixture figure fits {way} components to {items} items "
-                        f"(--sample-size {sample_size}, at most {MIXTURE_ITEMS}); give --way {items} or fewer")
-    check_episodes_fit("val", data["val"], eval_way, min(query, TEST_EPISODE_QUERIES), [1])
+        raise UserError(f"--way {way} is more than the {items} items of the mixture figure (--sample-size "
+                        f"{sample_size}): EM cannot fit more components than items")
+    check_episodes_fit("val", data["val"], eval_way, min(query, FIGURE_QUERIES), [1])
 
 
 def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_size, query, unsupervised_em_iters,
@@ -285,10 +290,10 @@ def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_si
     draws (seeded by `seed`) that leave the global RNG untouched, so a run with figures gives the same numbers
     as one without.
 
-    data: {"train": (C, I, 1, 28, 28), "val": ...}; the mixture figure fits `way` components to at most
-    MIXTURE_ITEMS of `sample_size` training items, the test episode is eval_way-way 1-shot with at most
-    TEST_EPISODE_QUERIES queries per class.  metrics_csv, when it exists, is read (and checked) before any
-    figure is drawn.  Returns the paths written.
+    data: {"train": (C, I, 1, 28, 28), "val": ...}; the mixture figure fits `way` components to
+    mixture_items(way, sample_size) training items, the test episode of the validation split is eval_way-way
+    1-shot with at most FIGURE_QUERIES queries per class (check_run_figures checks they can be drawn).
+    Returns the paths written.
     """
     metrics = read_metrics_table(metrics_csv) if metrics_csv is not None and Path(metrics_csv).exists() else None
     device = next(model.parameters()).device
@@ -296,9 +301,9 @@ def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_si
     train = data["train"].flatten(0, 1)
     with seeded_eval(model, device, seed):
         paths = [save_reconstructions(model, train[rng.randint(len(train), 1, 16)[0]], folder / "reconstructions.png"),
-                 save_episode_mixture(model, train[rng.randint(len(train), 1, min(sample_size, MIXTURE_ITEMS))[0]],
+                 save_episode_mixture(model, train[rng.randint(len(train), 1, mixture_items(way, sample_size))[0]],
                                       way, unsupervised_em_iters, folder / "mixture.png")]
-        sampler = EpisodeSampler(data["val"], eval_way, 1, min(query, TEST_EPISODE_QUERIES))
+        sampler = EpisodeSampler(data["val"], eval_way, 1, min(query, FIGURE_QUERIES))
         ep = sampler.gather(*sampler.sample_indices(rng))
         with _inference(model):
             probs = model.predict(ep.support.to(device), ep.y_support.to(device), ep.query.to(device), eval_way,

@@ -3,17 +3,22 @@
 Flags keep the names and defaults of the authors' omniglot/main.py; see README.md for the experiments.
 `--demo` trains for about 5 CPU minutes on a procedural Omniglot-like set, with no download.
 """
+import math
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
+quiet_ctrl_c(__name__, "omniglot/main.py")  # a Ctrl-C from here on: one line, exit code 130
+
 from data.synthetic_omniglot import build_synthetic_omniglot  # noqa: E402
 from metagmvae import cli, distributed  # noqa: E402
 from metagmvae.folders import RunDir  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error, seed_everything  # noqa: E402
 from omniglot import trainer  # noqa: E402
+from omniglot.dataset import IMAGE_SHAPE  # noqa: E402
 from omniglot.model import MODEL_NAME  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +51,7 @@ def main(argv=None):
     cli.use_huge_pages()
     args = parse_args(argv)
     with exit_on_user_error("omniglot/main.py"):
-        cli.check_args(args, MODEL_NAME, positive=["hidden_size"])
+        cli.check_args(args, MODEL_NAME, positive=["hidden_size"], item_floats=math.prod(IMAGE_SHAPE))
         if args.demo and not args.resume:  # a demo run replaces an earlier demo run, nothing else
             earlier = RunDir(args.save_dir, MODEL_NAME).earlier_config() or {}
             args.overwrite = args.overwrite or earlier.get("demo") is True

@@ -17,7 +17,7 @@ from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoi
                                 test_checkpoints, train_step, validate, validation_due, validation_episodes)
 
 from .dataset import load_omniglot
-from .figures import write_run_figures
+from .figures import check_run_figures, write_run_figures
 from .model import MODEL_NAME, OmniglotGMVAE, load_model
 
 
@@ -33,14 +33,22 @@ def evaluate(args, device):
             "config": vars(args)}
 
 
+def check_run_fits(args, data):
+    """Refuse, before the first step and the first write, a run that could not finish: validation episodes
+    (val-acc), the figures drawn at each validation, the test episodes and the batch split over the processes.
+    data: {split: (C, I, 1, 28, 28)}."""
+    if args.select_by == "val-acc":  # the only mode that reads validation labels
+        check_episodes_fit("val", data["val"], args.eval_way, args.query, args.eval_shots)
+    check_run_figures(data, args.way, args.eval_way, args.sample_size, args.query)
+    check_episodes_fit("test", data["test"], args.eval_way, args.query, args.eval_shots)
+    distributed.check_batch_divides(args.batch_size)
+
+
 def train(args, device):
     """Meta-train, keep the checkpoints --select-by picks, test them; returns results.json's content."""
     # Data: training images pooled without labels; labeled validation and test episodes.
     data = load_omniglot(args.data_dir)
-    if args.select_by == "val-acc":  # the only mode that reads validation labels
-        check_episodes_fit("val", data["val"], args.eval_way, args.query, args.eval_shots)
-    check_episodes_fit("test", data["test"], args.eval_way, args.query, args.eval_shots)
-    distributed.check_batch_divides(args.batch_size)
+    check_run_fits(args, data)
     train_pool = data["train"].flatten(0, 1)  # (C * I, 1, 28, 28)
 
     # The reference validates at every test shot and tests each shot with its own best checkpoint.

@@ -11,8 +11,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
+quiet_ctrl_c(__name__, "simclr/main.py")  # a Ctrl-C from here on: one line, exit code 130
+
 from metagmvae import distributed  # noqa: E402
-from metagmvae.cli import check_number, check_positive, check_seed, use_huge_pages  # noqa: E402
+from metagmvae.cli import check_lr, check_number, check_positive, check_seed, use_huge_pages  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
 from metagmvae.runfiles import UserError, check_writable_folder, exit_on_user_error, seed_everything  # noqa: E402
 from simclr.trainer import DEBUG_BATCHES, FEATURES_KIND, export_checkpoint, train_and_export  # noqa: E402
@@ -53,7 +56,7 @@ def check_args(args):
     check_positive(args, ["hidden_size", "batch_size", "train_epochs"])
     if args.batch_size < 2:
         raise UserError("--batch-size must be at least 2: NT-Xent needs other images as negatives")
-    check_number(args.lr, "lr")
+    check_lr(args.lr)
     check_number(args.temperature, "temperature")
     check_seed(args.seed)
     if args.export_only and args.checkpoint is None:

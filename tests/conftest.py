@@ -135,10 +135,14 @@ def kill_once_written(command, path, timeout=300, **env):
 
 @pytest.fixture(scope="session")
 def omniglot_data(tmp_path_factory):
-    """Tiny valid Omniglot arrays: 8 blank classes of 20 drawings per split."""
+    """Tiny valid Omniglot arrays: 8 classes of 20 drawings per split, random ink (= 1) strokes away from the
+    border on a 0 background, as omniglot/dataset.py checks."""
     folder = tmp_path_factory.mktemp("omniglot")
+    rng = np.random.default_rng(0)
     for split in ("train", "val", "test"):
-        np.save(folder / f"{split}.npy", np.zeros((8, 20, 28, 28, 1), np.float32))
+        drawings = np.zeros((8, 20, 28, 28, 1), np.float32)
+        drawings[:, :, 6:22, 10:18] = rng.random((8, 20, 16, 8, 1)) < 0.3
+        np.save(folder / f"{split}.npy", drawings)
     return folder
 
 

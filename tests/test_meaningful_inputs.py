@@ -1,0 +1,383 @@
+"""Issue 22: no number from input that makes it meaningless, and no late failure.  Checkpoints with NaN or Inf,
+Omniglot arrays against the ink convention, 1-way tasks, runs that could only fail after training started,
+counts beyond this machine's memory, and Ctrl-C while a command still imports: each ends in one line on
+stderr, exit code 2 (130 for Ctrl-C), no traceback, nothing written."""
+import io
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from data import prepare_omniglot
+from metagmvae.runfiles import physical_memory
+from mimgnet import evaluate as mimgnet_evaluate
+from mimgnet import main as mimgnet_main
+from mimgnet.model import FeatureGMVAE
+from omniglot import cluster, draw_figures, evaluate
+from omniglot import main as omniglot_main
+from omniglot.model import OmniglotGMVAE
+from simclr import main as simclr_main
+from simclr.model import SimCLR
+
+from .conftest import REPO_ROOT
+from .test_hostile_inputs import OMNIGLOT_FLAGS, assert_refused, assert_refused_in_process
+
+NAN_TENSOR = "decoder.0.weight"
+
+
+def poisoned(state_dict, name=NAN_TENSOR, value=float("nan")):
+    """A copy of state_dict whose tensor `name` holds one `value`."""
+    state_dict = {k: v.clone() for k, v in state_dict.items()}
+    state_dict[name][(0,) * state_dict[name].dim()] = value
+    return state_dict
+
+
+@pytest.fixture(scope="module")
+def nan_checkpoints(tmp_path_factory):
+    """Checkpoints of every model with one NaN or Inf weight."""
+    folder = tmp_path_factory.mktemp("nan_checkpoints")
+    omniglot, mimgnet, simclr = OmniglotGMVAE(8, 4), FeatureGMVAE(8, 4), SimCLR(hidden_size=4)
+    torch.save({"model": poisoned(omniglot.state_dict()), "model_config": omniglot.config}, folder / "omniglot.pt")
+    torch.save({"model": poisoned(omniglot.state_dict(), value=float("inf")), "model_config": omniglot.config},
+               folder / "omniglot_inf.pt")
+    torch.save({"model": poisoned(mimgnet.state_dict(), "decoder.0.weight"), "model_config": mimgnet.config},
+               folder / "mimgnet.pt")
+    torch.save({"model": mimgnet.state_dict(), "model_config": mimgnet.config}, folder / "mimgnet_finite.pt")
+    name = next(k for k, v in simclr.state_dict().items() if v.is_floating_point())
+    torch.save({"model": poisoned(simclr.state_dict(), name), "model_config": {"hidden_size": 4, "image_size": 84}},
+               folder / "simclr.pt")
+    return folder
+
+
+def test_eval_only_refuses_a_checkpoint_with_nan_naming_the_tensor(omniglot_data, nan_checkpoints, capsys):
+    common = ["--data-dir", omniglot_data, "--eval-only", *OMNIGLOT_FLAGS, "--checkpoint"]
+    assert_refused("omniglot/main.py", *common, nan_checkpoints / "omniglot.pt",
+                   text=f"omniglot.pt: tensor 'model/{NAN_TENSOR}' holds NaN or Inf values",
+                   roots=[omniglot_data, nan_checkpoints])
+    assert_refused_in_process(omniglot_main.main, *common, nan_checkpoints / "omniglot_inf.pt",
+                              text=f"tensor 'model/{NAN_TENSOR}' holds NaN or Inf", roots=[nan_checkpoints],
+                              capsys=capsys)
+
+
+def test_mimgnet_eval_only_refuses_nan_weights(nan_checkpoints, tmp_path, capsys):
+    np.save(tmp_path / "test_features.npy", np.random.default_rng(0).random((180, 8), dtype=np.float32))
+    np.save(tmp_path / "test_labels.npy", np.repeat(np.arange(6), 30))
+    assert_refused_in_process(mimgnet_main.main, "--data-dir", tmp_path, "--eval-only", "--latent-size", "4",
+                              "--eval-shots", "1", "--eval-episodes", "2", "--device", "cpu", "--checkpoint",
+                              nan_checkpoints / "mimgnet.pt", text="tensor 'model/decoder.0.weight' holds NaN",
+                              roots=[tmp_path], capsys=capsys)
+
+
+@pytest.fixture
+def episodes(tmp_path):
+    """An episodes folder with one 2-way episode (two drawings per class and part)."""
+    root = tmp_path / "episodes"
+    for part in ("support", "query"):
+        for k, name in enumerate(("a", "b")):
+            (root / "e1" / part / name).mkdir(parents=True)
+            for i in range(2):
+                image = Image.new("L", (28, 28), 255)
+                ImageDraw.Draw(image).line((4 + 10 * k, 4, 24 - 10 * k, 24), fill=0, width=3)
+                image.save(root / "e1" / part / name / f"{i}.png")
+    return root
+
+
+def test_evaluate_cluster_and_figures_refuse_nan_weights(nan_checkpoints, episodes, omniglot_data, tmp_path, capsys):
+    text = f"omniglot.pt: tensor 'model/{NAN_TENSOR}' holds NaN or Inf"
+    checkpoint = nan_checkpoints / "omniglot.pt"
+    assert_refused_in_process(evaluate.main, "--checkpoint", checkpoint, "--episodes", episodes, "--device", "cpu",
+                              text=text, roots=[episodes], capsys=capsys)
+    assert_refused_in_process(cluster.main, "--checkpoint", checkpoint, "--images", episodes, "--clusters", "2",
+                              "--device", "cpu", text=text, roots=[episodes], capsys=capsys)
+    assert_refused_in_process(draw_figures.main, "--checkpoint", checkpoint, "--data-dir", omniglot_data, "--out",
+                              tmp_path / "figures", "--device", "cpu", text=text, roots=[omniglot_data],
+                              capsys=capsys)
+    assert not (tmp_path / "figures").exists() and not (tmp_path / "episodes-clusters").exists()
+
+
+def test_a_simclr_encoder_with_nan_is_refused(nan_checkpoints, episodes, simclr_data, tmp_path, capsys):
+    assert_refused_in_process(mimgnet_evaluate.main, "--encoder", nan_checkpoints / "simclr.pt", "--checkpoint",
+                              nan_checkpoints / "mimgnet_finite.pt", "--episodes", episodes, "--device", "cpu",
+                              text="simclr.pt: tensor 'model/", roots=[episodes, nan_checkpoints], capsys=capsys)
+    assert_refused_in_process(simclr_main.main, "--data-dir", simclr_data, "--feature-save-dir", tmp_path / "features",
+                              "--export-only", "--device", "cpu", "--checkpoint", nan_checkpoints / "simclr.pt",
+                              text="holds NaN or Inf values", roots=[simclr_data], capsys=capsys)
+    assert not (tmp_path / "features").exists()
+
+
+def train_args(data, save, *flags):
+    return ["--data-dir", data, "--save-dir", save, *OMNIGLOT_FLAGS, "--batch-size", "1", "--freq-iters", "2",
+            "--eval-shots", "1", *flags]
+
+
+@pytest.fixture(scope="module")
+def trained_run(omniglot_data, tmp_path_factory):
+    """A run folder of 2 steps (last.pt, best_1shot.pt)."""
+    save = tmp_path_factory.mktemp("run") / "run"
+    omniglot_main.main(list(map(str, train_args(omniglot_data, save, "--train-iters", "2"))))
+    return save
+
+
+@pytest.mark.parametrize("part", ["model", "optimizer"])
+def test_resume_refuses_a_last_pt_with_nan_and_names_the_best_checkpoint(omniglot_data, trained_run, tmp_path, capsys,
+                                                                        part):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    if part == "model":
+        state["model"] = poisoned(state["model"])
+        text = f"last.pt: tensor 'model/{NAN_TENSOR}' holds NaN or Inf"
+    else:
+        moments = state["optimizer"]["state"][0]["exp_avg_sq"]
+        moments[(0,) * moments.dim()] = float("inf")
+        text = "last.pt: tensor 'optimizer/state/0/exp_avg_sq' holds NaN or Inf"
+    torch.save(state, run / "last.pt")
+    line = assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, run, "--train-iters", "4",
+                                                                     "--resume"),
+                                     text=text, roots=[run, omniglot_data], capsys=capsys)
+    assert "best_1shot.pt" in line and "copy one to last.pt to resume" in line
+
+
+# ---- the ink convention of the Omniglot arrays
+
+def copy_arrays(source, target, **replace):
+    """target/ holding source's train/val/test.npy, those named in `replace` ({split: function of the array})
+    changed."""
+    target.mkdir()
+    for split in ("train", "val", "test"):
+        array = np.load(source / f"{split}.npy")
+        np.save(target / f"{split}.npy", replace.get(split, lambda a: a)(array))
+    return target
+
+
+@pytest.mark.parametrize("split, change, text", [
+    ("test", lambda a: 1 - a, "test.npy: 160 of 160 drawings have a light background"),
+    ("val", lambda a: np.concatenate([a[:4], 1 - a[4:]]), "val.npy: 80 of 160 drawings have a light background"),
+    ("test", np.zeros_like, "test.npy: 160 of 160 drawings are blank"),
+    ("test", lambda a: np.full_like(a, 0.4), "test.npy: mostly ink (mean pixel above 0.3"),
+    ("test", lambda a: a * 2 - 0.5, "test.npy has values in [-0.5, 1.5]; expected [0, 1] with ink = 1"),
+])
+def test_arrays_against_the_ink_convention_are_refused(omniglot_data, nan_checkpoints, tmp_path, capsys, split, change,
+                                                       text):
+    data = copy_arrays(omniglot_data, tmp_path / "data", **{split: change})
+    checkpoint = tmp_path / "omniglot.pt"
+    model = OmniglotGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, checkpoint)
+    common = ["--data-dir", data, *OMNIGLOT_FLAGS]
+    if split == "test":
+        line = assert_refused_in_process(omniglot_main.main, *common, "--eval-only", "--checkpoint", checkpoint,
+                                         text=text, roots=[data], capsys=capsys)
+    else:
+        line = assert_refused_in_process(draw_figures.main, "--checkpoint", checkpoint, "--data-dir", data, "--out",
+                                         tmp_path / "figures", "--device", "cpu", text=text, roots=[data],
+                                         capsys=capsys)
+    assert_refused_in_process(omniglot_main.main, *common, "--save-dir", tmp_path / "run", text=text, roots=[data],
+                              capsys=capsys)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "figures").exists()
+    if "values in" not in text:
+        assert "mean pixel" in line and "border mean" in line and "expected ink = 1 on a 0 background" in line
+
+
+def character_zip(path, ink, paper, characters=3):
+    """A zip of `characters` characters of 20 drawings (omniglot/Alphabet/characterNN/NNNN_MM.png): a stroke
+    of colour `ink` on `paper` (0 black, 255 white), 105x105 as the official drawings."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for c in range(characters):
+            for d in range(20):
+                image = Image.new("L", (105, 105), paper)
+                ImageDraw.Draw(image).line((20 + 5 * c, 20 + d, 80, 85 - 3 * c), fill=ink, width=6)
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                zf.writestr(f"omniglot/Alphabet/character{c + 1:02d}/{c + 1:04d}_{d + 1:02d}.png", buffer.getvalue())
+    return path
+
+
+def test_a_build_of_white_on_black_drawings_is_refused_before_writing(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    good = character_zip(tmp_path / "in" / "black_on_white.zip", ink=0, paper=255)
+    prepare_omniglot.main(["--source", str(good), "--out", str(tmp_path / "good")])
+    assert (tmp_path / "good" / "test.npy").is_file()
+    swapped = character_zip(tmp_path / "in" / "white_on_black.zip", ink=255, paper=0)
+    for out in (tmp_path / "out", tmp_path / "good"):  # a new folder, and one holding a previous build
+        line = assert_refused_in_process(prepare_omniglot.main, "--source", swapped, "--out", out,
+                                         text="the converted drawings of train.npy: 80 of 80 drawings have a light "
+                                              "background", roots=[tmp_path], capsys=capsys)
+        assert "mean pixel 0.9" in line
+    assert not (tmp_path / "out").exists()
+
+
+# ---- N-way tasks need N >= 2
+
+@pytest.mark.parametrize("flags, text", [
+    (["--way", "3", "--eval-way", "1"], "--eval-way 1: an N-way episode needs N >= 2 classes"),
+    (["--way", "1"], "--way 1 (which --eval-way defaults to): an N-way episode needs N >= 2 classes"),
+    (["--eval-way", "1"], "--eval-way 1: an N-way episode needs N >= 2"),
+])
+def test_one_way_evaluation_is_refused(omniglot_data, tmp_path, capsys, flags, text):
+    at = OMNIGLOT_FLAGS.index("--eval-way")
+    without_eval_way = OMNIGLOT_FLAGS[:at] + OMNIGLOT_FLAGS[at + 2:]
+    common = ["--data-dir", omniglot_data, *without_eval_way, *flags]
+    assert_refused_in_process(omniglot_main.main, *common, "--save-dir", tmp_path / "run", text=text,
+                              roots=[omniglot_data], capsys=capsys)
+    assert_refused_in_process(mimgnet_main.main, "--data-dir", tmp_path, "--eval-only", "--checkpoint", "x.pt", *flags,
+                              text=text, roots=[omniglot_data], capsys=capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_way_figures_and_own_episodes_are_refused(omniglot_data, episodes, tmp_path, capsys):
+    checkpoint = tmp_path / "omniglot.pt"
+    model = OmniglotGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, checkpoint)
+    assert_refused_in_process(draw_figures.main, "--checkpoint", checkpoint, "--data-dir", omniglot_data, "--out",
+                              tmp_path / "figures", "--eval-way", "1", "--device", "cpu",
+                              text="--eval-way 1: an N-way episode needs N >= 2", roots=[omniglot_data], capsys=capsys)
+    for part in ("support", "query"):
+        shutil.rmtree(episodes / "e1" / part / "b")
+    assert_refused_in_process(evaluate.main, "--checkpoint", checkpoint, "--episodes", episodes, "--device", "cpu",
+                              text="support: 1 class folder (a); an episode needs at least 2 classes",
+                              roots=[episodes], capsys=capsys)
+    assert not (episodes / "predictions.csv").exists() and not (tmp_path / "figures").exists()
+
+
+def test_training_with_one_component_is_a_plain_vae_prior_and_runs(omniglot_data, tmp_path, capsys):
+    results = omniglot_main.main(list(map(str, train_args(omniglot_data, tmp_path / "run", "--train-iters", "2",
+                                                          "--way", "1", "--eval-way", "5"))))
+    assert set(results["test"]) == {"5way-1shot"}
+
+
+# ---- a run that could only fail later is refused at its start
+
+def test_a_run_whose_figure_episode_cannot_be_drawn_is_refused_at_start(omniglot_data, tmp_path, capsys):
+    """val-elbo reads no validation labels, but each validation draws an --eval-way test-episode figure
+    from the validation split: 9 classes of 8 cannot be drawn, after training had started."""
+    assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, tmp_path / "run", "--eval-way", "9",
+                                                              "--select-by", "val-elbo"),
+                              text="--eval-way 9 is larger than the 8 classes of the val split",
+                              roots=[omniglot_data], capsys=capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_more_components_than_figure_items_trains_validates_and_resumes(omniglot_data, tmp_path, capsys):
+    """--way 70 --sample-size 100 died at the first validation: its figure fitted 70 components to 60 items."""
+    args = train_args(omniglot_data, tmp_path / "run", "--train-iters", "2", "--way", "70", "--sample-size", "100",
+                      "--hidden-size", "4", "--latent-size", "2")
+    omniglot_main.main(list(map(str, args)))
+    assert (tmp_path / "run" / "figures" / "mixture.png").is_file()
+    omniglot_main.main(list(map(str, [*args, "--train-iters", "4", "--resume"])))
+    assert (tmp_path / "run" / "results.json").is_file()
+
+
+def test_draw_figures_refuses_more_components_than_items(omniglot_data, tmp_path, capsys):
+    checkpoint = tmp_path / "omniglot.pt"
+    model = OmniglotGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, checkpoint)
+    assert_refused_in_process(draw_figures.main, "--checkpoint", checkpoint, "--data-dir", omniglot_data, "--out",
+                              tmp_path / "figures", "--way", "100", "--device", "cpu",
+                              text="--way 100 is more than the 60 items of the mixture figure", roots=[omniglot_data],
+                              capsys=capsys)
+    assert not (tmp_path / "figures").exists()
+
+
+# ---- counts beyond memory, absurd rates
+
+@pytest.mark.parametrize("flags, text", [
+    (["--sample-size", "100000000"], "--sample-size 100000000: the items of a training batch (1 episodes x 100000000 "
+                                     "items x 784 floats) would take"),
+    (["--eval-episodes", str(10 ** 12)], "--eval-episodes 1000000000000: the random streams and item indices"),
+    (["--select-by", "val-elbo", "--val-elbo-sets", str(10 ** 12)], "--val-elbo-sets 1000000000000: the random"),
+])
+def test_counts_beyond_memory_are_refused(omniglot_data, tmp_path, capsys, flags, text):
+    line = assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, tmp_path / "run",
+                                                                     "--train-mc-sample-size", "1", "--latent-size",
+                                                                     "1", *flags),
+                                     text=text, roots=[omniglot_data], capsys=capsys)
+    assert "of memory of this machine" in line and not (tmp_path / "run").exists()
+
+
+def test_mimgnet_sample_size_beyond_memory_is_refused(tmp_path, capsys):
+    features = physical_memory() // (4 * 16 * 2) + 1  # 2 features an item: one batch of this many is too much
+    for split in ("train", "val", "test"):
+        np.save(tmp_path / f"{split}_features.npy", np.random.default_rng(0).random((6 * 30, 2), dtype=np.float32))
+        np.save(tmp_path / f"{split}_labels.npy", np.repeat(np.arange(6), 30))
+    assert_refused_in_process(mimgnet_main.main, "--data-dir", tmp_path, "--save-dir", tmp_path / "run",
+                              "--sample-size", features, "--train-mc-sample-size", "1", "--latent-size", "1",
+                              "--eval-shots", "1", "--device", "cpu",
+                              text=f"--sample-size {features}: the items of a training batch (16 episodes x "
+                                   f"{features} items x 2 floats)", roots=[tmp_path], capsys=capsys)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, text", [
+    (["--lr", "1e300"], "--lr 1e+300 is above 1: Adam moves every weight by about lr per step"),
+    (["--lr", "2"], "--lr 2.0 is above 1"),
+    (["--weight-decay", "1e300"], "--weight-decay 1e+300 is above 1"),
+])
+def test_absurd_rates_are_refused(omniglot_data, simclr_data, tmp_path, capsys, flags, text):
+    assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, tmp_path / "run", *flags), text=text,
+                              roots=[omniglot_data], capsys=capsys)
+    if "--lr" in flags:
+        assert_refused_in_process(simclr_main.main, "--data-dir", simclr_data, "--save-dir", tmp_path / "run",
+                                  "--feature-save-dir", tmp_path / "features", *flags, text=text,
+                                  roots=[simclr_data], capsys=capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_and_cluster_sample_counts_beyond_memory_are_refused(nan_checkpoints, episodes, tmp_path, capsys):
+    checkpoint = tmp_path / "omniglot.pt"
+    model = OmniglotGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, checkpoint)
+    line = assert_refused_in_process(evaluate.main, "--checkpoint", checkpoint, "--episodes", episodes, "--device",
+                                     "cpu", "--mc-samples", "2000000000",
+                                     text="--mc-samples 2000000000: the latent samples of 8 images (8 x 2000000000 "
+                                          "samples x 4 floats) would take", roots=[episodes], capsys=capsys)
+    assert "of memory of this machine" in line
+    line = assert_refused_in_process(cluster.main, "--checkpoint", checkpoint, "--images", episodes, "--clusters", "2",
+                                     "--device", "cpu", "--restarts", "100000000",
+                                     text="--restarts 100000000: the random streams and latent samples of the EM runs "
+                                          "(100000000 restarts x 8 images x 32 samples) would take",
+                                     roots=[episodes], capsys=capsys)
+    assert not (tmp_path / "episodes-clusters").exists() and not (episodes / "predictions.csv").exists()
+
+
+# ---- Ctrl-C while a command still imports
+
+ENTRY_POINTS = [("omniglot/main.py", "omniglot/main.py"), ("mimgnet/main.py", "mimgnet/main.py"),
+                ("simclr/main.py", "simclr/main.py"), ("omniglot/evaluate.py", "evaluate.py"),
+                ("mimgnet/evaluate.py", "evaluate.py"), ("omniglot/cluster.py", "cluster.py"),
+                ("mimgnet/cluster.py", "cluster.py"), ("omniglot/draw_figures.py", "omniglot/draw_figures.py"),
+                ("data/prepare_omniglot.py", "prepare_omniglot.py"), ("data/synthetic_omniglot.py",
+                                                                       "synthetic_omniglot.py"),
+                ("data/prepare_mimgnet.py", "prepare_mimgnet.py"),
+                ("data/synthetic_mimgnet.py", "synthetic_mimgnet.py"),
+                ("-m metagmvae.report", "python -m metagmvae.report")]
+
+
+def loading_torch(pid):
+    """Whether process pid has mapped torch's shared library: it is inside `import torch`."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("command, prog", ENTRY_POINTS)
+def test_ctrl_c_while_torch_imports_is_one_line(command, prog):
+    process = subprocess.Popen([sys.executable, *command.split()], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               # as from a terminal: a shell starts background jobs with SIGINT ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not loading_torch(process.pid) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr == f"{prog}: error: interrupted\n"
