@@ -238,8 +238,9 @@ def test_draw_figures_refuses_a_metrics_table_it_cannot_draw(figure_inputs, tmp_
 
 @pytest.mark.parametrize("flags, text", [
     (["--eval-way", "100"], "--eval-way 100 is larger than the 6 classes of the val split"),
-    (["--way", "100"], "--way 100: the mixture figure fits 100 components to 60 items (--sample-size 60, at most 60)"),
-    (["--way", "12", "--sample-size", "10"], "--way 12: the mixture figure fits 12 components to 10 items"),
+    (["--way", "100"], "--way 100 is more than the 60 items of the mixture figure (--sample-size 60)"),
+    (["--way", "12", "--sample-size", "10"],
+     "--way 12 is more than the 10 items of the mixture figure (--sample-size 10)"),
     (["--metrics", "no-such-metrics.csv"], "--metrics no-such-metrics.csv: no such file"),
 ])
 def test_draw_figures_refuses_figures_the_data_cannot_give(figure_inputs, capsys, flags, text):

@@ -304,10 +304,12 @@ def test_counts_beyond_memory_are_refused(omniglot_data, tmp_path, capsys, flags
 
 def test_mimgnet_sample_size_beyond_memory_is_refused(tmp_path, capsys):
     features = physical_memory() // (4 * 16 * 2) + 1  # 2 features an item: one batch of this many is too much
+    data = tmp_path / "features"
+    data.mkdir()
     for split in ("train", "val", "test"):
-        np.save(tmp_path / f"{split}_features.npy", np.random.default_rng(0).random((6 * 30, 2), dtype=np.float32))
-        np.save(tmp_path / f"{split}_labels.npy", np.repeat(np.arange(6), 30))
-    assert_refused_in_process(mimgnet_main.main, "--data-dir", tmp_path, "--save-dir", tmp_path / "run",
+        np.save(data / f"{split}_features.npy", np.random.default_rng(0).random((6 * 30, 2), dtype=np.float32))
+        np.save(data / f"{split}_labels.npy", np.repeat(np.arange(6), 30))
+    assert_refused_in_process(mimgnet_main.main, "--data-dir", data, "--save-dir", tmp_path / "run",
                               "--sample-size", features, "--train-mc-sample-size", "1", "--latent-size", "1",
                               "--eval-shots", "1", "--device", "cpu",
                               text=f"--sample-size {features}: the items of a training batch (16 episodes x "
