@@ -10,6 +10,7 @@ drawn dark on light (omniglot/evaluate.py load_image inverts such an image; an a
 whose mean pixel is above MEAN_LIMIT is mostly ink, and a drawing whose pixels are all equal holds no
 stroke: each of these is refused, as every accuracy computed from it would be meaningless.
 """
+import os
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def check_drawings(array, where):
 def load_split(data_dir, split):
     """One split as a float32 tensor (C, I, 1, 28, 28); malformed files raise UserError."""
     path = Path(data_dir) / f"{split}.npy"
-    if not path.is_file():
+    if not os.path.lexists(path):  # a FIFO or a broken link is named as such by load_npy
         raise UserError(f"{path} not found; build it with `python data/prepare_omniglot.py --out {data_dir}`")
     array = load_npy(path)
     check_drawings(array, path)

@@ -1,12 +1,13 @@
 """Mini-ImageNet images as data/prepare_mimgnet.py writes them: <split>_images.npy, uint8
 (classes, per_class, 84, 84, 3), and manifest.json with the class names of every split."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from metagmvae.runfiles import UserError, load_npy
+from metagmvae.runfiles import UserError, check_regular_file, load_npy
 
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (84, 84, 3)
@@ -19,8 +20,9 @@ def _build_hint(data_dir):
 def load_class_names(data_dir, split):
     """The class names (synsets) of one split, in array order, from <data_dir>/manifest.json."""
     path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise UserError(f"{path} not found; {_build_hint(data_dir)}")
+    check_regular_file(path)
     try:
         names = json.loads(path.read_text())["splits"][split]["classes"]
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -36,7 +38,7 @@ def load_image_array(data_dir, split, mmap_mode=None):
     mmap_mode "r" maps the file instead of reading it (enough to check it).
     """
     path = Path(data_dir) / f"{split}_images.npy"
-    if not path.is_file():
+    if not os.path.lexists(path):  # a FIFO or a broken link is named as such by load_npy
         raise UserError(f"{path} not found; {_build_hint(data_dir)}")
     array = load_npy(path, mmap_mode)
     if array.ndim != 5 or array.shape[2:] != IMAGE_SHAPE or 0 in array.shape[:2]:

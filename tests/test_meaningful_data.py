@@ -191,6 +191,20 @@ def test_a_fifo_as_features_file_is_refused(tmp_path):
                               text="test_features.npy is a FIFO (named pipe), not a regular file", roots=[tmp_path])
 
 
+@pytest.mark.parametrize("name", ["train.npy", "train_images.npy", "manifest.json"])
+def test_a_fifo_among_omniglot_or_simclr_arrays_is_named_as_such(tmp_path, name):
+    data = tmp_path / "data"
+    data.mkdir()
+    if name == "manifest.json":  # read after valid image arrays
+        for split in ("train", "val", "test"):
+            np.save(data / f"{split}_images.npy", np.zeros((1, 2, 84, 84, 3), np.uint8))
+    os.mkfifo(data / name)
+    script = "omniglot/main.py" if name == "train.npy" else "simclr/main.py"
+    assert_refused_by_process(script, "--data-dir", data, "--save-dir", tmp_path / "run", "--device", "cpu",
+                              *([] if name == "train.npy" else ["--feature-save-dir", tmp_path / "features"]),
+                              text=f"{name} is a FIFO (named pipe), not a regular file", roots=[tmp_path])
+
+
 # ---- omniglot/draw_figures.py: the metrics table and what the figures need
 
 @pytest.fixture(scope="module")
