@@ -515,10 +515,10 @@ class RunDir:
     def _proven_files(self, folder):
         """{name: digest} of the run files in `folder` whose content proves them written by this project for
         a run of self.model, or None when last.pt does not prove the folder a run of ours."""
-        names = self._present_run_names(folder)
-        if LAST_CHECKPOINT not in names or not self._proves(folder, LAST_CHECKPOINT):
+        proven = [name for name in self._present_run_names(folder) if self._proves(folder, name)]
+        if LAST_CHECKPOINT not in proven:
             return None
-        return {name: self._digest(folder, name) for name in names if self._proves(folder, name)}
+        return {name: self._digest(folder, name) for name in proven}
 
     def _refuse_old_run(self, folder):
         if self._proven_files(folder) is not None:
@@ -548,10 +548,10 @@ class RunDir:
         if path.is_symlink():
             return False
         try:
-            data = path.read_bytes()
             if name.endswith(".pt"):
                 state = load_checkpoint(path)
                 return checkpoint_kind(state) == (OURS, self.model) and "config" in state
+            data = path.read_bytes()
             if name.endswith(".json"):
                 return canonical_json(json.loads(data)) == data
             if name.endswith(".csv"):
