@@ -3,9 +3,9 @@ process spent per call in user code and in the kernel ("system": on CPU mostly p
 faults per call.
 
 Each configuration runs in a fresh subprocess so that its peak memory (resident on CPU, allocated on the
-GPU) is its own.  Like every command, it sets up CPU memory with metagmvae.cli.use_huge_pages: export
-THP_MEM_ALLOC_ENABLE=0 to measure without 2 MB pages, METAGMVAE_CPU_ALLOCATOR=keep-freed to measure with
-glibc keeping freed memory (docs/performance.md, "Page faults").
+GPU) is its own.  Like every command, it sets up CPU memory with metagmvae.cpu_memory (2 MB pages, and on
+the CPU the block arena): export THP_MEM_ALLOC_ENABLE=0 to measure without 2 MB pages,
+METAGMVAE_CPU_ALLOCATOR=torch to measure with torch's own allocator (docs/performance.md, "Page faults").
 
     python benchmarks/bench.py                 # all configurations
     python benchmarks/bench.py --only omniglot-train-reduced --repeats 5
@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metagmvae.cli import use_huge_pages  # noqa: E402
+from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.episodes import EpisodeRandom  # noqa: E402
 from metagmvae.gmvae import autocast  # noqa: E402
 from mimgnet.model import FeatureGMVAE  # noqa: E402
@@ -147,8 +147,10 @@ def main():
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the networks, as the --amp flag of main.py")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
-    use_huge_pages()  # as every command of the project
+    cpu_memory.set_up()  # as every command of the project
     device = torch.device(args.device)
+    if device.type == "cpu":
+        cpu_memory.use_arena()
     if args.child:
         print(json.dumps(measure(args.child, args.repeats, args.warmup, device, args.amp)))
         return

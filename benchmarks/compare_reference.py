@@ -11,10 +11,11 @@ It exits with 1 when a difference exceeds --tolerance.
 
 Speed (float32): training step (forward, backward, Adam) and prediction of both codes on the same
 weights and data, in interleaved rounds; the median of --rounds rounds, wall and system CPU time.  Each
-column runs in its own worker process, because torch and glibc read their allocator settings once per
-process: the authors' code as shipped, the authors' code with the 2 MB pages our commands ask for
-(metagmvae.cli.use_huge_pages), ours, ours with METAGMVAE_CPU_ALLOCATOR=keep-freed.  Then the peak
-resident memory of three training steps of each code in fresh processes, and issue 23's goals table.
+column runs in its own worker process, because torch reads its allocator settings once per process: the
+authors' code as shipped, the authors' code with the CPU memory our commands set up (metagmvae.cpu_memory:
+2 MB pages and the block arena), ours as shipped, ours with METAGMVAE_CPU_ALLOCATOR=torch (torch's own
+allocator).  Then the peak resident memory of three training steps of each code in fresh processes, and
+issue 23's goals table.
 Exit code 2 with one line for a --reference folder that is not the authors' code (or whose code exits),
 1 when a worker stops: a comparison that did not happen never exits 0.  Nothing is written into
 --reference (no bytecode cache).
@@ -42,7 +43,8 @@ import torch
 
 # bench (beside this file) puts the project root on sys.path for the imports after it
 from bench import EM_ITERS, QUERY, SHOT, WAY, feature_items, gmvae_predict, gmvae_train_step, omniglot_items
-from metagmvae.cli import check_positive, use_huge_pages
+from metagmvae import cpu_memory
+from metagmvae.cli import check_positive
 from metagmvae.runfiles import UserError, exit_on_user_error
 from mimgnet import model as mimgnet_model
 from omniglot import model as omniglot_model
@@ -343,15 +345,16 @@ SLOW_CASE = "Omniglot train step, default B=4 M=200 S=32"
 
 
 # Columns of the speed table: (heading, code, settings in its worker's environment).  The authors' code
-# runs as shipped (torch's default: no huge pages, glibc's default) and with the 2 MB pages our commands
-# ask for; ours as our commands run it (use_huge_pages: 2 MB pages) and with the opt-in
-# METAGMVAE_CPU_ALLOCATOR=keep-freed.  A variable absent here is removed from the worker's environment.
-COLUMNS = (("authors' code", "theirs", {"THP_MEM_ALLOC_ENABLE": "0"}),
-           ("authors' code, 2 MB pages", "theirs", {"THP_MEM_ALLOC_ENABLE": "1"}),
+# runs as shipped (torch's allocator, no huge pages) and with the CPU memory our commands set up on a CPU
+# (metagmvae.cpu_memory: 2 MB pages and the block arena); ours as our commands run it, and with torch's
+# own allocator (METAGMVAE_CPU_ALLOCATOR=torch, 2 MB pages: our default before the arena).  A variable
+# absent here is removed from the worker's environment.
+COLUMNS = (("authors' code", "theirs", {"THP_MEM_ALLOC_ENABLE": "0", "METAGMVAE_CPU_ALLOCATOR": "torch"}),
+           ("authors' code, our CPU memory", "theirs", {"THP_MEM_ALLOC_ENABLE": "1"}),
            ("ours", "ours", {}),
-           ("ours, keep-freed", "ours", {"METAGMVAE_CPU_ALLOCATOR": "keep-freed"}))
+           ("ours, torch's allocator", "ours", {"METAGMVAE_CPU_ALLOCATOR": "torch"}))
 CODE_NAMES = {"theirs": "the authors' code", "ours": "ours"}
-MEMORY_STEPS = 3  # training steps of the peak-memory processes: keep-freed's heap settles in the third
+MEMORY_STEPS = 3  # training steps of the peak-memory processes: the arena settles after the first
 
 
 def worker_env(settings):
@@ -424,7 +427,8 @@ def speed(reference_dir, threads, rounds, slow_rounds, quick):
     print(f"\nSpeed in float32: median of {rounds} interleaved rounds{slow} after one warm-up run of each; "
           f"each column in its own process\n")
     print("| configuration | " + " | ".join(heading for heading, _, _ in COLUMNS)
-          + " | ratio | ratio, both with 2 MB pages | ratio, ours keep-freed |\n|---|---|---|---|---|---|---|---|")
+          + " | ratio | ratio, both with our CPU memory | ratio, ours with torch's allocator |"
+          + "\n|---|---|---|---|---|---|---|---|")
     workers = [Worker(reference_dir, threads, code, settings) for _, code, settings in COLUMNS]
     medians = {}
     try:
@@ -439,10 +443,10 @@ def speed(reference_dir, threads, rounds, slow_rounds, quick):
                     times[i].append(workers[i].run())
             medians[name] = ([statistics.median(w for w, _ in t) for t in times],
                              [statistics.median(s for _, s in t) for t in times])
-            theirs, theirs_pages, ours, ours_kept = medians[name][0]
-            print(f"| {name} | {format_seconds(theirs)} | {format_seconds(theirs_pages)} | {format_seconds(ours)} "
-                  f"| {format_seconds(ours_kept)} | {theirs / ours:.2f}x | {theirs_pages / ours:.2f}x "
-                  f"| {theirs / ours_kept:.2f}x |", flush=True)
+            theirs, theirs_memory, ours, ours_torch = medians[name][0]
+            print(f"| {name} | {format_seconds(theirs)} | {format_seconds(theirs_memory)} | {format_seconds(ours)} "
+                  f"| {format_seconds(ours_torch)} | {theirs / ours:.2f}x | {theirs_memory / ours:.2f}x "
+                  f"| {theirs / ours_torch:.2f}x |", flush=True)
     finally:
         for worker in workers:
             worker.close()
@@ -458,19 +462,19 @@ MEMORY_COLUMNS = (COLUMNS[0], COLUMNS[2], COLUMNS[3])
 
 def peak_memory(reference_dir, quick, threads):
     """Print the peak resident memory of MEMORY_STEPS training steps of the authors' code as shipped, ours
-    and ours with keep-freed, each in a fresh subprocess.  Returns {case: [MiB per column]}."""
+    and ours with torch's allocator, each in a fresh subprocess.  Returns {case: [MiB per column]}."""
     names = [n for n in SPEED_CASES if "train step" in n and not (quick and n == SLOW_CASE)]
     print(f"\nPeak resident memory of {MEMORY_STEPS} training steps (fresh process each; includes torch "
           f"itself)\n")
     print("| configuration | " + " | ".join(heading for heading, _, _ in MEMORY_COLUMNS)
-          + " | ratio | ratio, ours keep-freed |\n|---|---|---|---|---|---|")
+          + " | ratio | ratio, ours with torch's allocator |\n|---|---|---|---|---|---|")
     peaks = {}
     for name in names:
         peaks[name] = [peak_of_fresh_process(reference_dir, threads, name, code, settings)
                        for _, code, settings in MEMORY_COLUMNS]
-        theirs, ours, ours_kept = peaks[name]
-        print(f"| {name} | {theirs:.0f} MiB | {ours:.0f} MiB | {ours_kept:.0f} MiB | {theirs / ours:.2f}x "
-              f"| {theirs / ours_kept:.2f}x |", flush=True)
+        theirs, ours, ours_torch = peaks[name]
+        print(f"| {name} | {theirs:.0f} MiB | {ours:.0f} MiB | {ours_torch:.0f} MiB | {theirs / ours:.2f}x "
+              f"| {theirs / ours_torch:.2f}x |", flush=True)
     return peaks
 
 
@@ -491,19 +495,19 @@ def goals(medians, peaks):
     """Print issue 23's table from this run: the ratios to the authors' code as shipped, the system CPU
     time and the peak memory of a default Omniglot step."""
     print("\nIssue 23's goals (ratio = the authors' code as shipped / ours)\n")
-    print("| measure | authors' code | ours | ours, keep-freed | goal |\n|---|---|---|---|---|")
+    print("| measure | authors' code | ours | ours, torch's allocator | goal |\n|---|---|---|---|---|")
     for name, goal in GOALS:
         if name in medians:
-            theirs, _, ours, ours_kept = medians[name][0]
-            print(f"| {name}: ratio | 1x | {theirs / ours:.2f}x | {theirs / ours_kept:.2f}x | >= {goal:g}x |")
+            theirs, _, ours, ours_torch = medians[name][0]
+            print(f"| {name}: ratio | 1x | {theirs / ours:.2f}x | {theirs / ours_torch:.2f}x | >= {goal:g}x |")
     if SLOW_CASE in medians:
-        theirs, _, ours, ours_kept = medians[SLOW_CASE][1]
-        print(f"| system CPU time of a default Omniglot step | {theirs:.2f} s | {ours:.2f} s | {ours_kept:.2f} s "
+        theirs, _, ours, ours_torch = medians[SLOW_CASE][1]
+        print(f"| system CPU time of a default Omniglot step | {theirs:.2f} s | {ours:.2f} s | {ours_torch:.2f} s "
               f"| < 2 s |")
     if SLOW_CASE in peaks:
-        theirs, ours, ours_kept = (mib / 1024 for mib in peaks[SLOW_CASE])
-        print(f"| peak resident memory of default Omniglot steps | {theirs:.1f} GiB | {ours:.1f} GiB "
-              f"| {ours_kept:.1f} GiB | no more than ours today (6.8 GiB) |")
+        theirs, ours, ours_torch = (mib / 1024 for mib in peaks[SLOW_CASE])
+        print(f"| peak resident memory of default Omniglot steps | {theirs:.2f} GiB | {ours:.2f} GiB "
+              f"| {ours_torch:.2f} GiB | no more than with torch's allocator |")
 
 
 def peak_rss_of(reference, name, code):
@@ -559,7 +563,8 @@ def main(argv=None):
     p.add_argument("--peak-rss-of", nargs=2, metavar=("CONFIGURATION", "CODE"), help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=["theirs", "ours"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    use_huge_pages()  # as our commands do; every column sets or removes the variables it reads
+    cpu_memory.set_up()  # as our commands do; every column sets or removes the variables it reads
+    cpu_memory.use_arena()  # as our commands on the CPU, unless the column says METAGMVAE_CPU_ALLOCATOR=torch
     with exit_on_user_error(PROG):
         args.slow_rounds = args.rounds if args.slow_rounds is None else args.slow_rounds
         check_positive(args, ["rounds", "slow_rounds", "threads"])

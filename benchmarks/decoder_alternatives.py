@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import gmvae_predict, omniglot_items  # noqa: E402
-from metagmvae.cli import use_huge_pages  # noqa: E402
+from metagmvae import cpu_memory  # noqa: E402
 from omniglot.model import OmniglotGMVAE  # noqa: E402
 
 CHANNELS = 64
@@ -122,7 +122,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=6400, help="decoder images of the layer timings (S=8 at B=4 M=200)")
     args = p.parse_args()
-    use_huge_pages()
+    cpu_memory.set_up()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for title, rows in [(f"Largest decoder layer, {args.images} images", largest_layer(args.images)),
                         (f"Last decoder layer, {args.images} images", last_layer(args.images))]:

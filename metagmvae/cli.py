@@ -1,11 +1,7 @@
 """The command line that omniglot/main.py and mimgnet/main.py share (the reference's flag names), its
-checks, and the printed results; `use_huge_pages`, which every command calls first."""
+checks, and the printed results."""
 import argparse
-import ctypes
 import math
-import os
-import sys
-from pathlib import Path
 
 from . import distributed
 from .episodes import STREAM_BYTES
@@ -15,38 +11,6 @@ from .runfiles import UserError, check_fits_in_memory, check_writable_folder
 # Flags that define the model or the objective: a resumed run must keep them.
 RESUME_INVARIANT_FLAGS = ("latent_size", "way", "batch_size", "sample_size", "train_mc_sample_size",
                           "unsupervised_em_iters", "fix_pi", "lr", "weight_decay", "seed", "select_by")
-
-
-# METAGMVAE_CPU_ALLOCATOR: "default" (unset), or "keep-freed": glibc keeps the memory a step frees.
-CPU_ALLOCATORS = ("default", "keep-freed")
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's <malloc.h>
-
-
-def use_huge_pages():
-    """Set up CPU memory for the gigabytes of activations a training step allocates and frees; call it
-    before the first tensor exists.  Numbers are unchanged (docs/performance.md, "Page faults").
-
-    - 2 MB pages: torch backs CPU tensors of 2 MB and more with Linux transparent huge pages
-      (THP_MEM_ALLOC_ENABLE=1; a value the user exported wins), one page fault per 2 MB instead of per
-      4 KB.  Only where the kernel offers them; torch reads the variable at its first CPU allocation.
-    - METAGMVAE_CPU_ALLOCATOR=keep-freed (opt-in, glibc only): glibc serves every block from its heap and
-      never returns freed memory to the kernel (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD -1), so a step
-      reuses the pages of the previous one instead of faulting in and zeroing fresh ones: a default
-      Omniglot step's system time drops from 5-14 s to under 1 s, but the heap fragments and its peak
-      memory grows by 40-57 % (9.5-10.5 instead of 6.8 GiB), which is why it is not the default."""
-    modes = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if modes.exists() and "[never]" not in modes.read_text():
-        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    allocator = os.environ.get("METAGMVAE_CPU_ALLOCATOR", "default")
-    if allocator not in CPU_ALLOCATORS:
-        print(f"{Path(sys.argv[0]).name}: error: METAGMVAE_CPU_ALLOCATOR={allocator!r}: expected one of "
-              f"{', '.join(CPU_ALLOCATORS)}", file=sys.stderr)
-        sys.exit(2)
-    glibc = "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) and os.confstr("CS_GNU_LIBC_VERSION")
-    if allocator == "keep-freed" and glibc:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_MAX, 0)
-        libc.mallopt(M_TRIM_THRESHOLD, -1)  # -1: never trim (mallopt(3))
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

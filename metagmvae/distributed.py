@@ -17,14 +17,17 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from . import cpu_memory
 from .runfiles import UserError
 
 
 def resolve_device(name="auto", gpu_id=0):
-    """'auto' -> cuda:gpu_id when available, else cpu; asking for cuda without one is an error."""
+    """'auto' -> cuda:gpu_id when available, else cpu; asking for cuda without one is an error.  On the
+    CPU, the block arena serves the run's tensors from here on (cpu_memory.use_arena)."""
     if name not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown device {name!r} (use auto, cpu or cuda)")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        cpu_memory.use_arena()
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is available")

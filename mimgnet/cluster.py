@@ -26,7 +26,7 @@ from PIL import Image  # noqa: E402
 
 from data.prepare_mimgnet import load_image  # noqa: E402
 from metagmvae import imagefolders  # noqa: E402
-from metagmvae.cli import use_huge_pages  # noqa: E402
+from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
 from mimgnet.evaluate import check_feature_sizes  # noqa: E402
 from mimgnet.model import load_model  # noqa: E402
@@ -36,7 +36,7 @@ from simclr import trainer as simclr_trainer  # noqa: E402
 
 def main(argv=None):
     """Returns {"cluster": (N,), "confidence": (N,), "scores": {name: {"ari", "nmi"}} or None}."""
-    use_huge_pages()
+    cpu_memory.set_up()
     parser = imagefolders.grouping_parser(__doc__)
     parser.add_argument("--encoder", type=Path, required=True, help="the SimCLR checkpoint the features came from")
     parser.add_argument("--checkpoint", type=Path, required=True,

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from data.prepare_mimgnet import load_image  # noqa: E402
 from metagmvae import imagefolders  # noqa: E402
-from metagmvae.cli import use_huge_pages  # noqa: E402
+from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.evaluation import logistic_regression_predictions, nearest_class_mean_predictions  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
 from mimgnet.model import check_feature_size, load_model  # noqa: E402
@@ -54,7 +54,7 @@ def load_episode(folder, encoder, batch_size, device):
 
 
 def main(argv=None):
-    use_huge_pages()
+    cpu_memory.set_up()
     parser = imagefolders.episodes_parser(__doc__.split("\n")[0],
                                           "Mini-ImageNet feature model: our .pt checkpoint or the authors' .pth")
     parser.add_argument("--encoder", type=Path, required=True,

@@ -12,7 +12,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
 quiet_ctrl_c(__name__, "mimgnet/main.py")  # a Ctrl-C from here on: one line, exit code 130
 
-from metagmvae import cli, distributed  # noqa: E402
+from metagmvae import cli, cpu_memory, distributed  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error, seed_everything  # noqa: E402
 from mimgnet import trainer  # noqa: E402
 from mimgnet.model import MODEL_NAME  # noqa: E402
@@ -30,7 +30,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    cli.use_huge_pages()
+    cpu_memory.set_up()
     args = parse_args(argv)
     with exit_on_user_error("mimgnet/main.py"):
         cli.check_args(args, MODEL_NAME, positive=["shot"])

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from metagmvae import imagefolders  # noqa: E402
-from metagmvae.cli import use_huge_pages  # noqa: E402
+from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
 from omniglot.evaluate import load_image  # noqa: E402
 from omniglot.figures import image_tile, save_tiles  # noqa: E402
@@ -35,7 +35,7 @@ from omniglot.model import load_model  # noqa: E402
 
 def main(argv=None):
     """Returns {"cluster": (N,), "confidence": (N,), "scores": {name: {"ari", "nmi"}} or None}."""
-    use_huge_pages()
+    cpu_memory.set_up()
     parser = imagefolders.grouping_parser(__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="our Omniglot .pt checkpoint or the authors' .pth")

@@ -13,7 +13,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
 quiet_ctrl_c(__name__, "omniglot/draw_figures.py")  # a Ctrl-C from here on: one line, exit code 130
 
-from metagmvae.cli import check_positive, check_seed, check_way, use_huge_pages  # noqa: E402
+from metagmvae import cpu_memory  # noqa: E402
+from metagmvae.cli import check_positive, check_seed, check_way  # noqa: E402
 from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
@@ -45,7 +46,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    use_huge_pages()
+    cpu_memory.set_up()
     args = parse_args(argv)
     with exit_on_user_error("omniglot/draw_figures.py"):
         check_positive(args, ["way", "eval_way", "sample_size", "query", "unsupervised_em_iters",

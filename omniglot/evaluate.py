@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from metagmvae import imagefolders  # noqa: E402
-from metagmvae.cli import use_huge_pages  # noqa: E402
+from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 from omniglot.model import load_model  # noqa: E402
 
@@ -55,7 +55,7 @@ def load_episode(folder):
 
 
 def main(argv=None):
-    use_huge_pages()
+    cpu_memory.set_up()
     parser = imagefolders.episodes_parser(__doc__.split("\n")[0], "our .pt checkpoint or the authors' .pth")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):

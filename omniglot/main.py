@@ -14,7 +14,7 @@ from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
 quiet_ctrl_c(__name__, "omniglot/main.py")  # a Ctrl-C from here on: one line, exit code 130
 
 from data.synthetic_omniglot import build_synthetic_omniglot  # noqa: E402
-from metagmvae import cli, distributed  # noqa: E402
+from metagmvae import cli, cpu_memory, distributed  # noqa: E402
 from metagmvae.folders import RunDir  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error, seed_everything  # noqa: E402
 from omniglot import trainer  # noqa: E402
@@ -48,7 +48,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    cli.use_huge_pages()
+    cpu_memory.set_up()
     args = parse_args(argv)
     with exit_on_user_error("omniglot/main.py"):
         cli.check_args(args, MODEL_NAME, positive=["hidden_size"], item_floats=math.prod(IMAGE_SHAPE))

@@ -15,7 +15,8 @@ from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
 quiet_ctrl_c(__name__, "simclr/main.py")  # a Ctrl-C from here on: one line, exit code 130
 
 from metagmvae import distributed  # noqa: E402
-from metagmvae.cli import check_lr, check_number, check_positive, check_seed, use_huge_pages  # noqa: E402
+from metagmvae import cpu_memory  # noqa: E402
+from metagmvae.cli import check_lr, check_number, check_positive, check_seed  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
 from metagmvae.runfiles import UserError, check_writable_folder, exit_on_user_error, seed_everything  # noqa: E402
 from simclr.trainer import DEBUG_BATCHES, FEATURES_KIND, export_checkpoint, train_and_export  # noqa: E402
@@ -75,7 +76,7 @@ def check_args(args):
 
 
 def main(argv=None):
-    use_huge_pages()
+    cpu_memory.set_up()
     args = parse_args(argv)
     with exit_on_user_error("simclr/main.py"):
         check_args(args)

@@ -1,6 +1,7 @@
-"""METAGMVAE_CPU_ALLOCATOR (metagmvae.cli.use_huge_pages): off by default, glibc keeps freed memory when
-asked (keep-freed), an unknown value is refused in one line, and the numbers of a run are the same either
-way (docs/performance.md, "Page faults")."""
+"""The CPU block arena (metagmvae/cpu_memory.py, cpu_arena.cpp): on by default for runs on the CPU, off with
+METAGMVAE_CPU_ALLOCATOR=torch, the same numbers either way, blocks that never overlap, resident memory
+within the most its blocks needed at once, and a run that goes on with a note where it cannot be built
+(docs/performance.md, "Page faults")."""
 import os
 import subprocess
 import sys
@@ -11,18 +12,15 @@ import torch
 from .conftest import REPO_ROOT
 from .test_hostile_inputs import check_refusal
 
-# Runs `main(["--help"])` of a command (its first statement is use_huge_pages), then fills and frees a
-# 64 MiB tensor six times and prints the page faults of the last four: 16384 each (4 KB pages) when every
-# block was handed back to the kernel, few when glibc kept them.  (glibc 2.36 serves torch's 64-byte aligned
-# request from a freed block only once a neighbour has joined it, which depends on the heap the imports
-# left: one of the later rounds may still fault.)
-CHILD = """
-import contextlib, importlib, io, resource, sys
-import torch
+BLOCK_PAGES = 2 ** 26 // 4096  # a 64 MiB tensor in 4 KB pages
+on_linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the arena is built on Linux only")
 
-command = importlib.import_module(sys.argv[1])
-with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
-    command.main(["--help"])
+# Fills and frees a 64 MiB tensor twice, then prints the page faults of four more: about 16384 each when
+# every block is handed back to the kernel (glibc maps blocks this large afresh), few when the arena
+# serves them from the pages of the first.
+FAULTS_OF_FOUR_BLOCKS = """
+import resource
+import torch
 torch.ones(2 ** 24)
 torch.ones(2 ** 24)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -30,49 +28,122 @@ for _ in range(4):
     torch.ones(2 ** 24)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
-BLOCK_PAGES = 2 ** 26 // 4096
-glibc = "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) and os.confstr("CS_GNU_LIBC_VERSION")
-needs_glibc = pytest.mark.skipif(not glibc, reason="keep-freed is a glibc setting")
 
 
 def environment(**env):
-    """This environment without the two settings, 4 KB pages (an exported 0 wins), and `env`."""
+    """This environment without the two settings, 4 KB pages (so that faults count pages), and `env`."""
     keep = {k: v for k, v in os.environ.items() if k not in ("METAGMVAE_CPU_ALLOCATOR", "THP_MEM_ALLOC_ENABLE")}
     return keep | {"THP_MEM_ALLOC_ENABLE": "0", "OMP_NUM_THREADS": "1"} | env
 
 
-def faults_of_four_blocks(command, **env):
-    result = subprocess.run([sys.executable, "-c", CHILD, command], cwd=REPO_ROOT, env=environment(**env),
-                            capture_output=True, text=True, timeout=120)
+def run_python(code, *args, **env):
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO_ROOT, env=environment(**env),
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    return int(result.stdout.split()[-1])
+    return result
 
 
-@needs_glibc
-@pytest.mark.parametrize("command", ["omniglot.main", "omniglot.evaluate"])
-def test_off_by_default_and_on_when_asked(command):
-    assert faults_of_four_blocks(command) > 3 * BLOCK_PAGES
-    assert faults_of_four_blocks(command, METAGMVAE_CPU_ALLOCATOR="default") > 3 * BLOCK_PAGES
-    assert faults_of_four_blocks(command, METAGMVAE_CPU_ALLOCATOR="keep-freed") < 1.5 * BLOCK_PAGES
+def faults_after(prologue, *args, **env):
+    """(page faults of four 64 MiB tensors after `prologue` ran in a fresh process, its stderr)."""
+    result = run_python(prologue + FAULTS_OF_FOUR_BLOCKS, *args, **env)
+    return int(result.stdout.split()[-1]), result.stderr
+
+
+RESOLVE_DEVICE = """
+import sys
+from metagmvae import cpu_memory, distributed
+cpu_memory.set_up()
+distributed.resolve_device(sys.argv[1])
+"""
+
+
+@on_linux
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_a_cpu_run_uses_the_arena_unless_asked_not_to(device):
+    if device == "auto" and torch.cuda.is_available():
+        pytest.skip("auto resolves to the GPU here")
+    faults, stderr = faults_after(RESOLVE_DEVICE, device)
+    assert faults < BLOCK_PAGES // 2 and stderr == ""
+    assert faults_after(RESOLVE_DEVICE, device, METAGMVAE_CPU_ALLOCATOR="torch")[0] > 3 * BLOCK_PAGES
+
+
+@on_linux
+@pytest.mark.parametrize("compiler", ["/nonexistent/c++", "false"])
+def test_without_a_working_compiler_a_run_goes_on_after_a_note(compiler, tmp_path):
+    """No cached build, and a compiler that is missing or fails: one note, torch's allocator, exit code 0."""
+    faults, stderr = faults_after(RESOLVE_DEVICE, "cpu", CXX=compiler, XDG_CACHE_HOME=tmp_path)
+    assert faults > 3 * BLOCK_PAGES
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("note: CPU block arena not built ("), stderr
+    assert "torch's allocator serves this run" in lines[0]
+    assert not any(tmp_path.rglob("*.so")) and not any(tmp_path.rglob("*.partial"))
 
 
 def test_an_unknown_value_is_refused_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "omniglot/main.py", "--data-dir", tmp_path, "--save-dir", tmp_path / "run"],
                             cwd=REPO_ROOT, env=environment(METAGMVAE_CPU_ALLOCATOR="fast"), capture_output=True,
                             text=True, timeout=120)
-    check_refusal(result.returncode, result.stderr, "METAGMVAE_CPU_ALLOCATOR='fast': expected one of default, "
-                  "keep-freed", argparse_error=False)
+    check_refusal(result.returncode, result.stderr, "METAGMVAE_CPU_ALLOCATOR='fast': expected one of arena, torch",
+                  argparse_error=False)
     assert list(tmp_path.iterdir()) == []
 
 
-def train(data, run, allocator):
+# Random blocks of 128 KiB to 48 MiB, each filled with its own number, freed in random order while new
+# ones are taken: every live block must still hold its number (no two blocks overlap, none is given back
+# to the kernel while in use), and the process's resident memory must stay within the most memory the
+# blocks needed at one time, plus what it held before the first block and a few MiB of Python objects
+# (an arena that kept every freed page would exceed it by the holes best fit leaves, about 120 MiB here).
+# Checks use min and max, whose results are too small for the arena: a temporary block would raise the
+# arena's peak need unseen.
+ARENA_UNDER_CHURN = """
+import os, random
+import torch
+from metagmvae import cpu_memory
+cpu_memory.set_up()
+assert cpu_memory.use_arena()
+
+def resident_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+def holds(block, number):
+    return block.min().item() == block.max().item() == number
+
+before = resident_mib()
+rng = random.Random(0)
+live, live_mib, most_mib, most_over = {}, 0.0, 0.0, 0.0
+for number in range(3000):
+    if live and (len(live) > 40 or rng.random() < 0.45):
+        old = rng.choice(list(live))
+        block = live.pop(old)
+        assert holds(block, old), f"block {old} was overwritten"
+        live_mib -= block.numel() * 4 / 2 ** 20
+        del block
+    else:
+        floats = rng.choice([2 ** 15, rng.randrange(2 ** 15, 2 ** 22), rng.randrange(2 ** 15, 3 * 2 ** 22)])
+        live[number] = torch.full((floats,), float(number))
+        live_mib += floats * 4 / 2 ** 20
+        most_mib = max(most_mib, live_mib)
+        most_over = max(most_over, resident_mib() - before - most_mib)
+assert all(holds(block, number) for number, block in live.items())
+print(most_mib, most_over)
+"""
+
+
+@on_linux
+def test_arena_blocks_never_overlap_and_memory_stays_within_the_peak_need():
+    most_mib, most_over = map(float, run_python(ARENA_UNDER_CHURN).stdout.split())
+    assert most_mib > 200
+    assert most_over < 8, f"resident memory exceeded the most the blocks needed at once by {most_over:.0f} MiB"
+
+
+def train_and_count_faults(data, run, allocator):
+    """Train 4 Omniglot steps with two validations through omniglot/main.py's main in a fresh process, then
+    count the faults of four 64 MiB tensors in it.  Returns (faults, stderr)."""
     flags = ["--data-dir", data, "--save-dir", run, "--way", 5, "--eval-way", 5, "--sample-size", 20,
              "--batch-size", 2, "--train-mc-sample-size", 4, "--test-mc-sample-size", 4, "--train-iters", 4,
              "--freq-iters", 2, "--eval-episodes", 4, "--eval-shots", 1]
-    result = subprocess.run([sys.executable, "omniglot/main.py", *map(str, flags)], cwd=REPO_ROOT,
-                            env=environment(METAGMVAE_CPU_ALLOCATOR=allocator), capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
+    train = f"from omniglot import main\nmain.main({list(map(str, flags))!r})\n"
+    return faults_after(train, METAGMVAE_CPU_ALLOCATOR=allocator)
 
 
 def metrics_but_wall_time(run):
@@ -92,18 +163,18 @@ def tensors(value, prefix=""):
     return {prefix: value}
 
 
-@needs_glibc
-def test_a_run_is_bit_identical_with_and_without_keep_freed(omniglot_sample, tmp_path):
-    """Four Omniglot steps with two validations: the same last.pt (every tensor torch.equal) and metrics.csv
-    but for the wall-time column."""
-    for allocator in ("default", "keep-freed"):
-        train(omniglot_sample, tmp_path / allocator, allocator)
-    default, kept = (torch.load(tmp_path / a / "last.pt", weights_only=False) for a in ("default", "keep-freed"))
-    default, kept = tensors(default), tensors(kept)
-    assert default.keys() == kept.keys()
-    for name, value in default.items():
+@on_linux
+def test_a_run_uses_the_arena_and_is_bit_identical_without_it(omniglot_sample, tmp_path):
+    """omniglot/main.py trains on the arena by default (few faults afterwards) and on torch's allocator when
+    asked (a fault per page); the same last.pt (every tensor torch.equal) and metrics.csv but for the
+    wall-time column."""
+    faults = {a: train_and_count_faults(omniglot_sample, tmp_path / a, a)[0] for a in ("arena", "torch")}
+    assert faults["arena"] < BLOCK_PAGES // 2 and faults["torch"] > 3 * BLOCK_PAGES, faults
+    arena, plain = (tensors(torch.load(tmp_path / a / "last.pt", weights_only=False)) for a in ("arena", "torch"))
+    assert arena.keys() == plain.keys()
+    for name, value in arena.items():
         if isinstance(value, torch.Tensor):
-            assert torch.equal(value, kept[name]), name
+            assert torch.equal(value, plain[name]), name
         else:
-            assert value == kept[name] or (value != value and kept[name] != kept[name]), name
-    assert metrics_but_wall_time(tmp_path / "default") == metrics_but_wall_time(tmp_path / "keep-freed")
+            assert value == plain[name] or (value != value and plain[name] != plain[name]), name
+    assert metrics_but_wall_time(tmp_path / "arena") == metrics_but_wall_time(tmp_path / "torch")

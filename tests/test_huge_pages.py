@@ -1,4 +1,4 @@
-"""Every command backs large CPU tensors with 2 MB pages (metagmvae.cli.use_huge_pages), unless the user
+"""Every command backs large CPU tensors with 2 MB pages (metagmvae.cpu_memory.set_up), unless the user
 exported THP_MEM_ALLOC_ENABLE=0 (docs/performance.md, "Page faults")."""
 import os
 import subprocess
@@ -13,7 +13,7 @@ THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 COMMANDS = ["omniglot.main", "mimgnet.main", "simclr.main", "omniglot.evaluate", "mimgnet.evaluate",
             "omniglot.cluster", "mimgnet.cluster", "omniglot.draw_figures"]
 
-# Runs `main(["--help"])` of a command (its first statement is use_huge_pages), then allocates 64 MiB and
+# Runs `main(["--help"])` of a command (its first statement is cpu_memory.set_up), then allocates 64 MiB and
 # prints how many KiB of the process's anonymous memory that added in huge pages.
 CHILD = """
 import contextlib, importlib, io, sys
