@@ -47,7 +47,7 @@ def set_up():
 def use_arena():
     """Make the block arena torch's CPU allocator for the rest of this process (the first call decides;
     later calls return its answer).  Returns whether it is: not with METAGMVAE_CPU_ALLOCATOR=torch, not off
-    Linux, and not when it cannot be built or loaded (then after a one-line note on stderr)."""
+    Linux, and not when it cannot be built, loaded or installed (then after a one-line note on stderr)."""
     global _arena_in_use
     if _arena_in_use is None:
         _arena_in_use = allocator() == "arena" and sys.platform.startswith("linux") and _install()
@@ -59,14 +59,19 @@ def _install():
         library = ctypes.CDLL(str(_built_library()))
     except (OSError, subprocess.SubprocessError) as e:
         errors = [line for line in (getattr(e, "stderr", None) or "").splitlines() if "error" in line]
-        reason = errors[0].strip() if errors else str(e)
-        print(f"note: CPU block arena not built ({reason}): torch's allocator serves this run, with the same "
-              f"numbers and slower steps (METAGMVAE_CPU_ALLOCATOR=torch silences this)", file=sys.stderr)
-        return False
+        return _not_in_use(errors[0].strip() if errors else str(e))
     install = library.metagmvae_use_cpu_arena
     install.argtypes = [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int]
     physical_memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return bool(install(physical_memory, MIN_ARENA_BLOCK, os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"))
+    if not install(physical_memory, MIN_ARENA_BLOCK, os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"):
+        return _not_in_use("no address range reserved, or torch kept another CPU allocator")
+    return True
+
+
+def _not_in_use(reason):
+    print(f"note: CPU block arena not in use ({reason}): torch's allocator serves this run, with the same "
+          f"numbers and slower steps (METAGMVAE_CPU_ALLOCATOR=torch silences this)", file=sys.stderr)
+    return False
 
 
 def _built_library():
