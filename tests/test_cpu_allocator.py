@@ -92,7 +92,7 @@ def test_an_unknown_value_is_refused_in_one_line(tmp_path):
 # ones are taken: every live block must still hold its number (no two blocks overlap, none is given back
 # to the kernel while in use), and the process's resident memory must stay within the most memory the
 # blocks needed at one time, plus what it held before the first block and a few MiB of Python objects
-# (an arena that kept every freed page would exceed it by the holes best fit leaves, about 120 MiB here).
+# (an arena that kept every freed page would exceed it by the holes best fit leaves).
 # Checks use min and max, whose results are too small for the arena: a temporary block would raise the
 # arena's peak need unseen.
 ARENA_UNDER_CHURN = """
