@@ -86,6 +86,8 @@ def _built_library():
     library = cache / f"cpu_arena-{key.hexdigest()[:16]}.so"
     if library.is_file():
         return library
+    if os.path.lexists(library):  # a link to nothing, a folder, a FIFO: not ours to replace
+        raise OSError(f"{library} exists and is not a file")
     if not compiler or shutil.which(compiler[0]) is None:
         raise OSError(f"no C++ compiler {compiler[0] if compiler else '(empty $CXX)'} found")
     cache.mkdir(parents=True, exist_ok=True)

@@ -79,6 +79,20 @@ def test_without_a_working_compiler_a_run_goes_on_after_a_note(compiler, tmp_pat
     assert not any(tmp_path.rglob("*.so")) and not any(tmp_path.rglob("*.partial"))
 
 
+@on_linux
+def test_what_stands_at_the_arenas_cached_name_is_never_replaced(tmp_path):
+    """A cached build is loaded; a FIFO put in its place is named in the note and left as it is."""
+    faults, stderr = faults_after(RESOLVE_DEVICE, "cpu", XDG_CACHE_HOME=tmp_path)
+    assert faults < BLOCK_PAGES // 2 and stderr == ""
+    [library] = (tmp_path / "meta-gmvae").iterdir()
+    library.unlink()
+    os.mkfifo(library)
+    faults, stderr = faults_after(RESOLVE_DEVICE, "cpu", XDG_CACHE_HOME=tmp_path)
+    assert faults > 3 * BLOCK_PAGES
+    assert stderr.startswith(f"note: CPU block arena not in use ({library} exists and is not a file)")
+    assert library.is_fifo() and list((tmp_path / "meta-gmvae").iterdir()) == [library]
+
+
 def test_an_unknown_value_is_refused_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "omniglot/main.py", "--data-dir", tmp_path, "--save-dir", tmp_path / "run"],
                             cwd=REPO_ROOT, env=environment(METAGMVAE_CPU_ALLOCATOR="fast"), capture_output=True,
