@@ -17,6 +17,15 @@ SHARED_DATA = Path(os.environ.get("METAGMVAE_SHARED_DATA", REPO_ROOT.parent / "s
 SAMPLE_CHARACTERS = 242  # distinct characters in the two official images_background_small zips
 
 
+@pytest.fixture(autouse=True, scope="session")
+def own_cache_folder(tmp_path_factory):
+    """The CPU block arena (metagmvae/cpu_memory.py) is built into a folder of this test session, for the
+    commands the tests run in this process and in subprocesses, not into the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real test data of ../shared/data (override with METAGMVAE_SHARED_DATA)."""
