@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from metagmvae import cpu_memory  # noqa: E402
+from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.episodes import EpisodeRandom  # noqa: E402
 from metagmvae.gmvae import autocast  # noqa: E402
 from mimgnet.model import FeatureGMVAE  # noqa: E402
@@ -148,9 +149,7 @@ def main():
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     cpu_memory.set_up()  # as every command of the project
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        cpu_memory.use_arena()
+    device = resolve_device(args.device)  # on the CPU, as every command: the block arena
     if args.child:
         print(json.dumps(measure(args.child, args.repeats, args.warmup, device, args.amp)))
         return

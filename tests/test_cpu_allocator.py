@@ -152,12 +152,12 @@ def test_arena_blocks_never_overlap_and_memory_stays_within_the_peak_need():
 
 def train_and_count_faults(data, run, allocator):
     """Train 4 Omniglot steps with two validations through omniglot/main.py's main in a fresh process, then
-    count the faults of four 64 MiB tensors in it.  Returns (faults, stderr)."""
+    count the faults of four 64 MiB tensors in it."""
     flags = ["--data-dir", data, "--save-dir", run, "--way", 5, "--eval-way", 5, "--sample-size", 20,
              "--batch-size", 2, "--train-mc-sample-size", 4, "--test-mc-sample-size", 4, "--train-iters", 4,
              "--freq-iters", 2, "--eval-episodes", 4, "--eval-shots", 1]
     train = f"from omniglot import main\nmain.main({list(map(str, flags))!r})\n"
-    return faults_after(train, METAGMVAE_CPU_ALLOCATOR=allocator)
+    return faults_after(train, METAGMVAE_CPU_ALLOCATOR=allocator)[0]
 
 
 def metrics_but_wall_time(run):
@@ -182,7 +182,7 @@ def test_a_run_uses_the_arena_and_is_bit_identical_without_it(omniglot_sample, t
     """omniglot/main.py trains on the arena by default (few faults afterwards) and on torch's allocator when
     asked (a fault per page); the same last.pt (every tensor torch.equal) and metrics.csv but for the
     wall-time column."""
-    faults = {a: train_and_count_faults(omniglot_sample, tmp_path / a, a)[0] for a in ("arena", "torch")}
+    faults = {a: train_and_count_faults(omniglot_sample, tmp_path / a, a) for a in ("arena", "torch")}
     assert faults["arena"] < BLOCK_PAGES // 2 and faults["torch"] > 3 * BLOCK_PAGES, faults
     arena, plain = (tensors(torch.load(tmp_path / a / "last.pt", weights_only=False)) for a in ("arena", "torch"))
     assert arena.keys() == plain.keys()
