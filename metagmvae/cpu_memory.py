@@ -8,7 +8,10 @@ the CPU.  METAGMVAE_CPU_ALLOCATOR=torch turns the arena off: torch's own CPU all
 The arena is C++ built once per torch installation, on first use (a few seconds), with the C++ compiler
 ($CXX, default c++) against the installed torch's headers, into $XDG_CACHE_HOME/meta-gmvae (default
 ~/.cache/meta-gmvae).  Where no compiler is found or the build fails, the run goes on with torch's allocator
-after a one-line note.
+after a one-line note.  So it does when the process's address space or data segment is limited (ulimit -v,
+ulimit -d) or the kernel counts every committed page (vm.overcommit_memory=2): the arena holds address
+space and committed pages beyond its live blocks, which under those limits could make an allocation fail
+that torch's allocator would have served.
 """
 import ctypes
 import hashlib
@@ -24,6 +27,7 @@ ALLOCATORS = ("arena", "torch")  # METAGMVAE_CPU_ALLOCATOR's values; the first i
 # Blocks below glibc's mmap threshold stay with glibc, whose heap keeps them between steps anyway.
 MIN_ARENA_BLOCK = 128 << 10
 SOURCE = Path(__file__).with_name("cpu_arena.cpp")
+OVERCOMMIT_MODE = Path("/proc/sys/vm/overcommit_memory")  # 2: every committed page is counted
 _arena_in_use = None  # this process's answer of use_arena, once asked
 
 
@@ -55,6 +59,9 @@ def use_arena():
 
 
 def _install():
+    limit = _memory_limit()
+    if limit:
+        return _not_in_use(limit)
     try:
         library = ctypes.CDLL(str(_built_library()))
     except (OSError, subprocess.SubprocessError) as e:
@@ -66,6 +73,31 @@ def _install():
     if not install(physical_memory, MIN_ARENA_BLOCK, os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"):
         return _not_in_use("no address range reserved, or torch kept another CPU allocator")
     return True
+
+
+def _memory_limit():
+    """The limit under which the arena's reserved address space and kept pages could make an allocation
+    fail that torch's allocator would serve, in words; None when there is none (Linux)."""
+    import resource
+
+    if OVERCOMMIT_MODE.exists() and OVERCOMMIT_MODE.read_text().strip() == "2":
+        return "the kernel counts every committed page: vm.overcommit_memory=2"
+    for limit, what, flag in (resource.RLIMIT_AS, "address space", "-v"), (resource.RLIMIT_DATA, "data segment", "-d"):
+        if resource.getrlimit(limit)[0] != resource.RLIM_INFINITY:
+            return f"the process's {what} is limited: ulimit {flag}"
+    return None
+
+
+def _cache_folder():
+    """$XDG_CACHE_HOME/meta-gmvae, else ~/.cache/meta-gmvae; a relative path in either is not used (the XDG
+    rule: it would put the build into the working folder)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg) / "meta-gmvae"
+    home = os.path.expanduser("~")
+    if not os.path.isabs(home):
+        raise OSError("no folder for the build: set XDG_CACHE_HOME or HOME to an absolute path")
+    return Path(home) / ".cache" / "meta-gmvae"
 
 
 def _not_in_use(reason):
@@ -82,7 +114,7 @@ def _built_library():
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     compiler = shlex.split(os.environ.get("CXX", "c++"))
     key = hashlib.sha256(SOURCE.read_bytes() + repr((torch.__version__, str(torch_dir), abi, compiler)).encode())
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "meta-gmvae"
+    cache = _cache_folder()
     library = cache / f"cpu_arena-{key.hexdigest()[:16]}.so"
     if library.is_file():
         return library

@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 
+from metagmvae import cpu_memory
+
 from .conftest import REPO_ROOT
 from .test_hostile_inputs import check_refusal
 
@@ -93,10 +95,57 @@ def test_what_stands_at_the_arenas_cached_name_is_never_replaced(tmp_path):
     assert library.is_fifo() and list((tmp_path / "meta-gmvae").iterdir()) == [library]
 
 
+# Under a limit on the address space (ulimit -v) that leaves room for the arena's reserved range, the run
+# must still be able to take the address space it could take with torch's allocator: the arena stays off.
+ADDRESS_SPACE_UNDER_ULIMIT = """
+import os, resource
+import numpy as np
+from metagmvae import cpu_memory, distributed
+
+def address_space():
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+
+physical_memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+resource.setrlimit(resource.RLIMIT_AS, (address_space() + physical_memory + 2 ** 31, resource.RLIM_INFINITY))
+cpu_memory.set_up()
+distributed.resolve_device("cpu")
+np.empty(3 * 2 ** 30, dtype=np.uint8)  # 3 GiB of address space: more than the range would have left
+"""
+
+
+@on_linux
+def test_under_ulimit_v_the_arena_stays_off_and_the_run_keeps_its_address_space():
+    stderr = run_python(ADDRESS_SPACE_UNDER_ULIMIT).stderr
+    assert stderr.startswith("note: CPU block arena not in use (the process's address space is limited: ulimit -v)")
+    assert len(stderr.splitlines()) == 1
+
+
+@on_linux
+@pytest.mark.parametrize("mode", ["0", "2"])
+def test_strict_overcommit_keeps_the_arena_off(mode, tmp_path, monkeypatch):
+    """With vm.overcommit_memory=2 the pages the arena keeps would count against every other allocation."""
+    (tmp_path / "overcommit_memory").write_text(mode + "\n")
+    monkeypatch.setattr(cpu_memory, "OVERCOMMIT_MODE", tmp_path / "overcommit_memory")
+    reason = cpu_memory._memory_limit() or ""
+    assert ("vm.overcommit_memory=2" in reason) == (mode == "2")
+
+
+@on_linux
+def test_a_relative_cache_folder_is_not_used(tmp_path):
+    """A relative XDG_CACHE_HOME and HOME (or none) would put the build into the working folder: a note,
+    torch's allocator, and nothing written there."""
+    result = subprocess.run([sys.executable, "-c", RESOLVE_DEVICE, "cpu"], cwd=tmp_path, capture_output=True, text=True,
+                            env=environment(XDG_CACHE_HOME="cache", HOME="home", PYTHONPATH=REPO_ROOT), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("note: CPU block arena not in use (no folder for the build: set XDG_CACHE_HOME "
+                                    "or HOME to an absolute path)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unknown_value_is_refused_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "omniglot/main.py", "--data-dir", tmp_path, "--save-dir", tmp_path / "run"],
-                            cwd=REPO_ROOT, env=environment(METAGMVAE_CPU_ALLOCATOR="fast"), capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([sys.executable, "omniglot/main.py", "--data-dir", tmp_path,
+                             "--save-dir", tmp_path / "run"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            env=environment(METAGMVAE_CPU_ALLOCATOR="fast"), timeout=120)
     check_refusal(result.returncode, result.stderr, "METAGMVAE_CPU_ALLOCATOR='fast': expected one of arena, torch",
                   argparse_error=False)
     assert list(tmp_path.iterdir()) == []
