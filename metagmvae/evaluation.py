@@ -11,6 +11,7 @@ import torch
 
 from . import distributed
 from .gmvae import autocast
+from .runfiles import check_finite_result
 
 
 @contextmanager
@@ -31,7 +32,8 @@ def seeded_eval(model, device, seed):
 def episode_accuracies(model, eval_set, mc_samples, em_iters, batch_size, device, amp=False):
     """Accuracy of each episode (E,), with the model in evaluation mode (BatchNorm running statistics).
 
-    Each process scores its share of the episodes; every process returns all E.
+    Each process scores its share of the episodes; every process returns all E, or raises NonFiniteResult
+    when the class probabilities of any episode were not finite.
     """
     mine = distributed.share(len(eval_set))
     accuracies = [np.zeros(0, dtype=np.float32)]
@@ -41,8 +43,11 @@ def episode_accuracies(model, eval_set, mc_samples, em_iters, batch_size, device
                 probs = model.predict(episodes.support.to(device), episodes.y_support.to(device),
                                       episodes.query.to(device), eval_set.way, mc_samples, em_iters, rng)
             correct = probs.argmax(-1).cpu() == episodes.y_query
-            accuracies.append(correct.float().mean(1).numpy())
-    return distributed.gather_rows(np.concatenate(accuracies))
+            finite = torch.isfinite(probs).flatten(1).all(1).cpu()
+            accuracies.append(torch.where(finite, correct.float().mean(1), torch.nan).numpy())
+    accuracies = distributed.gather_rows(np.concatenate(accuracies))
+    check_finite_result(torch.from_numpy(accuracies), "class probabilities")  # NaN marks such an episode
+    return accuracies
 
 
 def mean_confidence_interval(accuracies):

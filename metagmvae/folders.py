@@ -81,7 +81,8 @@ def _valid_record(record):
 class OutputFolder:
     """A folder this process writes into (see the module docstring).  Use it in a `with`: entering creates
     the folder if missing, checks it (refusing a folder of files without RECORD, a record of another kind,
-    a folder another process holds) and takes its lock; leaving releases the lock.
+    a folder another process holds) and takes its lock; leaving releases the lock, and on an error removes
+    the folders entering created if they are still empty.
 
     kind: what the folder holds, stored in its record ("Omniglot run").  flag: the flag that named it, for
     messages ("--save-dir").  adopt(folder) -> {name: {"size", "sha256"}} or None: for a folder of files
@@ -90,10 +91,12 @@ class OutputFolder:
     def __init__(self, path, kind, flag, adopt=None):
         self.path, self.kind, self.flag, self.adopt = Path(path), kind, flag, adopt
         self.record, self._fd, self._lock_fd, self._deferred = None, None, None, False
+        self._created = []  # the folders entering created, deepest first
 
     def __enter__(self):
         if self.path.is_symlink() and not self.path.exists():
             raise UserError(f"cannot write to {self.flag} {self.path}: it is a broken symbolic link")
+        self._created = [p for p in (self.path, *self.path.parents) if not os.path.lexists(p)]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
@@ -111,13 +114,25 @@ class OutputFolder:
                                "folders": [], "temporary": []}
         except BaseException:
             self._close()
+            self._remove_created_if_empty()
             raise
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         if self._lock_fd is not None:
             os.unlink(LOCK_FILE, dir_fd=self._fd)  # while still held: no other process holds this file
         self._close()
+        if exc_type is not None:
+            self._remove_created_if_empty()
+
+    def _remove_created_if_empty(self):
+        """An error left nothing in the folders entering created: remove them (rmdir removes only an empty
+        folder, so anything written there since, by anyone, keeps its folder)."""
+        for folder in self._created:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                return
 
     def _close(self):
         for fd in (self._lock_fd, self._fd):

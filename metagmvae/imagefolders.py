@@ -29,7 +29,7 @@ from .distributed import resolve_device
 from .episodes import GROUPING_EM, GROUPING_KMEANS, GROUPING_NOISE, STREAM_BYTES, EpisodeRandom
 from .evaluation import mean_confidence_interval
 from .folders import OutputFolder, check_outside_inputs
-from .runfiles import UserError, check_fits_in_memory, check_regular_file, seed_everything
+from .runfiles import UserError, check_finite_result, check_fits_in_memory, check_regular_file, seed_everything
 
 IMAGE_SUFFIXES = frozenset(suffix for suffix, image_format in Image.registered_extensions().items()
                            if image_format in Image.OPEN)
@@ -148,6 +148,7 @@ def predict_episode(model, episode, mc_samples, em_iters, device):
     model must be in evaluation mode."""
     probs = model.predict(episode.support[None].to(device), episode.y_support[None].to(device),
                           episode.query[None].to(device), len(episode.classes), mc_samples, em_iters)
+    check_finite_result(probs, "class probabilities")
     return probs[0].cpu()
 
 
@@ -372,6 +373,7 @@ def group_folder(args, files, items, model, baseline_features, baseline_name):
     noise = EpisodeRandom([(args.seed, GROUPING_NOISE, 0)])
     cluster, confidence, log_pi, mu = cluster_set(model, items, args.clusters, args.mc_sample_size, args.em_iters,
                                                   rng, noise, ENCODER_CHUNK)
+    check_finite_result(torch.cat([confidence, mu.flatten()]), "cluster responsibilities and means")
     cluster, confidence = cluster.cpu(), confidence.cpu()
     sizes = torch.bincount(cluster, minlength=args.clusters).tolist()
     print(f"{len(items)} images -> {args.clusters} clusters of sizes {sizes}")

@@ -299,6 +299,19 @@ def _check_finite(value, path, key):
                         "(a diverged or damaged checkpoint)")
 
 
+class NonFiniteResult(UserError):
+    """The model's output holds NaN or Inf although its weights are finite."""
+
+
+def check_finite_result(values, what):
+    """Refuse `values` (a tensor: the model's `what`) unless all are finite.  Finite weights can still give
+    NaN or Inf (a BatchNorm variance below 0, weights so large that they overflow), and an accuracy, a
+    cluster or a figure computed from them would mean nothing."""
+    if not bool(torch.isfinite(values).all()):
+        raise NonFiniteResult(f"the model's {what} hold NaN or Inf values: its weights give no usable result "
+                              "(a damaged checkpoint, or one trained into a degenerate state)")
+
+
 def load_weights(model, state_dict, path, name, renamed=False):
     """model.load_state_dict(state_dict) (a dict of named tensors), a mismatch raising UserError that names
     the missing, unexpected and differently shaped tensors (by our names: renamed says the state_dict is an

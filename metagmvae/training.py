@@ -19,8 +19,8 @@ from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRando
 from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import autocast
 from .folders import RunDir
-from .runfiles import (Interrupted, NonFiniteCheckpoint, UserError, build_model, check_run_checkpoint, check_same_flags,
-                       load_checkpoint, load_weights, rng_state, set_rng_state)
+from .runfiles import (Interrupted, NonFiniteCheckpoint, UserError, build_model, check_finite_result,
+                       check_run_checkpoint, check_same_flags, load_checkpoint, load_weights, rng_state, set_rng_state)
 
 
 class TrainingDiverged(UserError):
@@ -110,7 +110,9 @@ def validation_loss(model, unlabeled, objective, batch_size, seed, device, amp=F
             with autocast(device, amp):
                 out = objective(model, x, EpisodeRandom.for_episodes(rows, seed, VALIDATION_NOISE))
             total += out["loss"] * len(rows)
-    return distributed.sum_over_processes(total).item() / len(unlabeled.sets)
+    total = distributed.sum_over_processes(total)
+    check_finite_result(total, "validation loss")
+    return total.item() / len(unlabeled.sets)
 
 
 def validation_episodes(select_by, data, shots, way, query, num_episodes, num_sets, sample_size, seed):

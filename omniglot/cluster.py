@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from metagmvae import imagefolders  # noqa: E402
 from metagmvae import cpu_memory  # noqa: E402
-from metagmvae.runfiles import exit_on_user_error  # noqa: E402
+from metagmvae.runfiles import check_finite_result, exit_on_user_error  # noqa: E402
 from omniglot.evaluate import load_image  # noqa: E402
 from omniglot.figures import image_tile, save_tiles  # noqa: E402
 from omniglot.model import load_model  # noqa: E402
@@ -48,6 +48,7 @@ def main(argv=None):
                                                                        images.flatten(1), "k-means on pixels")
         with torch.no_grad():
             component_means = torch.sigmoid(model.decode(mu)).cpu()  # (K, 1, 28, 28)
+        check_finite_result(component_means, "decoded cluster means")
         images = images.cpu()
         return imagefolders.finish_grouping(args, files, cluster, confidence, scores, lambda k, members, path:
                                             save_tiles([image_tile(component_means[k])]

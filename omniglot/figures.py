@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from metagmvae.episodes import FIGURES, EpisodeRandom, EpisodeSampler, check_episodes_fit
 from metagmvae.evaluation import seeded_eval
 from metagmvae.gmm import fit_gmm_em, log_normal_identity
-from metagmvae.runfiles import UserError, check_regular_file, metric_number
+from metagmvae.runfiles import UserError, check_finite_result, check_regular_file, metric_number
 
 SCALE = 3
 TILE = 28 * SCALE
@@ -92,6 +92,7 @@ def save_reconstructions(model, images, path, per_row=8):
     with _inference(model) as device:
         mean, _ = model.posterior_params(torch.as_tensor(images, dtype=torch.float32, device=device)[None])
         recon = torch.sigmoid(model.decode(mean))[0]  # (N, 1, 28, 28)
+    check_finite_result(recon, "reconstructions")
     N = len(recon)
     canvas = Image.new("RGB", grid_size(math.ceil(N / per_row), 2 * min(N, per_row)), WHITE)
     for i, pair in enumerate(zip(images, recon)):
@@ -113,6 +114,7 @@ def save_episode_mixture(model, images, num_components, em_iters, path, max_item
         log_pi, mu = fit_gmm_em(mean - centre, num_components, em_iters, rng=EpisodeRandom([(seed, FIGURES)]))
         assignment = (log_pi.unsqueeze(-1) + log_normal_identity(mean - centre, mu)).argmax(1)[0]  # (M,)
         component_means = torch.sigmoid(model.decode(mu + centre))[0]  # (K, 1, 28, 28)
+    check_finite_result(component_means, "decoded mixture means")
     cols = 1 + min(len(images), max_items)
     canvas = Image.new("RGB", grid_size(num_components, cols), WHITE)
     draw = ImageDraw.Draw(canvas)
@@ -308,6 +310,7 @@ def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_si
         with _inference(model):
             probs = model.predict(ep.support.to(device), ep.y_support.to(device), ep.query.to(device), eval_way,
                                   mc_samples, semisupervised_em_iters)
+        check_finite_result(probs, "class probabilities")
         paths.append(save_test_episode(ep.support[0], ep.y_support[0], ep.query[0], ep.y_query[0],
                                        probs.argmax(-1)[0].cpu(), folder / "test_episode.png"))
     if metrics is not None:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from metagmvae import distributed
 from metagmvae.folders import OutputFolder, canonical_json
-from metagmvae.runfiles import UserError, build_model, load_checkpoint, rng_state
+from metagmvae.runfiles import UserError, build_model, check_finite_result, load_checkpoint, rng_state
 from metagmvae.training import TrainingDiverged, prepare_folder, read_resume_state, restore_training, run_folder
 
 from .augment import eval_transform, two_views
@@ -143,9 +143,10 @@ def fit(model, optimizer, scheduler, rngs, images, batches, run, start, args, de
 def encode(model, images, batch_size, device):
     """Encoder features of images (N, 3, 84, 84) uint8 in eval mode -> (N, F) float32 numpy array."""
     model.eval()
-    features = [model.encoder(eval_transform(images[i:i + batch_size].contiguous().to(device))).cpu()
-                for i in range(0, len(images), batch_size)]
-    return torch.cat(features).numpy()
+    features = torch.cat([model.encoder(eval_transform(images[i:i + batch_size].contiguous().to(device))).cpu()
+                          for i in range(0, len(images), batch_size)])
+    check_finite_result(features, "features")
+    return features.numpy()
 
 
 def export_features(model, data_dir, feature_dir, checkpoint, batch_size, device):

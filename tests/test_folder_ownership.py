@@ -225,3 +225,25 @@ def test_draw_figures_writes_only_into_its_own_folder(omniglot_data, run_copy, t
     (out / "mixture.png").symlink_to(tmp_path / "a_file")
     refused(draw_figures.main, *common, "--out", out, text=f"{out / 'mixture.png'} was not written by this project",
             roots=[tmp_path], capsys=capsys)
+
+
+def test_an_error_removes_only_the_empty_folders_it_created(tmp_path):
+    """An error inside the `with` (a result refused after the folder was opened) leaves no empty folder the
+    command created; a folder that existed, or one written into, stays."""
+    with pytest.raises(RuntimeError):
+        with OutputFolder(tmp_path / "new" / "figures", "Omniglot figures", "--out"):
+            raise RuntimeError("refused")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "existing").mkdir()
+    with pytest.raises(RuntimeError):
+        with OutputFolder(tmp_path / "existing", "Omniglot figures", "--out"):
+            raise RuntimeError("refused")
+    assert list(tmp_path.iterdir()) == [tmp_path / "existing"] and not any((tmp_path / "existing").iterdir())
+    with pytest.raises(RuntimeError):
+        with OutputFolder(tmp_path / "written", "Omniglot figures", "--out") as folder:
+            folder.write_text("a.txt", "kept")
+            raise RuntimeError("refused")
+    assert (tmp_path / "written" / "a.txt").read_text() == "kept"
+    with OutputFolder(tmp_path / "fine", "Omniglot figures", "--out"):
+        pass
+    assert (tmp_path / "fine").is_dir()

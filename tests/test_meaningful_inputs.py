@@ -17,12 +17,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from data import prepare_omniglot
-from metagmvae.runfiles import physical_memory
+from metagmvae.episodes import make_eval_sets
+from metagmvae.runfiles import NonFiniteResult, physical_memory
+from metagmvae.training import Objective, UnlabeledSets, validate
 from mimgnet import evaluate as mimgnet_evaluate
 from mimgnet import main as mimgnet_main
 from mimgnet.model import FeatureGMVAE
 from omniglot import cluster, draw_figures, evaluate
 from omniglot import main as omniglot_main
+from omniglot.dataset import load_split
 from omniglot.model import OmniglotGMVAE
 from simclr import main as simclr_main
 from simclr.model import SimCLR
@@ -111,6 +114,75 @@ def test_a_simclr_encoder_with_nan_is_refused(nan_checkpoints, episodes, simclr_
                               "--export-only", "--device", "cpu", "--checkpoint", nan_checkpoints / "simclr.pt",
                               text="holds NaN or Inf values", roots=[simclr_data], capsys=capsys)
     assert not (tmp_path / "features").exists()
+
+
+# Finite weights whose outputs are NaN or Inf: a BatchNorm variance below 0 (the encoder's, so that
+# prediction, clustering, features and figures all meet it) and weights so large that they overflow.
+DEGENERATE_TEXT = "hold NaN or Inf values: its weights give no usable result"
+
+
+def scaled(state_dict, name, factor):
+    return {k: v * factor if k == name else v for k, v in state_dict.items()}
+
+
+@pytest.fixture(scope="module")
+def degenerate_checkpoints(tmp_path_factory):
+    """Checkpoints with finite weights that give NaN or Inf outputs, of every model."""
+    folder = tmp_path_factory.mktemp("degenerate_checkpoints")
+    omniglot, mimgnet, simclr = OmniglotGMVAE(8, 4), FeatureGMVAE(8, 4), SimCLR(hidden_size=4)
+    torch.save({"model": poisoned(omniglot.state_dict(), "encoder.1.running_var", -1.0),
+                "model_config": omniglot.config}, folder / "omniglot.pt")
+    torch.save({"model": scaled(omniglot.state_dict(), "encoder.0.weight", 1e30), "model_config": omniglot.config},
+               folder / "omniglot_overflow.pt")
+    torch.save({"model": scaled(mimgnet.state_dict(), "posterior.0.mab.fc_q.weight", 1e30),
+                "model_config": mimgnet.config}, folder / "mimgnet.pt")
+    torch.save({"model": poisoned(simclr.state_dict(), "encoder.blocks.0.1.running_var", -1.0),
+                "model_config": {"hidden_size": 4, "image_size": 84}}, folder / "simclr.pt")
+    return folder
+
+
+def test_finite_weights_with_nan_outputs_give_no_accuracy(omniglot_data, degenerate_checkpoints, tmp_path, capsys):
+    common = ["--data-dir", omniglot_data, "--eval-only", *OMNIGLOT_FLAGS, "--checkpoint"]
+    for name in ("omniglot.pt", "omniglot_overflow.pt"):
+        assert_refused_in_process(omniglot_main.main, *common, degenerate_checkpoints / name,
+                                  text=f"the model's class probabilities {DEGENERATE_TEXT}",
+                                  roots=[omniglot_data, degenerate_checkpoints], capsys=capsys)
+    np.save(tmp_path / "test_features.npy", np.random.default_rng(0).random((180, 8), dtype=np.float32))
+    np.save(tmp_path / "test_labels.npy", np.repeat(np.arange(6), 30))
+    assert_refused_in_process(mimgnet_main.main, "--data-dir", tmp_path, "--eval-only", "--latent-size", "4",
+                              "--eval-shots", "1", "--eval-episodes", "2", "--device", "cpu", "--checkpoint",
+                              degenerate_checkpoints / "mimgnet.pt", text=DEGENERATE_TEXT,
+                              roots=[tmp_path, degenerate_checkpoints], capsys=capsys)
+
+
+def test_finite_weights_with_nan_outputs_give_no_predictions_clusters_figures_or_features(
+        degenerate_checkpoints, episodes, omniglot_data, simclr_data, tmp_path, capsys):
+    checkpoint = degenerate_checkpoints / "omniglot.pt"
+    assert_refused_in_process(evaluate.main, "--checkpoint", checkpoint, "--episodes", episodes, "--device", "cpu",
+                              text=f"the model's class probabilities {DEGENERATE_TEXT}", roots=[episodes],
+                              capsys=capsys)
+    assert_refused_in_process(cluster.main, "--checkpoint", checkpoint, "--images", episodes, "--clusters", "2",
+                              "--device", "cpu", text=f"cluster responsibilities and means {DEGENERATE_TEXT}",
+                              roots=[episodes], capsys=capsys)
+    assert_refused_in_process(draw_figures.main, "--checkpoint", checkpoint, "--data-dir", omniglot_data, "--out",
+                              tmp_path / "figures", "--device", "cpu", text=f"reconstructions {DEGENERATE_TEXT}",
+                              roots=[omniglot_data], capsys=capsys)
+    assert_refused_in_process(simclr_main.main, "--data-dir", simclr_data, "--feature-save-dir", tmp_path / "features",
+                              "--export-only", "--device", "cpu", "--checkpoint", degenerate_checkpoints / "simclr.pt",
+                              text=f"the model's features {DEGENERATE_TEXT}", roots=[simclr_data], capsys=capsys)
+    assert not any(tmp_path.glob("figures*")) and not (tmp_path / "features").exists()
+    assert not (tmp_path / "episodes-clusters").exists() and not (tmp_path / "episodes-predictions").exists()
+
+
+def test_validation_with_nan_outputs_stops_instead_of_selecting(omniglot_data, degenerate_checkpoints):
+    """Both --select-by scores refuse, in training as in testing: NaN would never count as better."""
+    model = OmniglotGMVAE(8, 4)
+    model.load_state_dict(torch.load(degenerate_checkpoints / "omniglot.pt")["model"])
+    val = load_split(omniglot_data, "val")
+    objective = Objective(5, 2, 3, False)
+    for scored_on in (UnlabeledSets.draw(val, 2, 10, 0), make_eval_sets(val, 5, [1], 2, 2, 0, "val")):
+        with pytest.raises(NonFiniteResult, match="hold NaN or Inf values"):
+            validate(model, scored_on, objective, 2, 3, 2, 0, torch.device("cpu"))
 
 
 def train_args(data, save, *flags):
