@@ -111,7 +111,7 @@ def validation_loss(model, unlabeled, objective, batch_size, seed, device, amp=F
                 out = objective(model, x, EpisodeRandom.for_episodes(rows, seed, VALIDATION_NOISE))
             total += out["loss"] * len(rows)
     total = distributed.sum_over_processes(total)
-    check_finite_result(total, "validation loss")
+    check_finite_result(total, "validation losses")
     return total.item() / len(unlabeled.sets)
 
 
