@@ -67,10 +67,11 @@ def _install():
     except (OSError, subprocess.SubprocessError) as e:
         errors = [line for line in (getattr(e, "stderr", None) or "").splitlines() if "error" in line]
         return _not_in_use(errors[0].strip() if errors else str(e))
+    from .runfiles import physical_memory  # imports torch: only once set_up has run
+
     install = library.metagmvae_use_cpu_arena
     install.argtypes = [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int]
-    physical_memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if not install(physical_memory, MIN_ARENA_BLOCK, os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"):
+    if not install(physical_memory(), MIN_ARENA_BLOCK, os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"):
         return _not_in_use("no address range reserved, or torch kept another CPU allocator")
     return True
 
