@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +28,28 @@ def test_shapes():
     mean, logvar = model.posterior_params(torch.rand(2, 7, 1, 28, 28))
     assert mean.shape == logvar.shape == (2, 7, 5)
     assert model.decode(torch.randn(2, 7, 3, 5)).shape == (2, 7, 3, 1, 28, 28)
+
+
+@pytest.mark.parametrize("dtype, amp", [(torch.float32, False), (torch.float64, False), (torch.float32, True)])
+def test_eval_encoder_pools_first_with_the_same_features(dtype, amp):
+    """Evaluation mode pools before BatchNorm and ReLU, in chunks: bit for bit the layer-by-layer features,
+    also for channels whose BatchNorm scale is negative (a third here) or zero."""
+    torch.manual_seed(0)
+    model = OmniglotGMVAE(hidden_size=16, latent_size=8).to(dtype).eval()
+    for norm in (m for m in model.encoder if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.weight.data.normal_().sub_(0.4)
+        norm.weight.data[0] = 0.0
+        norm.bias.data.normal_()
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.1, 2.0)
+    assert all((m.weight < 0).any() for m in model.encoder if isinstance(m, torch.nn.BatchNorm2d))
+    x = torch.rand(model.encoder.EVAL_CHUNK * 2 + 9, 1, 28, 28, dtype=dtype)  # a partial last chunk
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        features = model.encoder(x)
+        layer_by_layer = torch.nn.Sequential.forward(model.encoder, x)
+    assert features.shape == (x.shape[0], 64) and features.dtype == layer_by_layer.dtype
+    assert features.abs().sum() > 0
+    assert torch.equal(features, layer_by_layer)
 
 
 def naive_mab(mab, Q, K, heads):
