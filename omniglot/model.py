@@ -20,28 +20,22 @@ class ConvEncoder(nn.Sequential):
     """Four conv blocks (3x3 conv, BatchNorm, ReLU, 2x2 max-pool): (N, 1, 28, 28) -> (N, 4h).
 
     In evaluation mode BatchNorm is a fixed per-channel map y = a x + b, and each block max-pools before
-    it.  Max-pooling commutes with ReLU and with y for a >= 0 (both are monotone, and so is their rounding);
-    a channel with a < 0 is pooled with its conv weights, bias and running mean negated, which is exact in
-    floating point.  So the features are bit for bit those of the order above, with a quarter of the
-    BatchNorm and ReLU work; the first block, whose 28x28 maps are the largest tensors, runs on chunks of
-    EVAL_CHUNK images that stay in the CPU's cache.
+    it, on a quarter of the values.  Max-pooling commutes with ReLU and with y for a >= 0 (both are
+    monotone, and so is their rounding); a channel with a < 0 is pooled with its conv weights, bias and
+    running mean negated, which is exact in floating point.  So the features are bit for bit those of the
+    order above.
     """
-
-    EVAL_CHUNK = 64
-
-    def __init__(self, h):
-        super().__init__(*conv_block(1, h), *conv_block(h, h), *conv_block(h, h), *conv_block(h, h), nn.Flatten())
 
     def forward(self, x):
         if self.training:
             return super().forward(x)
-        blocks = [(self[i], self[i + 1]) for i in range(0, len(self) - 1, 4)]  # (conv, BatchNorm)
-        chunks = [self.pooled_block(*blocks[0], chunk) for chunk in x.split(self.EVAL_CHUNK)]
-        # joined as (N, H, W, C) views, which is their channels-last memory: a plain copy
-        h = torch.cat([chunk.permute(0, 2, 3, 1) for chunk in chunks]).permute(0, 3, 1, 2)
-        for conv, norm in blocks[1:]:
-            h = self.pooled_block(conv, norm, h)
-        return h.flatten(1)
+        layers = list(self)
+        end = len(layers) // 4 * 4  # the blocks, then Flatten
+        for conv, norm in zip(layers[0:end:4], layers[1:end:4]):
+            x = self.pooled_block(conv, norm, x)
+        for layer in layers[end:]:
+            x = layer(x)
+        return x
 
     @staticmethod
     def pooled_block(conv, norm, x):
@@ -67,7 +61,8 @@ class OmniglotGMVAE(SetGMVAE):
         h = hidden_size
         self.config = {"hidden_size": hidden_size, "latent_size": latent_size, "num_heads": num_heads}
         self.feature_size = 4 * h  # h channels x 2 x 2
-        self.encoder = ConvEncoder(h)
+        self.encoder = ConvEncoder(*conv_block(1, h), *conv_block(h, h), *conv_block(h, h), *conv_block(h, h),
+                                   nn.Flatten())
         self.posterior = SetPosterior(self.feature_size, latent_size, num_heads)
         self.latent_to_feature = nn.Sequential(
             nn.Linear(latent_size, self.feature_size), nn.ELU(),

@@ -32,8 +32,8 @@ def test_shapes():
 
 @pytest.mark.parametrize("dtype, amp", [(torch.float32, False), (torch.float64, False), (torch.float32, True)])
 def test_eval_encoder_pools_first_with_the_same_features(dtype, amp):
-    """Evaluation mode pools before BatchNorm and ReLU, in chunks: bit for bit the layer-by-layer features,
-    also for channels whose BatchNorm scale is negative (a third here) or zero."""
+    """Evaluation mode pools before BatchNorm and ReLU: bit for bit the layer-by-layer features, also for
+    channels whose BatchNorm scale is negative (a third here) or zero."""
     torch.manual_seed(0)
     model = OmniglotGMVAE(hidden_size=16, latent_size=8).to(dtype).eval()
     for norm in (m for m in model.encoder if isinstance(m, torch.nn.BatchNorm2d)):
@@ -43,10 +43,12 @@ def test_eval_encoder_pools_first_with_the_same_features(dtype, amp):
         norm.running_mean.normal_()
         norm.running_var.uniform_(0.1, 2.0)
     assert all((m.weight < 0).any() for m in model.encoder if isinstance(m, torch.nn.BatchNorm2d))
-    x = torch.rand(model.encoder.EVAL_CHUNK * 2 + 9, 1, 28, 28, dtype=dtype)  # a partial last chunk
+    x = torch.rand(37, 1, 28, 28, dtype=dtype)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         features = model.encoder(x)
         layer_by_layer = torch.nn.Sequential.forward(model.encoder, x)
+        first_blocks = model.encoder[:8]  # a slice: the maps of two blocks, unflattened
+        assert torch.equal(first_blocks(x), torch.nn.Sequential.forward(first_blocks, x))
     assert features.shape == (x.shape[0], 64) and features.dtype == layer_by_layer.dtype
     assert features.abs().sum() > 0
     assert torch.equal(features, layer_by_layer)
