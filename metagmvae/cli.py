@@ -5,6 +5,7 @@ import math
 
 from . import distributed
 from .episodes import STREAM_BYTES
+from .evaluation import MIN_EPISODES
 from .folders import EVAL_RESULTS, RunDir, check_outside_inputs
 from .runfiles import UserError, check_fits_in_memory, check_writable_folder
 
@@ -176,6 +177,10 @@ def check_args(args, model, positive=(), item_floats=None):
                           "unsupervised_em_iters", "semisupervised_em_iters", *positive])
     if min(args.eval_shots) < 1:
         raise UserError(f"--eval-shots must be positive (got {args.eval_shots})")
+    if args.eval_episodes < MIN_EPISODES:
+        raise UserError(f"--eval-episodes {args.eval_episodes}: the accuracies are reported with a 95% confidence "
+                        f"interval, which needs at least {MIN_EPISODES} episodes (from one it is 0 whatever the "
+                        "model)")
     check_way(args.eval_way, "--way {} (which --eval-way defaults to)" if args.eval_way == args.way
               else "--eval-way {}")
     if args.sample_size < args.way:

@@ -50,9 +50,15 @@ def episode_accuracies(model, eval_set, mc_samples, em_iters, batch_size, device
     return accuracies
 
 
+MIN_EPISODES = 2  # the 95% half-width of one episode's accuracy is 0 whatever the model
+
+
 def mean_confidence_interval(accuracies):
-    """Mean and 95% half-width 1.96 * std / sqrt(E) (population std, ddof=0, as the reference)."""
+    """Mean and 95% half-width 1.96 * std / sqrt(E) (population std, ddof=0, as the reference) of E >=
+    MIN_EPISODES accuracies."""
     acc = np.asarray(accuracies, dtype=np.float64)
+    if len(acc) < MIN_EPISODES:
+        raise ValueError(f"a confidence interval needs at least {MIN_EPISODES} episodes, got {len(acc)}")
     return float(acc.mean()), float(1.96 * acc.std() / np.sqrt(len(acc)))
 
 

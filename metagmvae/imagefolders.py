@@ -27,7 +27,7 @@ from .cli import FLOAT_BYTES, MIN_WAY, HelpFormatter, check_positive, check_seed
 from .clustering import adjusted_rand_index, cluster_set, kmeans, normalized_mutual_info, restart_streams
 from .distributed import resolve_device
 from .episodes import GROUPING_EM, GROUPING_KMEANS, GROUPING_NOISE, STREAM_BYTES, EpisodeRandom
-from .evaluation import mean_confidence_interval
+from .evaluation import MIN_EPISODES, mean_confidence_interval
 from .folders import OutputFolder, check_outside_inputs
 from .runfiles import UserError, check_finite_result, check_fits_in_memory, check_regular_file, seed_everything
 
@@ -180,10 +180,12 @@ def evaluate(model, episodes, mc_samples, em_iters, device, baselines=None):
         print(f"{episode.name}: {100 * accuracies[-1]:.2f} % ({correct}/{len(predicted)} queries, "
               f"{len(episode.classes)}-way)" + "".join(f", {name} {100 * scores[-1]:.2f} %"
                                                       for name, scores in baseline_scores.items()))
-    if accuracies:
+    if len(accuracies) >= MIN_EPISODES:
         for name, scores in {"mean accuracy": accuracies, **baseline_scores}.items():
             mean, ci95 = mean_confidence_interval(scores)
             print(f"{name}: {100 * mean:.2f} +- {100 * ci95:.2f} % over {len(scores)} episodes")
+    elif accuracies:
+        print(f"one labelled episode: no mean +- 95% confidence interval (it needs at least {MIN_EPISODES} episodes)")
     return rows
 
 

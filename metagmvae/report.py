@@ -15,6 +15,7 @@ from .startup import quiet_ctrl_c
 
 quiet_ctrl_c(__name__, "python -m metagmvae.report")  # before torch loads: a Ctrl-C is one line, exit code 130
 
+from .evaluation import MIN_EPISODES  # noqa: E402
 from .runfiles import UserError, check_regular_file, exit_on_user_error  # noqa: E402
 
 RESULT_FILES = ("results.json", "eval_results.json")
@@ -52,7 +53,8 @@ RUN_FIELDS = {
 ENTRY_FIELDS = {
     "mean": (lambda v: _number(v) and 0 <= v <= 1, "an accuracy, a finite number in [0, 1]"),
     "ci95": (lambda v: _number(v) and 0 <= v <= 1, "a 95% CI half-width, a finite number in [0, 1]"),
-    "episodes": (_count, "a positive integer"),
+    "episodes": (lambda v: _count(v) and v >= MIN_EPISODES,
+                 f"an integer >= {MIN_EPISODES} (the 95% CI of one episode is 0 whatever the model)"),
 }
 
 

@@ -334,6 +334,10 @@ def start_run(run, model, optimizer, config, resume, overwrite, invariant_flags,
     log = RunLog()
     if resume:
         state = read_resume_state(run, config, RUN_CHECKPOINT_KEYS, invariant_flags, name)
+        if state["step"] > config["train_iters"]:  # results.json would name fewer steps than the model had
+            raise UserError(f"--train-iters {config['train_iters']} is below the {state['step']} steps the run in "
+                            f"{run.path} has done: give --train-iters {state['step']} to test it as it is, or more "
+                            "to train it further")
         restore_training(state, run.last_checkpoint, name, model, optimizer)
         log = RunLog.resume(state, distributed.from_main(lambda: run.read_metrics(up_to=state["step"])))
     prepare_folder(run, config, resume, overwrite)

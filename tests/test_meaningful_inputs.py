@@ -3,6 +3,7 @@ Omniglot arrays against the ink convention, 1-way tasks, runs that could only fa
 counts beyond this machine's memory, and Ctrl-C while a command still imports: each ends in one line on
 stderr, exit code 2 (130 for Ctrl-C), no traceback, nothing written."""
 import io
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from data import prepare_omniglot
 from metagmvae.episodes import make_eval_sets
+from metagmvae.evaluation import mean_confidence_interval
 from metagmvae.runfiles import NonFiniteResult, physical_memory
 from metagmvae.training import Objective, UnlabeledSets, validate
 from mimgnet import evaluate as mimgnet_evaluate
@@ -302,6 +304,30 @@ def test_one_way_evaluation_is_refused(omniglot_data, tmp_path, capsys, flags, t
     assert_refused_in_process(mimgnet_main.main, "--data-dir", tmp_path, "--eval-only", "--checkpoint", "x.pt", *flags,
                               text=text, roots=[omniglot_data], capsys=capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_one_evaluation_episode_is_refused(omniglot_data, tmp_path, capsys):
+    """The 95% half-width of a single episode is 0 whatever the model: no run reports one."""
+    text = "--eval-episodes 1: the accuracies are reported with a 95% confidence interval, which needs at least 2"
+    assert_refused_in_process(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", tmp_path / "run",
+                              *OMNIGLOT_FLAGS, "--train-iters", "2", "--eval-episodes", "1", text=text,
+                              roots=[omniglot_data], capsys=capsys)
+    assert_refused_in_process(mimgnet_main.main, "--data-dir", tmp_path, "--eval-only", "--checkpoint", "x.pt",
+                              "--eval-episodes", "1", text=text, roots=[omniglot_data], capsys=capsys)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="at least 2 episodes"):
+        mean_confidence_interval([0.6])
+
+
+def test_one_labelled_own_episode_gives_its_accuracy_without_an_interval(episodes, tmp_path, capsys):
+    model = OmniglotGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, tmp_path / "omniglot.pt")
+    evaluate.main(["--checkpoint", str(tmp_path / "omniglot.pt"), "--episodes", str(episodes), "--device", "cpu",
+                   "--mc-samples", "2"])
+    out = capsys.readouterr().out
+    assert re.search(r"^e1: \d+\.\d\d % \(\d/4 queries, 2-way\)$", out, re.M), out
+    assert "one labelled episode: no mean +- 95% confidence interval" in out
+    assert not re.search(r"\+- \d+\.\d\d", out), out
 
 
 def test_one_way_figures_and_own_episodes_are_refused(omniglot_data, episodes, tmp_path, capsys):

@@ -301,6 +301,18 @@ def test_resume_refuses_a_damaged_run_before_writing(omniglot_data, run_copy, ca
                               text=text, roots=[run_copy], capsys=capsys)
 
 
+def test_resume_with_fewer_steps_than_done_is_refused(omniglot_data, run_copy, capsys):
+    """results.json would record --train-iters 3 for a model of 4 steps; 4 tests the run as it is."""
+    assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, run_copy, "--train-iters", "3",
+                                                              "--seed", "1", "--resume"),
+                              text=f"--train-iters 3 is below the 4 steps the run in {run_copy} has done: give "
+                                   "--train-iters 4 to test it as it is", roots=[run_copy], capsys=capsys)
+    code, out, _ = run_in_process(omniglot_main.main, train_args(omniglot_data, run_copy, "--train-iters", "4",
+                                                                  "--seed", "1", "--resume"), capsys)
+    assert code == 0 and "5way-1shot:" in out
+    assert json.loads((run_copy / "results.json").read_text())["train_iters"] == 4
+
+
 def test_eval_only_refuses_a_save_dir_it_cannot_write_before_evaluating(omniglot_data, tmp_path):
     model = OmniglotGMVAE(8, 4)
     torch.save({"model": model.state_dict(), "model_config": model.config}, tmp_path / "model.pt")
