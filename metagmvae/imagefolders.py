@@ -90,6 +90,14 @@ def load_images(folder, load_image):
     return torch.from_numpy(np.stack([load_image(p) for p in files])), files
 
 
+def check_distinct(items, where):
+    """Refuse items (N, ...) that are all one picture as the model reads them: nothing tells them apart, so
+    every prediction or cluster would be meaningless."""
+    if len(items) > 1 and (items == items[:1]).all():
+        raise UserError(f"{where}: all {len(items)} images are the same picture as the model reads them; nothing "
+                        "tells them apart")
+
+
 def load_episode(folder, load_image):
     """An Episode from <folder>/support/<class>/* and <folder>/query/[<class>/]*, each image through
     load_image(path) -> array."""
@@ -126,7 +134,9 @@ def load_episode(folder, load_image):
     else:
         query, paths = load_images(query_dir, load_image)
         y_query, files = None, [p.name for p in paths]
-    return Episode(folder.name, classes, torch.cat(support), torch.tensor(y_support), query, y_query, files)
+    support = torch.cat(support)
+    check_distinct(torch.cat([support, query]), folder)
+    return Episode(folder.name, classes, support, torch.tensor(y_support), query, y_query, files)
 
 
 def episode_folders(root):
@@ -370,6 +380,7 @@ def group_folder(args, files, items, model, baseline_features, baseline_name):
 
     Returns (cluster (N,), confidence (N,), log_pi (K,), mu (K, D), scores or None).
     """
+    check_distinct(items, f"--images {args.images}")
     seed_everything(args.seed)
     rng = restart_streams(args.seed, GROUPING_EM, args.restarts)
     noise = EpisodeRandom([(args.seed, GROUPING_NOISE, 0)])

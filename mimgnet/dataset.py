@@ -50,6 +50,9 @@ def load_split(data_dir, split):
         raise UserError(f"{path} has shape {features.shape} and dtype {features.dtype}; expected (N, F) floats")
     if not np.isfinite(features).all():
         raise UserError(f"{path} contains NaN or Inf")
+    if len(features) > 1 and (features == features[:1]).all():
+        raise UserError(f"{path}: all {len(features)} rows are the same feature vector; nothing tells the items "
+                        "apart (an encoder whose output is constant?)")
     labels_path = path.with_name(f"{split}_labels.npy")
     labelled = labels_path.exists() or labels_path.is_symlink()
     if labelled:

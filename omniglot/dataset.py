@@ -7,8 +7,9 @@ background.
 (the 108 of the 28x28 perimeter) average under 0.003 per file, under 0.22 in any one drawing; inverted
 (1 - x) drawings give about 0.92 and 1.0.  A drawing whose border pixels average above BORDER_LIMIT is
 drawn dark on light (omniglot/evaluate.py load_image inverts such an image; an array is refused), a file
-whose mean pixel is above MEAN_LIMIT is mostly ink, and a drawing whose pixels are all equal holds no
-stroke: each of these is refused, as every accuracy computed from it would be meaningless.
+whose mean pixel is above MEAN_LIMIT is mostly ink, a drawing whose pixels are all equal holds no stroke,
+and a file whose drawings are all one image tells no class from another: each of these is refused, as
+every accuracy computed from it would be meaningless.
 """
 import os
 from pathlib import Path
@@ -57,6 +58,8 @@ def check_drawings(array, where):
         first = np.argwhere(blank)[0]
         raise UserError(f"{where}: {blank.sum()} of {blank.size} drawings are blank (all pixels equal, the first "
                         f"class {first[0]} drawing {first[1]}; {found}); {CONVENTION}")
+    if array.shape[0] * array.shape[1] > 1 and (images == images[:1, :1]).all():
+        raise UserError(f"{where}: all {blank.size} drawings are the same image; nothing tells them apart")
 
 
 def load_split(data_dir, split):

@@ -6,7 +6,8 @@
 (any format Pillow reads; the folders are read by metagmvae/imagefolders.py, see docs/own-data.md); an image
 file that cannot be decoded (empty, damaged) is refused. Each image is converted like the
 training data: grayscale (transparency over white), inverted when its background is light (mean of the
-border pixels > 0.5 on [0, 1]), resized to 28x28 with Lanczos filtering, float in [0, 1] with ink = 1.
+border pixels > 0.5 on [0, 1]), resized to 28x28 with Lanczos filtering, float in [0, 1] with ink = 1; a
+blank image (all pixels equal), or an episode whose images are all one picture, is refused.
 Support and queries are encoded as one set and labelled by the semi-supervised EM (model.predict).
 Prints each episode's accuracy and their mean with its 95% CI. An episode whose query images lie directly
 in query/ (no class folders) is predicted instead: one row (episode, file, predicted class, probability)
@@ -46,6 +47,8 @@ def load_image(path):
     full = np.asarray(gray, dtype=np.float32) / 255.0
     border = np.concatenate([full[0], full[-1], full[:, 0], full[:, -1]])
     small = np.asarray(gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS), dtype=np.float32) / 255.0
+    if np.ptp(small) == 0:
+        raise UserError(f"{path}: blank image (all pixels equal at 28x28 grayscale); expected a drawing")
     return 1.0 - small if border.mean() > 0.5 else small
 
 

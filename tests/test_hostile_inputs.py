@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from numpy.lib import format as npy_format
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from data import prepare_mimgnet
 from metagmvae.folders import OutputFolder
@@ -312,9 +312,11 @@ def episode(tmp_path):
     """An episodes folder with one 2-way episode of one support and one query image per class."""
     root = tmp_path / "episodes"
     for part in ("support", "query"):
-        for name in ("a", "b"):
+        for k, name in enumerate(("a", "b")):
             (root / "e1" / part / name).mkdir(parents=True)
-            Image.new("L", (28, 28), 255).save(root / "e1" / part / name / "1.png")
+            image = Image.new("L", (28, 28), 255)
+            ImageDraw.Draw(image).line((4 + 10 * k, 4, 24 - 10 * k, 24), fill=0, width=3)  # a stroke per class
+            image.save(root / "e1" / part / name / "1.png")
     return root
 
 

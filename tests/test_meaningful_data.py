@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from data import prepare_mimgnet
 from metagmvae import report
@@ -97,7 +97,8 @@ def with_entry(**fields):
      .replace("null", "NaN")),
     ("test/5way-1shot/mean (true)", with_entry(mean=True)),
     ("test/5way-1shot/mean (1.5)", with_entry(mean=1.5)),
-    ("test/5way-1shot/episodes (-5), expected a positive integer", with_entry(episodes=-5)),
+    ("test/5way-1shot/episodes (-5), expected an integer >= 2", with_entry(episodes=-5)),
+    ("test/5way-1shot/episodes (1), expected an integer >= 2", with_entry(episodes=1)),
     ("test/5way-1shot/episodes (2.5)", with_entry(episodes=2.5)),
     ("test/5way-1shot/ci95 (-0.01)", with_entry(ci95=-0.01)),
     ("\"wall_time_s\" (Infinity), expected a finite number of seconds >= 0",
@@ -293,9 +294,11 @@ def image_folders(tmp_path, figure_inputs):
     """An episode folder (2-way, one support and one query image per class) and a checkpoint."""
     root = tmp_path / "episodes"
     for part in ("support", "query"):
-        for name in ("a", "b"):
+        for k, name in enumerate(("a", "b")):
             (root / "e1" / part / name).mkdir(parents=True)
-            Image.new("L", (28, 28), 255).save(root / "e1" / part / name / "1.png")
+            image = Image.new("L", (28, 28), 255)
+            ImageDraw.Draw(image).line((4 + 10 * k, 4, 24 - 10 * k, 24), fill=0, width=3)  # a stroke per class
+            image.save(root / "e1" / part / name / "1.png")
     return root, figure_inputs / "model.pt"
 
 

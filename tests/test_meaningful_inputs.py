@@ -260,6 +260,41 @@ def test_arrays_against_the_ink_convention_are_refused(omniglot_data, nan_checkp
         assert "mean pixel" in line and "border mean" in line and "expected ink = 1 on a 0 background" in line
 
 
+def test_arrays_of_one_drawing_repeated_are_refused(omniglot_data, tmp_path, capsys):
+    """Ink on a blank background, but every drawing the same: no class differs from another."""
+    data = copy_arrays(omniglot_data, tmp_path / "data", test=lambda a: np.broadcast_to(a[:1, :1], a.shape).copy())
+    assert_refused_in_process(omniglot_main.main, "--data-dir", data, *OMNIGLOT_FLAGS, "--train-iters", "2",
+                              "--save-dir", tmp_path / "run", roots=[data], capsys=capsys,
+                              text="test.npy: all 160 drawings are the same image; nothing tells them apart")
+    assert not (tmp_path / "run").exists()
+
+
+def test_blank_or_identical_own_images_are_refused(episodes, tmp_path, capsys):
+    """A blank image holds no stroke; an episode or a folder of one picture repeated tells no class apart."""
+    checkpoint = tmp_path / "omniglot.pt"
+    model = OmniglotGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, checkpoint)
+    common = ["--checkpoint", checkpoint, "--device", "cpu", "--mc-sample-size", "2"]
+    blank = episodes / "e1" / "query" / "b" / "1.png"
+    Image.new("L", (50, 40), 200).save(blank)
+    assert_refused_in_process(evaluate.main, "--checkpoint", checkpoint, "--episodes", episodes, "--device", "cpu",
+                              text=f"{blank}: blank image (all pixels equal at 28x28 grayscale)", roots=[episodes],
+                              capsys=capsys)
+    assert_refused_in_process(cluster.main, *common, "--images", episodes, "--clusters", "2",
+                              text=f"{blank}: blank image", roots=[episodes], capsys=capsys)
+    first = episodes / "e1" / "support" / "a" / "0.png"
+    for image in episodes.rglob("*.png"):
+        if image != first:
+            shutil.copyfile(first, image)
+    assert_refused_in_process(evaluate.main, "--checkpoint", checkpoint, "--episodes", episodes, "--device", "cpu",
+                              text=f"{episodes / 'e1'}: all 8 images are the same picture as the model reads them",
+                              roots=[episodes], capsys=capsys)
+    assert_refused_in_process(cluster.main, *common, "--images", episodes, "--clusters", "2",
+                              text=f"--images {episodes}: all 8 images are the same picture", roots=[episodes],
+                              capsys=capsys)
+    assert not list(tmp_path.glob("episodes-*"))
+
+
 def character_zip(path, ink, paper, characters=3):
     """A zip of `characters` characters of 20 drawings (omniglot/Alphabet/characterNN/NNNN_MM.png): a stroke
     of colour `ink` on `paper` (0 black, 255 white), 105x105 as the official drawings."""

@@ -105,7 +105,10 @@ def test_train_and_test_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("damage, text", [
     (lambda d: np.save(d / "val_features.npy", np.full((6 * 40, 16), np.nan, np.float32)), "contains NaN"),
-    (lambda d: np.save(d / "test_features.npy", np.ones((6 * 40, 8), np.float32)), "feature sizes differ"),
+    (lambda d: np.save(d / "test_features.npy", np.random.default_rng(0).random((6 * 40, 8), np.float32)),
+     "feature sizes differ"),
+    (lambda d: np.save(d / "test_features.npy", np.full((6 * 40, 16), 0.5, np.float32)),
+     "test_features.npy: all 240 rows are the same feature vector; nothing tells the items apart"),
     (lambda d: (d / "train_labels.npy").unlink(), "label-free features must be the authors' train file"),
     (lambda d: np.save(d / "val_labels.npy", np.arange(6 * 40) % 6), "not class-major"),
     (lambda d: (d / "test_features.npy").unlink(), "test_features.npy not found"),

@@ -268,7 +268,9 @@ def test_cluster_refusals(omniglot_folder, photo_folder, checkpoints, tmp_path, 
     for name, content in (("zero.png", b""), ("broken.png", b"\x89PNG not really")):
         bad = tmp_path / f"bad-{name}"
         for i in range(3):
-            write_png(bad / f"{i}.png", np.full((28, 28), 255, np.uint8))
+            stroke = np.full((28, 28), 255, np.uint8)
+            stroke[4:24, 8 + 4 * i] = 0  # dark on white, one stroke per image
+            write_png(bad / f"{i}.png", stroke)
         (bad / name).write_bytes(content)
         assert_refused_in_process(omniglot_cluster.main, *omniglot, "--images", bad, "--clusters", "2",
                                   text=f"{bad / name}: unreadable image", **refuse)
