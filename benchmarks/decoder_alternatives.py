@@ -1,8 +1,9 @@
 """The measurements behind docs/performance.md, "Part 2": alternatives to the Omniglot decoder's layers
-timed outside the training step, ReLU's backward outside the step, and where our prediction spends its
-time.  Best of 3 calls after a warm-up, float32 on the CPU.
+timed outside the training step, ReLU's backward outside the step, the encoder's evaluation-mode order,
+and where our prediction spends its time.  Best of 3 calls after a warm-up, float32 on the CPU.
 
     OMP_NUM_THREADS=2 python benchmarks/decoder_alternatives.py
+    OMP_NUM_THREADS=2 python benchmarks/decoder_alternatives.py --prediction-only
 """
 import argparse
 import sys
@@ -107,6 +108,17 @@ def relu_backward_ms(images):
     return best_ms(lambda: torch.ops.aten.threshold_backward(grad, output, 0))
 
 
+def eval_encoder_ms(images):
+    """Our Omniglot encoder in evaluation mode on `images` drawings, layer by layer (the training order) and
+    pooling first (ConvEncoder.forward): (ms, ms, whether the features are equal bit for bit)."""
+    torch.manual_seed(0)
+    encoder = OmniglotGMVAE().encoder.eval()
+    x = omniglot_items(images)
+    with torch.inference_mode():
+        equal = torch.equal(torch.nn.Sequential.forward(encoder, x), encoder(x))
+        return best_ms(lambda: torch.nn.Sequential.forward(encoder, x)), best_ms(lambda: encoder(x)), equal
+
+
 def prediction_profile():
     """Top operators of 5 of our Omniglot predictions (4 episodes, 5-way 1-shot, 15 queries, S=32)."""
     torch.manual_seed(0)
@@ -121,16 +133,22 @@ def prediction_profile():
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=6400, help="decoder images of the layer timings (S=8 at B=4 M=200)")
+    p.add_argument("--prediction-only", action="store_true",
+                   help="only the evaluation-mode encoder and the prediction profile")
     args = p.parse_args()
     cpu_memory.set_up()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for title, rows in [(f"Largest decoder layer, {args.images} images", largest_layer(args.images)),
-                        (f"Last decoder layer, {args.images} images", last_layer(args.images))]:
-        print(f"\n{title}\n\n| variant | forward ms | forward + backward ms |\n|---|---|---|")
-        for name, forward, both in rows:
-            print(f"| {name} | {forward:.0f} | {both:.0f} |")
-    print(f"\nReLU's backward alone on 25600 x 64 x 14 x 14 (the default step's largest activation): "
-          f"{relu_backward_ms(25600):.0f} ms")
+    if not args.prediction_only:
+        for title, rows in [(f"Largest decoder layer, {args.images} images", largest_layer(args.images)),
+                            (f"Last decoder layer, {args.images} images", last_layer(args.images))]:
+            print(f"\n{title}\n\n| variant | forward ms | forward + backward ms |\n|---|---|---|")
+            for name, forward, both in rows:
+                print(f"| {name} | {forward:.0f} | {both:.0f} |")
+        print(f"\nReLU's backward alone on 25600 x 64 x 14 x 14 (the default step's largest activation): "
+              f"{relu_backward_ms(25600):.0f} ms")
+    layers, pooled, equal = eval_encoder_ms(320)
+    print(f"\nOur Omniglot encoder in evaluation mode, 320 drawings (a prediction's 4 episodes): layer by layer "
+          f"{layers:.1f} ms, pooling first {pooled:.1f} ms; features equal bit for bit: {equal}")
     print("\nOur Omniglot prediction, S=32, 5 calls\n")
     print(prediction_profile())
 
