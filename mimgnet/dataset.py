@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from metagmvae import distributed
-from metagmvae.runfiles import UserError, check_regular_file, load_npy
+from metagmvae.runfiles import UserError, check_distinct_classes, check_regular_file, load_npy
 
 SPLITS = ("train", "val", "test")
 # The authors' label-free feature files: Mini-ImageNet's classes per split (Ravi & Larochelle), 600 rows each.
@@ -86,14 +86,16 @@ def check_manifest(data_dir, data):
 
 
 def load_features(data_dir, splits=SPLITS):
-    """{split: (C, I, F) tensor}; every split must have the same feature size F.  Splits without a labels
-    file are said (one line) to be read in the authors' layout."""
+    """{split: (C, I, F) tensor}; every split must have the same feature size F and no class may appear
+    twice (check_distinct_classes).  Splits without a labels file are said (one line) to be read in the
+    authors' layout."""
     loaded = {split: load_split(data_dir, split) for split in splits}
     data = {split: array for split, (array, _) in loaded.items()}
     sizes = {split: array.shape[-1] for split, array in data.items()}
     if len(set(sizes.values())) > 1:
         raise UserError(f"feature sizes differ between splits in {data_dir}: {sizes}")
     check_manifest(data_dir, data)
+    check_distinct_classes({f"{split}_features.npy": array for split, array in data.items()}, data_dir)
     label_free = [split for split, (_, labelled) in loaded.items() if not labelled]
     if label_free and distributed.is_main():
         print(f"no labels files in {data_dir}: the authors' layout is assumed, " + ", ".join(

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metagmvae.runfiles import UserError, load_npy
+from metagmvae.runfiles import UserError, check_distinct_classes, load_npy
 
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (28, 28, 1)
@@ -73,5 +73,7 @@ def load_split(data_dir, split):
 
 
 def load_omniglot(data_dir, splits=SPLITS):
-    """{split: (C, I, 1, 28, 28) tensor}."""
-    return {split: load_split(data_dir, split) for split in splits}
+    """{split: (C, I, 1, 28, 28) tensor}; no class may appear twice (check_distinct_classes)."""
+    data = {split: load_split(data_dir, split) for split in splits}
+    check_distinct_classes({f"{split}.npy": array for split, array in data.items()}, data_dir)
+    return data

@@ -269,6 +269,22 @@ def test_arrays_of_one_drawing_repeated_are_refused(omniglot_data, tmp_path, cap
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("source, text", [
+    ("val", "class 0 of test.npy is class 0 of val.npy (all 20 items equal)"),  # val.npy copied as test.npy
+    ("test", "class 3 of test.npy is class 1 of test.npy"),  # one class twice
+])
+def test_a_class_in_two_places_is_refused(omniglot_data, tmp_path, capsys, source, text):
+    """Test accuracy on validation classes, or an episode with two equal classes, measures nothing."""
+    def replace(test):
+        test = np.load(omniglot_data / f"{source}.npy") if source == "val" else test.copy()
+        test[3] = test[1] if source == "test" else test[3]
+        return test
+    data = copy_arrays(omniglot_data, tmp_path / "data", test=replace)
+    assert_refused_in_process(omniglot_main.main, "--data-dir", data, *OMNIGLOT_FLAGS, "--train-iters", "2",
+                              "--save-dir", tmp_path / "run", text=f"{data}: {text}", roots=[data], capsys=capsys)
+    assert not (tmp_path / "run").exists()
+
+
 def test_blank_or_identical_own_images_are_refused(episodes, tmp_path, capsys):
     """A blank image holds no stroke; an episode or a folder of one picture repeated tells no class apart."""
     checkpoint = tmp_path / "omniglot.pt"
@@ -439,8 +455,9 @@ def test_mimgnet_sample_size_beyond_memory_is_refused(tmp_path, capsys):
     features = physical_memory() // (4 * 16 * 2) + 1  # 2 features an item: one batch of this many is too much
     data = tmp_path / "features"
     data.mkdir()
+    rng = np.random.default_rng(0)
     for split in ("train", "val", "test"):
-        np.save(data / f"{split}_features.npy", np.random.default_rng(0).random((6 * 30, 2), dtype=np.float32))
+        np.save(data / f"{split}_features.npy", rng.random((6 * 30, 2), dtype=np.float32))
         np.save(data / f"{split}_labels.npy", np.repeat(np.arange(6), 30))
     assert_refused_in_process(mimgnet_main.main, "--data-dir", data, "--save-dir", tmp_path / "run",
                               "--sample-size", features, "--train-mc-sample-size", "1", "--latent-size", "1",

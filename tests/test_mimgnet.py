@@ -1,6 +1,7 @@
 """mimgnet/: the feature-space model, its loss, feature loading and the command line."""
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,8 +68,9 @@ def test_features_load_class_major_and_the_reference_layout(tmp_path):
     assert data["train"].shape == (8, 40, 16) and data["test"].shape == (6, 40, 16)
     reference = tmp_path / "reference"
     reference.mkdir()
-    for split, classes in (("train", 64), ("val", 16), ("test", 20)):  # the authors' files: 600 rows per class
-        np.save(reference / f"{split}_features.npy", np.arange(classes * 600 * 3, dtype=np.float32).reshape(-1, 3))
+    for i, (split, classes) in enumerate((("train", 64), ("val", 16), ("test", 20))):  # 600 rows per class
+        rows = np.arange(classes * 600 * 3, dtype=np.float32).reshape(-1, 3) + 1e6 * i  # other values per split
+        np.save(reference / f"{split}_features.npy", rows)
     train = load_features(reference)["train"]
     assert train.shape == (64, 600, 3) and train[1, 0, 0] == 600 * 3
 
@@ -109,6 +111,8 @@ def test_train_and_test_end_to_end(tmp_path):
      "feature sizes differ"),
     (lambda d: np.save(d / "test_features.npy", np.full((6 * 40, 16), 0.5, np.float32)),
      "test_features.npy: all 240 rows are the same feature vector; nothing tells the items apart"),
+    (lambda d: [shutil.copyfile(d / f"train_{kind}.npy", d / f"test_{kind}.npy") for kind in ("features", "labels")],
+     "class 0 of test_features.npy is class 0 of train_features.npy (all 40 items equal)"),
     (lambda d: (d / "train_labels.npy").unlink(), "label-free features must be the authors' train file"),
     (lambda d: np.save(d / "val_labels.npy", np.arange(6 * 40) % 6), "not class-major"),
     (lambda d: (d / "test_features.npy").unlink(), "test_features.npy not found"),
