@@ -5,7 +5,7 @@ from contextlib import ExitStack
 import numpy as np
 
 from metagmvae.folders import OutputFolder, canonical_json
-from metagmvae.runfiles import UserError
+from metagmvae.runfiles import UserError, check_distinct_classes
 from omniglot.dataset import check_drawings
 
 REFERENCE_SPLIT = (1200, 100, 323)  # train / val / test characters of the full set
@@ -57,12 +57,12 @@ def check_build_folder(out):
 
 
 def write_build(out, arrays, manifest):
-    """Check the arrays {split: (classes, drawings, 28, 28, 1)} against the convention that training reads
-    (omniglot/dataset.py check_drawings: ink = 1 on a 0 background), then write {split}.npy and
-    manifest.json into the build folder `out`; the files are renamed into place together once all are
-    written."""
+    """Check the arrays {split: (classes, drawings, 28, 28, 1)} against what training reads (omniglot/dataset.py
+    check_drawings: ink = 1 on a 0 background; no class twice), then write {split}.npy and manifest.json
+    into the build folder `out`; the files are renamed into place together once all are written."""
     for name, array in arrays.items():
         check_drawings(array, f"the converted drawings of {name}.npy")
+    check_distinct_classes({f"{name}.npy": array for name, array in arrays.items()}, f"the build for {out}")
     with build_folder(out) as folder, ExitStack() as stack:  # renames on exit, in reverse order: the manifest last
         manifest_file = stack.enter_context(folder.writing("manifest.json"))
         for name, array in arrays.items():

@@ -143,17 +143,17 @@ def load_npy(path, mmap_mode=None):
         raise UserError(f"{path} is not a readable .npy array ({e}); {expected}") from None
 
 
-
 def check_distinct_classes(splits, data_dir):
-    """Refuse splits ({file name: (C, I, ...) tensor of C classes}) in which one class, all its items equal,
-    appears twice: a test or validation split holding training classes (one file copied or linked under
-    two names) measures nothing it promises, and two equal classes of an episode cannot be told apart."""
-    seen = {}  # hash of a class's bytes -> [(file name, class index, tensor)]
+    """Refuse splits ({file name: (C, I, ...) array or CPU tensor of C classes}) in which one class, all its
+    items equal, appears twice: a test or validation split holding training classes (one file copied or
+    linked under two names) measures nothing it promises, and two equal classes of an episode cannot be
+    told apart.  data_dir names where the splits are."""
+    seen = {}  # hash of a class's bytes -> [(file name, class index, items)]
     for name, classes in splits.items():
         for index, items in enumerate(classes):
-            same_hash = seen.setdefault(hash(items.numpy().tobytes()), [])
+            same_hash = seen.setdefault(hash(np.asarray(items).tobytes()), [])
             for other, other_index, other_items in same_hash:
-                if torch.equal(items, other_items):
+                if np.array_equal(items, other_items):
                     raise UserError(f"{data_dir}: class {index} of {name} is class {other_index} of {other} "
                                     f"(all {len(items)} items equal); every class must be a different one")
             same_hash.append((name, index, items))

@@ -18,9 +18,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from data import prepare_omniglot
+from data.omniglot_build import write_build
 from metagmvae.episodes import make_eval_sets
 from metagmvae.evaluation import mean_confidence_interval
-from metagmvae.runfiles import NonFiniteResult, physical_memory
+from metagmvae.runfiles import NonFiniteResult, UserError, physical_memory
 from metagmvae.training import Objective, UnlabeledSets, validate
 from mimgnet import evaluate as mimgnet_evaluate
 from mimgnet import main as mimgnet_main
@@ -283,6 +284,13 @@ def test_a_class_in_two_places_is_refused(omniglot_data, tmp_path, capsys, sourc
     assert_refused_in_process(omniglot_main.main, "--data-dir", data, *OMNIGLOT_FLAGS, "--train-iters", "2",
                               "--save-dir", tmp_path / "run", text=f"{data}: {text}", roots=[data], capsys=capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_build_with_a_class_in_two_splits_writes_nothing(omniglot_data, tmp_path):
+    test = np.load(omniglot_data / "test.npy")
+    with pytest.raises(UserError, match=r"class 0 of val.npy is class 2 of train.npy \(all 20 items equal\)"):
+        write_build(tmp_path / "build", {"train": test, "val": test[2:4], "test": test[4:]}, {})
+    assert not (tmp_path / "build").exists()
 
 
 def test_blank_or_identical_own_images_are_refused(episodes, tmp_path, capsys):
