@@ -57,13 +57,19 @@ def check_build_folder(out):
 
 
 def write_build(out, arrays, manifest):
+    """write_arrays into the build folder `out` (a folder this creates is removed if the arrays are refused)."""
+    with build_folder(out) as folder:
+        write_arrays(folder, arrays, manifest)
+
+
+def write_arrays(folder, arrays, manifest):
     """Check the arrays {split: (classes, drawings, 28, 28, 1)} against what training reads (omniglot/dataset.py
     check_drawings: ink = 1 on a 0 background; no class twice), then write {split}.npy and manifest.json
-    into the build folder `out`; the files are renamed into place together once all are written."""
+    into the opened build folder; the files are renamed into place together once all are written."""
     for name, array in arrays.items():
         check_drawings(array, f"the converted drawings of {name}.npy")
-    check_distinct_classes({f"{name}.npy": array for name, array in arrays.items()}, f"the build for {out}")
-    with build_folder(out) as folder, ExitStack() as stack:  # renames on exit, in reverse order: the manifest last
+    check_distinct_classes({f"{name}.npy": array for name, array in arrays.items()}, f"the build for {folder.path}")
+    with ExitStack() as stack:  # renames on exit, in reverse order: the manifest last
         manifest_file = stack.enter_context(folder.writing("manifest.json"))
         for name, array in arrays.items():
             np.save(stack.enter_context(folder.writing(f"{name}.npy")), array)

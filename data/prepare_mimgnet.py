@@ -4,13 +4,16 @@ Each image is converted to RGB and resized to 84x84 with Pillow's Image.BILINEAR
 bilinear filter when it shrinks, i.e. it antialiases; the aspect ratio is not kept). Every split is
 written as uint8 (classes, per_class, 84, 84, 3): classes in the order they first appear in the CSV,
 images in CSV order within a class. manifest.json lists the class names (synsets), the per-class count,
-the source CSVs and any skipped image (docs/method.md).
+the source CSVs and any skipped image (docs/method.md). Images are opened upright in 8 bits
+(metagmvae/imagefolders.py open_image). A class or an image file listed in two splits, and a class whose files
+are those of another class under other names, are refused before anything is decoded.
 
     python data/prepare_mimgnet.py      # reads data/imgnet/{images/,train.csv,...}, writes data/imgnet/arrays
     python data/prepare_mimgnet.py --images DIR --splits DIR --out data/imgnet/arrays --skip-bad
 """
 import argparse
 import csv
+import hashlib
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,6 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from metagmvae.cli import HelpFormatter  # noqa: E402
 from metagmvae.folders import OutputFolder, canonical_json, check_outside_inputs  # noqa: E402
+from metagmvae.imagefolders import open_image  # noqa: E402
 from metagmvae.runfiles import UserError, check_regular_file, exit_on_user_error  # noqa: E402
 
 DEFAULT_SOURCE = Path(__file__).resolve().parent / "imgnet"  # images/ and the split CSVs
@@ -35,8 +39,9 @@ BUILD_KIND = "Mini-ImageNet arrays"  # the kind of folder --out is, in its recor
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 84
 HEADER = ["filename", "label"]
-PREPROCESSING = (f"Pillow: Image.open -> convert('RGB') -> resize(({IMAGE_SIZE}, {IMAGE_SIZE}), Image.BILINEAR) "
-                 "(antialiased when shrinking; aspect ratio not kept) -> uint8 (H, W, RGB)")
+PREPROCESSING = ("Pillow: Image.open -> upright (EXIF orientation), 8 bits per channel -> convert('RGB') -> "
+                 f"resize(({IMAGE_SIZE}, {IMAGE_SIZE}), Image.BILINEAR) (antialiased when shrinking; aspect ratio not "
+                 "kept) -> uint8 (H, W, RGB)")
 
 
 def read_split_csv(path):
@@ -98,17 +103,31 @@ def check_disjoint_splits(csvs):
                                 "the splits must not share classes or images")
 
 
+def check_distinct_contents(images_dir, csvs):
+    """Refuse two classes ({split: {label: [files]}}) whose files hold the same images byte for byte, in any
+    order and under any names: a test class copied from a training or validation class measures nothing,
+    and two equal classes of an episode cannot be told apart.  (ImageNet holds some single images under
+    two labels; those are kept, as in the dataset.)  Missing or not regular files are left to the loading."""
+    first_seen = {}  # sorted SHA-256s of a class's files -> (split, label)
+    for split, classes in csvs.items():
+        for label, files in classes.items():
+            paths = [images_dir / name for name in files]
+            try:
+                contents = tuple(sorted(hashlib.sha256(p.read_bytes()).digest() for p in paths if p.is_file()))
+            except OSError as e:
+                raise UserError(f"{images_dir}: cannot read an image of class {label} ({e.strerror})") from None
+            other_split, other_label = first_seen.setdefault(contents, (split, label))
+            if (other_split, other_label) != (split, label):
+                raise UserError(f"class {label} of {split}.csv holds the images of class {other_label} of "
+                                f"{other_split}.csv (the same {len(contents)} files, byte for byte, under other "
+                                "names); every class must be a different one")
+
+
 def load_image(path):
-    """One image file -> (84, 84, 3) uint8; a missing, undecodable or not regular file (a FIFO, a device, a
-    broken link) raises UserError."""
+    """One image file -> (84, 84, 3) uint8, opened upright in 8 bits (metagmvae.imagefolders.open_image); a
+    missing, undecodable or not regular file (a FIFO, a device, a broken link) raises UserError."""
     check_regular_file(path)
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-    except FileNotFoundError:
-        raise UserError(f"{path}: image not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: unreadable image ({e})") from None
+    im = open_image(path, path).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
 
 
@@ -184,6 +203,7 @@ def prepare_mimgnet(images_dir, splits_dir, out, skip_bad=False):
     check_disjoint_splits(csvs)
     if not skip_bad:
         check_files_exist(images_dir, csvs)
+    check_distinct_contents(images_dir, csvs)
     manifest = {"images": str(images_dir.resolve()), "preprocessing": PREPROCESSING, "image_size": IMAGE_SIZE,
                 "splits": {}}
     with OutputFolder(out, BUILD_KIND, "--out") as folder, ExitStack() as stack:

@@ -13,7 +13,9 @@ import argparse
 import hashlib
 import http.client
 import io
+import shutil
 import sys
+import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -31,10 +33,11 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data.omniglot_build import (IMAGE_SIZE, SPLITS, build_folder, check_build_folder, split_characters,  # noqa: E402
-                                 with_rotations, write_build)
+                                 with_rotations, write_arrays, write_build)
 from data.synthetic_omniglot import build_synthetic_omniglot  # noqa: E402
 from metagmvae.cli import HelpFormatter, check_seed  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
+from metagmvae.imagefolders import open_image  # noqa: E402
 from metagmvae.runfiles import UserError, check_regular_file, exit_on_user_error, format_bytes  # noqa: E402
 
 DOWNLOADS_KIND = "Omniglot downloads"  # the kind of folder --download-dir is, in its record
@@ -50,7 +53,8 @@ MAX_MEMBER_BYTES = 10 * 2 ** 20
 MAX_ARCHIVE_BYTES = 2 ** 30
 LAYOUT = "<Alphabet>/<characterNN>/<drawing>.png (e.g. images_background/Greek/character01/0394_01.png)"
 PREPROCESSING = (
-    "PNG -> grayscale -> 28x28 with Pillow LANCZOS -> float32 1 - pixel/255 (ink = 1.0, background = 0.0); "
+    "PNG, upright (EXIF orientation) in 8 bits (16-bit / 257) -> grayscale -> 28x28 with Pillow LANCZOS -> "
+    "float32 1 - pixel/255 (ink = 1.0, background = 0.0); "
     "class 4*i + r of a split is its character i (in the order listed) rotated by 90*r degrees "
     "counter-clockwise (np.rot90)"
 )
@@ -102,11 +106,11 @@ def _check_members(path, members):
                         "an Omniglot archive may take (a damaged or hostile file?)")
 
 
-def _read_zip(path):
-    """{character folder parts: [Drawing]} of a zip archive, after checking the members' sizes, that none
-    is encrypted, and every member's CRC."""
+def _read_zip(source, path):
+    """{character folder parts: [Drawing]} of the zip archive `source` (its path, or a binary file that `path`
+    names in messages), after checking the members' sizes, that none is encrypted, and every member's CRC."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(source) as zf:
             _check_members(path, zf.infolist())
             bad = zf.testzip()
             if bad is not None:
@@ -142,18 +146,27 @@ def _content(drawings):
     return [(d.name, d.data) for d in drawings]
 
 
+def _read_source(source):
+    """{character folder parts: [Drawing]} of a zip archive or an extracted folder."""
+    check_regular_file(source)  # reading /dev/zero never ends, a FIFO blocks
+    if not source.exists():
+        raise UserError(f"{source}: no such file or folder")
+    return _read_folder(source) if source.is_dir() else _read_zip(source, source)
+
+
 def collect_characters(sources):
     """Gather the drawings of every character in `sources` (zips or extracted folders).
 
     Returns {(alphabet, character): [20 Drawing sorted by file name]}, sorted by key. A character
     found in several sources counts once; its copies must hold the same drawings.
     """
+    return _characters(_read_source(source) for source in map(Path, sources))
+
+
+def _characters(sources):
+    """collect_characters of the sources read: each {character folder parts: [Drawing]}."""
     characters, seen_in = {}, {}
-    for source in map(Path, sources):
-        check_regular_file(source)  # reading /dev/zero never ends, a FIFO blocks
-        if not source.exists():
-            raise UserError(f"{source}: no such file or folder")
-        folders = _read_folder(source) if source.is_dir() else _read_zip(source)
+    for folders in sources:
         for folder, drawings in sorted(folders.items()):
             drawings.sort(key=lambda d: d.name)
             origin = drawings[0].origin.rsplit("/", 1)[0]
@@ -171,11 +184,7 @@ def load_character(drawings):
     """Decode a character's drawings into a (20, 28, 28) float32 array in [0, 1], ink = 1.0."""
     images = []
     for d in drawings:
-        try:
-            with Image.open(io.BytesIO(d.data)) as im:
-                im = im.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise UserError(f"{d.origin}: unreadable PNG ({e})") from None
+        im = open_image(io.BytesIO(d.data), d.origin).convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
         images.append(1.0 - np.asarray(im, dtype=np.float32) / 255.0)
     return np.stack(images)
 
@@ -196,6 +205,14 @@ def build_omniglot(sources, out, seed=0, split=None):
     """
     check_outside_inputs(out, "--out", [("--source", s) for s in sources if Path(s).is_dir()])
     check_build_folder(out)
+    arrays, manifest = convert_omniglot(sources, seed, split)
+    write_build(out, arrays, manifest)
+    return manifest
+
+
+def convert_omniglot(sources, seed, split):
+    """The arrays {split: (4 * characters, 20, 28, 28, 1) float32} of the characters in `sources` and their
+    manifest (see build_omniglot)."""
     characters = collect_characters(sources)
     keys = list(characters)
     parts = split_characters(len(keys), seed, split)  # checks --split before the slow decoding
@@ -212,8 +229,7 @@ def build_omniglot(sources, out, seed=0, split=None):
         "shapes": {name: list(a.shape) for name, a in arrays.items()},
         "preprocessing": PREPROCESSING,
     }
-    write_build(out, arrays, manifest)
-    return manifest
+    return arrays, manifest
 
 
 def _fetch(url, file):
@@ -230,10 +246,11 @@ def _fetch(url, file):
         raise UserError(f"cannot download {url} ({e}); {hint}") from None
 
 
-def _check_archive(path, expected, context):
-    """The archive must be a valid zip holding `expected` characters of 20 drawings each."""
+def _check_archive(read, path, expected, context):
+    """The archive at `path`, read by read() -> {character folder parts: [Drawing]}, must be a valid zip
+    holding `expected` characters of 20 drawings each."""
     try:
-        found = len(collect_characters([path]))
+        found = len(_characters([read()]))
     except UserError as e:
         raise UserError(f"{e} ({context})") from None
     if found != expected:
@@ -244,24 +261,46 @@ def download_archives(url_base, dest, archives=OFFICIAL_ARCHIVES):
     """Download each archive {file name: expected characters} from `url_base` into the folder `dest`
     (--download-dir, an output folder of its own).
 
-    An archive already in `dest` is checked and reused. A download is written under a temporary name and
-    checked once in place; a broken one is removed, so it never looks complete. Returns the paths.
+    An archive already in `dest` is checked and reused. A download goes to an anonymous temporary file (in
+    the system's temporary folder) and is checked there; only an archive that passes is written into `dest`,
+    so a failed or broken download leaves nothing there, nor a folder this created.  Returns the paths.
     """
     dest = Path(dest)
     with OutputFolder(dest, DOWNLOADS_KIND, "--download-dir") as folder:
         for name, expected in archives.items():
-            if (dest / name).exists():
-                _check_archive(dest / name, expected, "delete it to download it again")
+            path = dest / name
+            if path.exists():
+                _check_archive(lambda: _read_source(path), path, expected, "delete it to download it again")
                 continue
             url = f"{url_base.rstrip('/')}/{name}"
-            with folder.writing(name) as file:
-                _fetch(url, file)
-            try:
-                _check_archive(dest / name, expected, f"downloaded from {url}")
-            except UserError:
-                folder.remove(name)
-                raise
+            with tempfile.TemporaryFile() as download:
+                _fetch(url, download)
+                _check_archive(lambda: _read_zip(download, path), path, expected, f"downloaded from {url}")
+                download.seek(0)
+                with folder.writing(name) as file:
+                    shutil.copyfileobj(download, file)
     return [dest / name for name in archives]
+
+
+def download_and_build(args, archives):
+    """Download the archives into --download-dir (default <out>/downloads) and build --out from them;
+    returns the manifest.  Both folders are checked first; --out is then held, its record unwritten, while
+    the downloads go into it, so that a failed download leaves no folder this command created.  Once the
+    downloads are in --out, its record is written: they stay there for a rerun, which must accept --out."""
+    download_dir = args.download_dir or args.out / "downloads"
+    out, downloads = args.out.resolve(), download_dir.resolve()
+    if out == downloads or downloads in out.parents:  # the downloads may lie in --out, not the other way round
+        raise UserError(f"--out {out} {'is' if out == downloads else 'lies inside'} --download-dir {downloads}; "
+                        "the build goes to a folder of its own: choose another --out")
+    check_build_folder(args.out)
+    OutputFolder(download_dir, DOWNLOADS_KIND, "--download-dir").check()
+    with build_folder(args.out) as folder:
+        sources = download_archives(args.url_base, download_dir, archives)
+        if folder.visible_entries():
+            folder.claim()
+        arrays, manifest = convert_omniglot(sources, args.seed, args.split)
+        write_arrays(folder, arrays, manifest)
+    return manifest
 
 
 def main(argv=None):
@@ -292,12 +331,8 @@ def main(argv=None):
             manifest = build_synthetic_omniglot(args.out, args.characters, args.drawings, args.seed, args.split)
         else:
             archives = SAMPLE_ARCHIVES if args.sample else OFFICIAL_ARCHIVES
-            if not args.source:
-                with build_folder(args.out) as out:  # claimed before the downloads go into it (by default)
-                    out.claim()
-            sources = args.source or download_archives(args.url_base, args.download_dir or args.out / "downloads",
-                                                       archives)
-            manifest = build_omniglot(sources, args.out, args.seed, args.split)
+            manifest = (build_omniglot(args.source, args.out, args.seed, args.split) if args.source
+                        else download_and_build(args, archives))
     summary = [f"{k} {n} characters -> {manifest['shapes'][k]}" for k, n in manifest["split_counts"].items()]
     print(f"wrote {args.out}: {', '.join(summary)}")
 

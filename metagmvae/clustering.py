@@ -9,6 +9,7 @@ stream per restart, so a --seed gives the same clusters on any machine.
 import torch
 
 from .episodes import EpisodeRandom
+from .gmvae import check_items_told_apart
 from .gmm import _weighted_means, fit_gmm_em, log_normal_identity, mixture_log_prob, squared_distances
 
 KMEANS_ITERS = 100  # Lloyd iterations at most; the restarts stop together once none of them moves
@@ -70,6 +71,7 @@ def cluster_set(model, items, num_clusters, mc_samples, em_iters, rng, noise_rng
     rng the EM starts (see cluster_latents).  Returns cluster (N,), confidence (N,), log_pi (K,), mu (K, D).
     """
     mean, logvar = model.posterior_params(items[None], chunk_size)
+    check_items_told_apart(mean, logvar)
     z, _ = model.sample(mean, logvar, mc_samples, noise_rng)  # (1, N, S, D)
     return cluster_latents(z[0], num_clusters, em_iters, rng)
 

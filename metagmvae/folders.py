@@ -6,15 +6,17 @@ folder it is ("Omniglot run", "SimCLR features", ...) and, for every file the pr
 and SHA-256.  A file is replaced or deleted only when the record lists it and its content still matches;
 every other file is the user's and stays as it is, whatever its name.  A folder that holds files but no
 record is refused (unless `adopt` proves its files ours: a run folder written before records existed), and
-so is a record of another kind.
+so is a record of another kind or one that names anything outside the folder (at most one subfolder deep,
+no "..", no absolute path).
 
 No write, replacement, deletion or lock follows a symbolic link: every operation is made relative to the
 folder's descriptor with O_NOFOLLOW, and a link where the project would write is refused.  Only the process
-that holds the folder's lock (LOCK_FILE, an flock) writes in it, so two processes never write one record.
+that holds the folder's lock (LOCK_FILE, an flock; a hard link there is refused) writes in it, so two
+processes never write one record.
 
-A file is written to a temporary name, fsynced, listed in the record beside its previous version, renamed
-over the old one, then the record keeps the new version only: a crash at any moment leaves each file whole
-and recognised.
+A file is written to a temporary name listed in the record before it is created, fsynced, listed in the
+record beside its previous version, renamed over the old one, then the record keeps the new version only:
+a crash at any moment leaves each file whole and recognised.
 """
 import csv
 import errno
@@ -36,7 +38,8 @@ from .runfiles import (DISK_FULL, OURS, UserError, check_writable_folder, checkp
 
 RECORD = ".metagmvae-files.json"
 RECORD_FORMAT = 1
-LOCK_FILE = ".lock"
+LOCK_FILE = ".metagmvae-lock"  # a name of this project's own: another tool's .lock is the user's file
+LOCK_TEXT = re.compile(r"meta-gmvae PID (\d+)\n")  # what the lock holder writes into LOCK_FILE
 PID_WAIT_S = 1.0  # how long a refused process waits for the lock holder to have written its PID
 HASH_BLOCK = 1 << 20
 
@@ -54,10 +57,20 @@ def _read_pid(fd):
     """The PID that the holder of the lock file `fd` wrote, or None if it wrote none within PID_WAIT_S."""
     deadline = time.monotonic() + PID_WAIT_S
     while True:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if text.isdigit() or time.monotonic() > deadline:
-            return int(text) if text.isdigit() else None
+        match = LOCK_TEXT.fullmatch(os.pread(fd, 64, 0).decode(errors="replace"))
+        if match or time.monotonic() > deadline:
+            return int(match[1]) if match else None
         time.sleep(0.01)
+
+
+TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # what `writing` names a file before its rename
+
+
+def _inside_name(name, depth):
+    """Whether `name` names something inside the folder, at most `depth` subfolders down: parts that are
+    not empty, "." or "..", and hold no NUL (a record edited to reach outside is damaged)."""
+    parts = name.split("/")
+    return len(parts) <= depth + 1 and all(part not in ("", ".", "..") and "\0" not in part for part in parts)
 
 
 def _valid_record(record):
@@ -75,6 +88,11 @@ def _valid_record(record):
     if not all(isinstance(record.get(key), list) and all(isinstance(n, str) for n in record[key])
                for key in ("folders", "temporary")):
         return "its folder list is damaged"
+    names = [*record["files"], *record["replacing"]]
+    if not all(_inside_name(n, 1) for n in names) or not all(_inside_name(n, 0) for n in record["folders"]) \
+            or not all(_inside_name(n, 1) and TEMPORARY_NAME.fullmatch(n.rpartition("/")[2])
+                       for n in record["temporary"]):
+        return "it names files outside the folder, or files this project does not write"
     return None
 
 
@@ -121,6 +139,9 @@ class OutputFolder:
     def __exit__(self, exc_type, *exc):
         if self._lock_fd is not None:
             os.unlink(LOCK_FILE, dir_fd=self._fd)  # while still held: no other process holds this file
+        if exc_type is not None and self.path in self._created and self._entries() == [RECORD] and not any(
+                self.record[key] for key in ("files", "replacing", "folders", "temporary")):
+            os.unlink(RECORD, dir_fd=self._fd)  # a record of nothing, alone in a folder this failed command created
         self._close()
         if exc_type is not None:
             self._remove_created_if_empty()
@@ -251,14 +272,16 @@ class OutputFolder:
                             f"{RECORD}), not of {self.kind}: choose another {self.flag}")
 
     def _holds_a_pid(self, name):
-        """Whether `name` is a regular file holding at most a PID, as a lock file of this project does."""
+        """Whether `name` is a regular file of one link holding nothing yet or LOCK_TEXT, as a lock file of
+        this project does."""
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._fd)
         except OSError:
             return False
         try:
-            text = os.pread(fd, 64, 0)
-            return stat.S_ISREG(os.fstat(fd).st_mode) and (text.strip().isdigit() or not text.strip())
+            text, info = os.pread(fd, 64, 0), os.fstat(fd)
+            return stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and (
+                not text or LOCK_TEXT.fullmatch(text.decode(errors="replace")) is not None)
         finally:
             os.close(fd)
 
@@ -284,7 +307,7 @@ class OutputFolder:
                 current = False
             if current:  # else its holder removed the file as we opened it: lock the one now there
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                os.pwrite(fd, f"meta-gmvae PID {os.getpid()}\n".encode(), 0)
                 self._lock_fd = fd
                 return
             os.close(fd)
@@ -312,27 +335,42 @@ class OutputFolder:
                 return None, base
             raise
 
-    def owns(self, name):
-        """Whether `name` (relative, e.g. "figures/curves.png") is a regular file that the record lists with
-        its present content."""
-        versions = [v for key in ("files", "replacing") if (v := self.record[key].get(name)) is not None]
+    def _digest_of(self, name, sizes):
+        """{"size", "sha256"} of `name` (relative) if it is a regular file (no link followed) of a size among
+        `sizes`, else None."""
         fd, base = self._subfolder(name, create=False)
-        if not versions or fd is None:
-            return False
+        if fd is None:
+            return None
         try:
             file_fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
         except OSError:
-            return False
+            return None
         finally:
             if fd != self._fd:
                 os.close(fd)
         try:
-            if not stat.S_ISREG(os.fstat(file_fd).st_mode) or os.fstat(file_fd).st_size not in \
-                    {v["size"] for v in versions}:
-                return False
-            return file_digest(file_fd) in versions
+            info = os.fstat(file_fd)
+            return file_digest(file_fd) if stat.S_ISREG(info.st_mode) and info.st_size in sizes else None
         finally:
             os.close(file_fd)
+
+    def owns(self, name):
+        """Whether `name` (relative, e.g. "figures/curves.png") is a regular file that the record lists with
+        its present content."""
+        versions = [v for key in ("files", "replacing") if (v := self.record[key].get(name)) is not None]
+        return bool(versions) and self._digest_of(name, {v["size"] for v in versions}) in versions
+
+    def adopt_copy(self, name, originals):
+        """Record `name` as ours when its content is, byte for byte, that of a file the record lists under one
+        of the names `originals` (the user copied one of our files to one of our names: its bytes are ours);
+        returns whether it did."""
+        versions = [self.record["files"][n] for n in originals if n in self.record["files"]]
+        digest = self._digest_of(name, {v["size"] for v in versions})
+        if digest is None or digest not in versions:
+            return False
+        self.record["files"][name] = digest
+        self._write_record()
+        return True
 
     def exists(self, name):
         fd, base = self._subfolder(name, create=False)
@@ -365,6 +403,9 @@ class OutputFolder:
         tmp, existed = None, self.exists(name)
         try:
             tmp = f".{base}.{secrets.token_hex(4)}.tmp"
+            recorded_tmp = name.rpartition("/")[0] + "/" * ("/" in name) + tmp
+            self.record["temporary"].append(recorded_tmp)  # before it exists: a kill leaves no unrecorded file
+            self._write_record()
             file_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=fd)
             with os.fdopen(file_fd, "wb+") as f:
                 yield f
@@ -372,12 +413,11 @@ class OutputFolder:
                 os.fsync(f.fileno())
                 version = file_digest(f.fileno())
             self.record["replacing"][name] = version
-            self.record["temporary"].append(name.rpartition("/")[0] + "/" * ("/" in name) + tmp)
             self._write_record()
             os.replace(tmp, base, src_dir_fd=fd, dst_dir_fd=fd)
             tmp = None
             self.record["files"][name] = self.record["replacing"].pop(name)
-            self.record["temporary"].pop()
+            self.record["temporary"].remove(recorded_tmp)
             self._write_record()
         except OSError as e:
             kept = "keeps its previous content" if existed else "was not written"
@@ -388,6 +428,11 @@ class OutputFolder:
                 try:
                     os.unlink(tmp, dir_fd=fd)
                 except FileNotFoundError:
+                    pass
+                self.record["temporary"].remove(recorded_tmp)
+                try:
+                    self._write_record()
+                except OSError:  # the disk is full: the record lists a temporary file that is gone
                     pass
             if fd != self._fd:
                 os.close(fd)
@@ -412,6 +457,9 @@ class OutputFolder:
         fd, base = self._subfolder(name, create=False)
         try:
             os.unlink(base, dir_fd=fd)
+        except OSError as e:
+            raise UserError(f"cannot remove {self.path / name}, which this project wrote: {e.strerror}; it and the "
+                            "files not yet removed stay as they are") from None
         finally:
             if fd != self._fd:
                 os.close(fd)
@@ -465,7 +513,8 @@ class FolderPath:
 
 def check_outside_inputs(output, flag, inputs):
     """Refuse an output folder that is one of the `inputs` ((flag, folder) pairs: folders the command reads,
-    or its other outputs) or lies inside one: nothing is written into a folder the user gives as input."""
+    or its other outputs), lies inside one or holds one (a run writes figures/ in its folder): nothing is
+    written into a folder the user gives as input."""
     output = Path(output).resolve()
     for input_flag, folder in inputs:
         folder = Path(folder).resolve()
@@ -473,6 +522,9 @@ def check_outside_inputs(output, flag, inputs):
             where = "is" if output == folder else "lies inside"
             raise UserError(f"{flag} {output} {where} {input_flag} {folder}; the outputs go to a folder of their "
                             f"own: choose another {flag}")
+        if output in folder.parents:
+            raise UserError(f"{input_flag} {folder} lies inside {flag} {output}; the outputs go to a folder of "
+                            f"their own, which holds no input: choose another {flag}")
 
 
 # ---- the run folder
@@ -485,7 +537,6 @@ FIGURES = "figures"
 RUN_FILE_NAMES = re.compile(r"(config\.json|metrics\.csv|results\.json|eval_results\.json|last\.pt"
                             r"|best_(\d+shot|elbo)\.pt|figures"
                             r"|figures/(reconstructions|mixture|test_episode|curves)\.png)")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def canonical_json(obj):
@@ -529,10 +580,11 @@ class RunDir:
 
     def _proven_files(self, folder):
         """{name: digest} of the run files in `folder` whose content proves them written by this project for
-        a run of self.model, or None when last.pt does not prove the folder a run of ours."""
-        proven = [name for name in self._present_run_names(folder) if self._proves(folder, name)]
-        if LAST_CHECKPOINT not in proven:
+        the run of its last.pt (see _proves), or None when last.pt is no run checkpoint of self.model."""
+        if not self._proves(folder, LAST_CHECKPOINT, run_config=None):
             return None
+        run_config = load_checkpoint(folder.path / LAST_CHECKPOINT)["config"]
+        proven = [name for name in self._present_run_names(folder) if self._proves(folder, name, run_config)]
         return {name: self._digest(folder, name) for name in proven}
 
     def _refuse_old_run(self, folder):
@@ -557,22 +609,27 @@ class RunDir:
             names += [f"{FIGURES}/{n}" for n in sorted(os.listdir(folder.path / FIGURES))]
         return [n for n in names if RUN_FILE_NAMES.fullmatch(n) and os.path.lexists(folder.path / n)]
 
-    def _proves(self, folder, name):
-        """Whether the content of `name` is what this project writes there for a run of self.model."""
+    def _proves(self, folder, name, run_config):
+        """Whether the content of `name` is what this project writes there for the run whose flags (the
+        config in its last.pt) are run_config: a run checkpoint of self.model, metrics.csv as a run writes
+        it, config.json of those flags, a results file of a run of those flags.  A figure proves nothing
+        (any PNG could be one) and stays the user's."""
         path = folder.path / name
         if path.is_symlink():
             return False
         try:
             if name.endswith(".pt"):
                 state = load_checkpoint(path)
-                return checkpoint_kind(state) == (OURS, self.model) and "config" in state
+                return checkpoint_kind(state) == (OURS, self.model) and isinstance(state.get("config"), dict)
             data = path.read_bytes()
             if name.endswith(".json"):
-                return canonical_json(json.loads(data)) == data
+                content = json.loads(data)
+                run_flags = content if name == CONFIG else isinstance(content, dict) and content.get("config")
+                return canonical_json(content) == data and run_flags == run_config
             if name.endswith(".csv"):
                 with io.StringIO(data.decode(), newline="") as f:
                     return metrics_table(list(csv.DictReader(f))).encode() == data
-            return data.startswith(PNG_SIGNATURE)
+            return False
         except (OSError, UserError, ValueError, UnicodeDecodeError, csv.Error, RecursionError):
             return False
 
@@ -600,6 +657,13 @@ class RunDir:
             hold = "hold checkpoints" if len(best) > 1 else "holds a checkpoint"
             return f"; {name_list(best)} in {self.path} {hold} of this run: copy one to {LAST_CHECKPOINT} to resume"
         return f"; {otherwise}"
+
+    def owns_last_checkpoint(self):
+        """Whether the opened folder's last.pt is the one this project wrote, or a copy of a best_*.pt it wrote
+        (as instead_of_last advises), which is then recorded as last.pt."""
+        folder = self.folder
+        return folder.owns(LAST_CHECKPOINT) or folder.adopt_copy(
+            LAST_CHECKPOINT, [n for n in folder.record["files"] if n.startswith("best_")])
 
     def prepare(self, config, resume=False, overwrite=False):
         """Make the opened folder ready for training and write config.json; returns the names of the files kept

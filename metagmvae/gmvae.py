@@ -8,7 +8,10 @@ import torch
 from torch import nn
 
 from .gmm import LOG_2PI, episode_prior_log_prob, predict_query
+from .runfiles import UserError
 from .set_transformer import SAB
+
+TOLD_APART = 1e-6  # least spread of the items' posterior means, as a fraction of the posterior std
 
 
 def autocast(device, enabled):
@@ -19,6 +22,19 @@ def autocast(device, enabled):
 def full_precision(t):
     """t as float32 when --amp made it bfloat16; float32 and float64 tensors unchanged."""
     return t.float() if t.dtype == torch.bfloat16 else t
+
+
+def check_items_told_apart(mean, logvar):
+    """Refuse sets whose items the model does not tell apart: mean, logvar (B, M, D) of an episode whose
+    items' posterior means lie, in every latent dimension, within TOLD_APART of the smallest posterior std
+    of one another.  Then the MC noise, not the items, decides every prediction or cluster."""
+    spread = mean.amax(1) - mean.amin(1)  # (B, D)
+    noise = (0.5 * logvar).exp().amin(1)  # (B, D)
+    if bool((spread <= TOLD_APART * noise).all(-1).any()):
+        raise UserError("the model encodes all items of an episode alike (their posterior means differ by less "
+                        f"than {TOLD_APART:g} of its std), so every prediction would be chance: items that are "
+                        "nearly one picture, or weights that send every item to one point (a damaged checkpoint, "
+                        "or one trained into a degenerate state)")
 
 
 class SetPosterior(nn.Sequential):
@@ -88,6 +104,7 @@ class SetGMVAE(nn.Module):
         """
         Ns = support.shape[1]
         mean, logvar = self.posterior_params(torch.cat([support, query], dim=1))
+        check_items_told_apart(mean, logvar)
         z, _ = self.sample(mean, logvar, mc_samples, rng)
         with torch.autocast(z.device.type, enabled=False):
             return predict_query(z[:, :Ns], y_support, z[:, Ns:], num_classes, em_iters)

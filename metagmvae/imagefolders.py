@@ -9,19 +9,24 @@ A folder of episodes holds one folder per episode: <episode>/support/<class>/<im
 in <episode>/query/ (unlabelled: predicted, not scored). Hidden files (.DS_Store) and files whose suffix is not
 an image format Pillow opens (Thumbs.db, notes.txt) are skipped; a class folder without any image is refused, and
 so is a file named as an image, or an entry beside class or episode folders, that is a broken symbolic link, a link
-loop, a FIFO or a device.
+loop, a FIFO or a device, and a folder or an image outside the layout (a folder inside a class folder, an image
+beside class or episode folders, an episode folder other than support/ and query/).
 Each image becomes an array through the caller's load_image(path), which raises UserError on a file it cannot
-decode; every image of an episode must give the same shape.
+decode; every image of an episode must give the same shape. Two support classes holding the same picture (as
+load_image gives it) are refused, and so are labelled episodes of different ways in one folder (their mean would
+mix chance levels). Every command opens its image files with open_image: upright, 8 bits per channel.
 """
 import argparse
 import csv
 import io
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .cli import FLOAT_BYTES, MIN_WAY, HelpFormatter, check_positive, check_seed
 from .clustering import adjusted_rand_index, cluster_set, kmeans, normalized_mutual_info, restart_streams
@@ -42,6 +47,42 @@ MAX_IMAGES = 5000
 ENCODER_CHUNK = 256  # images per pass of the per-item encoder
 
 
+def open_image(source, origin):
+    """The image of `source` (a path or a binary file; `origin` names it in errors) as a loaded Pillow image
+    with 8 bits per channel, upright (its EXIF orientation applied; Pillow's warning about images of many
+    pixels silenced, its error on images over its pixel limit refused).  16-bit and other integer images
+    (mode I;16, I) are divided by 257, float images (mode F) with values in [0, 1] multiplied by 255 and in
+    [0, 255] kept; other values of those modes raise UserError, as a file that cannot be decoded does."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                im = ImageOps.exif_transpose(im)  # a loaded copy
+    except FileNotFoundError:
+        raise UserError(f"{origin}: image not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{origin}: unreadable image ({e})") from None
+    if im.mode != "F" and not im.mode.startswith("I"):
+        return im
+    values = np.asarray(im, dtype=np.float64)  # (H, W)
+    if not np.isfinite(values).all():
+        raise UserError(f"{origin}: float image holding NaN or Inf")
+    low, high = values.min(), values.max()
+    if im.mode != "F":
+        if low < 0 or high > 65535:
+            raise UserError(f"{origin}: integer image (mode {im.mode}) with values in [{low:.0f}, {high:.0f}]; "
+                            "expected 16 bits, [0, 65535]")
+        scale = 1 / 257
+    elif low >= 0 and high <= 1:
+        scale = 255
+    elif low >= 0 and high <= 255:
+        scale = 1
+    else:
+        raise UserError(f"{origin}: float image with values in [{low:.3g}, {high:.3g}]; expected [0, 1] or "
+                        "[0, 255]")
+    return Image.fromarray(np.rint(values * scale).astype(np.uint8))  # mode L
+
+
 @dataclass
 class Episode:
     """One episode's items: images as load_image gives them, or their features."""
@@ -54,9 +95,33 @@ class Episode:
     query_files: list        # (Nq,) paths relative to query/
 
 
+def shown(path):
+    """`path` as text that prints and writes as UTF-8: the bytes of a name that are not UTF-8 escaped (\\xff)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_utf8(name):
+    """Whether the file name `name` (str, as os.listdir gives it) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
+        return False
+    return True
+
+
 def visible_entries(folder):
-    """The entries of `folder` whose name does not start with a dot, in name order."""
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    """The entries of `folder` whose name does not start with a dot, in name order: every image folder is
+    listed here.  A folder that cannot be listed raises UserError naming it, and so does a folder or a file
+    named as an image whose name is not UTF-8 (it could be neither printed nor written to a CSV file)."""
+    try:
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as e:
+        raise UserError(f"{shown(folder)}: cannot list this folder ({e.strerror or e})") from None
+    for entry in entries:
+        if not is_utf8(entry.name) and (is_named_as_image(entry) or entry.is_dir()):
+            raise UserError(f"{shown(entry)}: a name that is not UTF-8 (\\xNN marks each byte that is not), "
+                            "which could be neither printed nor written to a CSV file; rename it")
+    return entries
 
 
 def is_image_file(path):
@@ -67,18 +132,41 @@ def is_image_file(path):
     return path.is_file()
 
 
+def is_named_as_image(path):
+    """Whether the suffix of `path` is an image format Pillow opens."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def image_files(folder):
-    """The visible files of `folder` whose suffix is an image format (see the module docstring)."""
-    return [p for p in visible_entries(folder) if p.suffix.lower() in IMAGE_SUFFIXES and is_image_file(p)]
-
-
-def class_folders(folder):
-    """The visible sub-folders of `folder`, in name order; a broken symbolic link, a link loop (a class or an
-    episode that would vanish), a FIFO or a device among its entries raises UserError naming it."""
+    """The visible files of `folder` whose suffix is an image format (see the module docstring); a folder
+    inside it is outside the layout and raises UserError naming it."""
     entries = visible_entries(folder)
     for entry in entries:
         check_regular_file(entry)
-    return [p for p in entries if p.is_dir()]
+        if entry.is_dir():
+            raise UserError(f"{entry}: a folder inside a class folder; the layout is <episode>/support/<class>/"
+                            "<image> and <episode>/query/[<class>/]<image> (docs/own-data.md)")
+    return [p for p in entries if is_named_as_image(p) and is_image_file(p)]
+
+
+def subfolders(folder):
+    """The visible sub-folders of `folder`, in name order, and its visible image files; a broken symbolic link,
+    a link loop (a class or an episode that would vanish), a FIFO or a device among its entries raises
+    UserError naming it."""
+    entries = visible_entries(folder)
+    for entry in entries:
+        check_regular_file(entry)
+    return [p for p in entries if p.is_dir()], [p for p in entries if is_named_as_image(p) and p.is_file()]
+
+
+def class_folders(folder):
+    """The visible sub-folders of `folder` (see subfolders); an image file beside them is outside the layout
+    and raises UserError naming it."""
+    folders, images = subfolders(folder)
+    if images:
+        raise UserError(f"{images[0]}: an image beside the class or episode folders; the layout is <episode>/"
+                        "support/<class>/<image> and <episode>/query/[<class>/]<image> (docs/own-data.md)")
+    return folders
 
 
 def load_images(folder, load_image):
@@ -98,6 +186,19 @@ def check_distinct(items, where):
                         "tells them apart")
 
 
+def check_classes_differ(folder, class_dirs, support, support_files):
+    """Refuse an episode whose support classes (class_dirs) share a picture as the model reads it (one (n, ...)
+    tensor of support images per class, their files support_files): the same picture under two labels."""
+    seen = {}  # picture bytes -> (class folder, file)
+    for class_dir, images, files in zip(class_dirs, support, support_files):
+        for image, file in zip(images, files):
+            other_dir, other_file = seen.setdefault(image.numpy().tobytes(), (class_dir, file))
+            if other_dir != class_dir:
+                raise UserError(f"{folder}: support classes {other_dir.name!r} and {class_dir.name!r} hold the same "
+                                f"picture as the model reads it ({other_file.name} and {file.name}); one picture "
+                                "cannot belong to two classes")
+
+
 def load_episode(folder, load_image):
     """An Episode from <folder>/support/<class>/* and <folder>/query/[<class>/]*, each image through
     load_image(path) -> array."""
@@ -106,6 +207,10 @@ def load_episode(folder, load_image):
         raise UserError(f"{folder}: episode without a support/ folder")
     if not query_dir.is_dir():
         raise UserError(f"{folder}: episode without a query/ folder")
+    for entry in class_folders(folder):
+        if entry not in (support_dir, query_dir):
+            raise UserError(f"{entry}: a folder beside support/ and query/; the layout is <episode>/support/<class>/"
+                            "<image> and <episode>/query/[<class>/]<image> (docs/own-data.md)")
     class_dirs = class_folders(support_dir)
     if not class_dirs:
         raise UserError(f"{support_dir}: no class folders")
@@ -113,13 +218,15 @@ def load_episode(folder, load_image):
         raise UserError(f"{support_dir}: {len(class_dirs)} class folder ({class_dirs[0].name}); an episode needs at "
                         f"least {MIN_WAY} classes (with one, every prediction is right)")
     classes = [d.name for d in class_dirs]
-    support, y_support = [], []
+    support, support_files, y_support = [], [], []
     for k, d in enumerate(class_dirs):
-        images, _ = load_images(d, load_image)
+        images, files = load_images(d, load_image)
         support.append(images)
+        support_files.append(files)
         y_support += [k] * len(images)
-    query_classes = class_folders(query_dir)
-    if query_classes and image_files(query_dir):
+    check_classes_differ(folder, class_dirs, support, support_files)
+    query_classes, query_images = subfolders(query_dir)
+    if query_classes and query_images:
         raise UserError(f"{query_dir}: holds both class folders and images; use one or the other")
     if query_classes:
         query, y_query, files = [], [], []
@@ -199,6 +306,13 @@ def evaluate(model, episodes, mc_samples, em_iters, device, baselines=None):
     return rows
 
 
+def remove_earlier_result(folder, written):
+    """Delete from the opened output folder every file of an earlier result that its record lists with its
+    present content, but those of this result (`written`, names), so that the folder holds one result (a
+    file of the user's, or one changed since it was written, stays); returns the names deleted."""
+    return [name for name in sorted(set(folder.record["files"]) - set(written)) if folder.remove(name)]
+
+
 def write_csv(folder, name, columns, rows):
     """CSV file `name` of an opened OutputFolder: a header (columns) and rows."""
     buffer = io.StringIO()
@@ -216,10 +330,24 @@ def check_samples_fit(num_items, mc_samples, latent_size, flag):
                          f"samples x {latent_size} floats)")
 
 
+def check_one_way(episodes):
+    """Refuse labelled episodes of different ways: their mean accuracy would mix chance levels (1/2, 1/5)."""
+    names_of_way = {}  # way -> the names of its labelled episodes
+    for episode in episodes:
+        if episode.y_query is not None:
+            names_of_way.setdefault(len(episode.classes), []).append(episode.name)
+    if len(names_of_way) > 1:
+        found = ", ".join(f"{len(names)} {way}-way ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                          for way, names in sorted(names_of_way.items()))
+        raise UserError(f"--episodes: labelled episodes of different ways: {found}; their mean accuracy would mix "
+                        "chance levels: evaluate the episodes of each way as their own --episodes folder")
+
+
 def predict_and_report(model, episodes, mc_samples, em_iters, seed, device, out, baselines=None):
-    """What both evaluate.py do once the episodes hold the model's items: check that the MC samples of the
-    largest episode fit in memory, seed the MC draws, evaluate (see evaluate) and write the unlabelled
-    episodes' predictions, if any, to <out>/predictions.csv."""
+    """What both evaluate.py do once the episodes hold the model's items: refuse labelled episodes of different
+    ways, check that the MC samples of the largest episode fit in memory, seed the MC draws, evaluate (see
+    evaluate) and write the unlabelled episodes' predictions, if any, to <out>/predictions.csv."""
+    check_one_way(episodes)
     check_samples_fit(max(len(e.support) + len(e.query) for e in episodes), mc_samples, model.config["latent_size"],
                       "--mc-samples")
     seed_everything(seed)
@@ -228,6 +356,10 @@ def predict_and_report(model, episodes, mc_samples, em_iters, seed, device, out,
         with OutputFolder(out, PREDICTIONS_KIND, "--out") as folder:
             write_csv(folder, PREDICTIONS, PREDICTIONS_COLUMNS, rows)
         print(f"wrote {len(rows)} predictions to {out / PREDICTIONS}")
+    elif out.is_dir():  # no unlabelled queries: an earlier predictions.csv does not describe these episodes
+        with OutputFolder(out, PREDICTIONS_KIND, "--out") as folder:
+            if remove_earlier_result(folder, []):
+                print(f"removed the earlier {out / PREDICTIONS}: these episodes have no unlabelled queries")
 
 
 # ---- command line
@@ -315,13 +447,19 @@ def start_grouping(args):
 
 
 def find_images(root):
-    """Image files below `root` at any depth, sorted by path; hidden files and folders and files whose
-    suffix is not an image format Pillow opens are skipped, other files that are not regular refused
-    (is_image_file)."""
+    """Image files below `root` at any depth (no symbolic link to a folder followed), sorted by path; hidden
+    files and folders and files whose suffix is not an image format Pillow opens are skipped, other files
+    that are not regular refused (is_image_file), names refused as visible_entries refuses them."""
     if not root.is_dir():
         raise UserError(f"--images {root}: no such folder")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts) and is_image_file(p))
+    files, folders = [], [root]
+    while folders:
+        for entry in visible_entries(folders.pop()):
+            if entry.is_dir() and not entry.is_symlink():
+                folders.append(entry)
+            elif is_named_as_image(entry) and is_image_file(entry):
+                files.append(entry)
+    return sorted(files)
 
 
 def list_images(args):
@@ -346,15 +484,21 @@ def folder_classes(root, files):
     return torch.tensor([names.index(p) for p in parents])
 
 
-def print_scores(classes, partitions):
-    """ARI and NMI of each {name: labels (N,)} against the class folders."""
-    print(f"against the {int(classes.max()) + 1} class folders:")
-    scores = {}
-    for name, labels in partitions.items():
-        scores[name] = {"ari": adjusted_rand_index(classes, labels), "nmi": normalized_mutual_info(classes, labels)}
-        print(f"  {name}: adjusted Rand index {scores[name]['ari']:.3f}, "
-              f"normalised mutual information {scores[name]['nmi']:.3f}")
-    return scores
+def partition_scores(classes, partitions):
+    """{name: {"ari", "nmi"}}: the ARI and NMI of each {name: labels (N,)} against the class folders (N,)."""
+    return {name: {"ari": adjusted_rand_index(classes, labels), "nmi": normalized_mutual_info(classes, labels)}
+            for name, labels in partitions.items()}
+
+
+def print_grouping(args, files, cluster, scores):
+    """Print the cluster sizes of `cluster` (N,) and, with class folders, the scores (see partition_scores)."""
+    sizes = torch.bincount(cluster, minlength=args.clusters).tolist()
+    print(f"{len(cluster)} images -> {args.clusters} clusters of sizes {sizes}")
+    if scores is not None:
+        print(f"against the {int(folder_classes(args.images, files).max()) + 1} class folders:")
+        for name, score in scores.items():
+            print(f"  {name}: adjusted Rand index {score['ari']:.3f}, "
+                  f"normalised mutual information {score['nmi']:.3f}")
 
 
 def cluster_pictures(num_clusters):
@@ -365,18 +509,20 @@ def cluster_pictures(num_clusters):
 
 def write_clusters(folder, root, files, cluster, confidence, num_clusters, draw_cluster):
     """clusters.csv and cluster_<k>.png per non-empty cluster k in the opened OutputFolder, drawn by
-    draw_cluster(k, members (n,), place in the folder)."""
+    draw_cluster(k, members (n,), place in the folder); the files of an earlier grouping there are removed
+    (remove_earlier_result).  Returns the names removed."""
     write_csv(folder, CLUSTERS, ["file", "cluster", "confidence"],
               [[f.relative_to(root).as_posix(), k, f"{c:.6f}"]
                for f, k, c in zip(files, cluster.tolist(), confidence.tolist())])
-    pictures = cluster_pictures(num_clusters)
-    for k in cluster.unique().tolist():
+    pictures, found = cluster_pictures(num_clusters), cluster.unique().tolist()
+    for k in found:
         draw_cluster(k, torch.nonzero(cluster == k).flatten(), folder / pictures[k])
+    return remove_earlier_result(folder, [CLUSTERS, *(pictures[k] for k in found)])
 
 
 def group_folder(args, files, items, model, baseline_features, baseline_name):
-    """Cluster `items` (N, ...) read from `files` with the model; print the cluster sizes and, with class
-    folders, the scores beside k-means on baseline_features (N, F).
+    """Cluster `items` (N, ...) read from `files` with the model and, with class folders, score the clusters
+    beside k-means on baseline_features (N, F); prints nothing (finish_grouping does, once every check passed).
 
     Returns (cluster (N,), confidence (N,), log_pi (K,), mu (K, D), scores or None).
     """
@@ -388,22 +534,23 @@ def group_folder(args, files, items, model, baseline_features, baseline_name):
                                                   rng, noise, ENCODER_CHUNK)
     check_finite_result(torch.cat([confidence, mu.flatten()]), "cluster responsibilities and means")
     cluster, confidence = cluster.cpu(), confidence.cpu()
-    sizes = torch.bincount(cluster, minlength=args.clusters).tolist()
-    print(f"{len(items)} images -> {args.clusters} clusters of sizes {sizes}")
     classes = folder_classes(args.images, files)
     scores = None
     if classes is not None:
         baseline, _, _ = kmeans(baseline_features, args.clusters, restart_streams(args.seed, GROUPING_KMEANS,
                                                                                  args.restarts))
-        scores = print_scores(classes, {f"Meta-GMVAE (EM, {args.restarts} restarts)": cluster,
+        scores = partition_scores(classes, {f"Meta-GMVAE (EM, {args.restarts} restarts)": cluster,
                                         f"{baseline_name} (k-means++, {args.restarts} restarts)": baseline.cpu()})
     return cluster, confidence, log_pi, mu, scores
 
 
 def finish_grouping(args, files, cluster, confidence, scores, draw_cluster):
-    """Write the outputs into --out (see write_clusters); returns main's result."""
+    """Print the cluster sizes and scores (print_grouping) and write the outputs into --out (see
+    write_clusters); returns main's result."""
+    print_grouping(args, files, cluster, scores)
     out = output_folder(args, "--images", "clusters")
     with OutputFolder(out, CLUSTERS_KIND, "--out") as folder:
-        write_clusters(folder, args.images, files, cluster, confidence, args.clusters, draw_cluster)
-    print(f"wrote {out / CLUSTERS} and {len(cluster.unique())} cluster PNGs")
+        removed = write_clusters(folder, args.images, files, cluster, confidence, args.clusters, draw_cluster)
+    print(f"wrote {out / CLUSTERS} and {len(cluster.unique())} cluster PNGs"
+          + (f"; removed those of the earlier grouping there: {', '.join(removed)}" if removed else ""))
     return {"cluster": cluster, "confidence": confidence, "scores": scores}

@@ -7,6 +7,7 @@ data_dir names omniglot), else Mini-ImageNet.
 """
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ from .evaluation import MIN_EPISODES  # noqa: E402
 from .runfiles import UserError, check_regular_file, exit_on_user_error  # noqa: E402
 
 RESULT_FILES = ("results.json", "eval_results.json")
-KEY = re.compile(r"(\d+)way-(\d+)shot")
+KEY = re.compile(r"([1-9][0-9]{0,17})way-([1-9][0-9]{0,17})shot")  # as a run writes: ASCII digits, no leading 0
+MAX_COUNT = 2 ** 63 - 1  # counts are int64 in a run: more steps or episodes cannot come from one
 COLUMNS = ("run", "dataset", "method", "way", "shot", "accuracy (%)", "episodes", "train iterations", "wall time")
 
 
@@ -40,7 +42,32 @@ def _number(value):
 
 
 def _count(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_COUNT
+
+
+class LongInteger(str):
+    """A JSON integer of more digits than any count a run writes, kept as its text (Python refuses to turn
+    more than 4300 digits into an int)."""
+
+
+def _json_int(text):
+    return int(text) if len(text) <= len(str(MAX_COUNT)) + 1 else LongInteger(text)
+
+
+def _cut(text):
+    """`text` cut to 40 characters."""
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _shown(value):
+    """`value` as the file has it, cut to 40 characters."""
+    return _cut(value if isinstance(value, LongInteger) else json.dumps(value))
+
+
+def possible_ci95(mean, episodes):
+    """The largest 95% half-width 1.96 * std / sqrt(E) (evaluation.mean_confidence_interval) of `episodes`
+    accuracies in [0, 1] whose mean is `mean`: their variance is at most mean * (1 - mean)."""
+    return 1.96 * math.sqrt(mean * (1 - mean) / episodes)
 
 
 # What the table reads, each field with the check of its value and what it should be: a run's fields
@@ -60,7 +87,9 @@ ENTRY_FIELDS = {
 
 def check_results(results, path):
     """Refuse results whose fields the table reads have values that give no meaningful row (see RUN_FIELDS
-    and ENTRY_FIELDS), naming the file and the first bad field."""
+    and ENTRY_FIELDS) or that no run writes: an entry of another way or shot than the config's --eval-way and
+    --eval-shots, a 95% CI wider than accuracies in [0, 1] of that mean allow.  Names the file and the
+    first bad field."""
     def refuse(field, expected):
         raise UserError(f"{path}: malformed {field}, expected {expected}")
 
@@ -68,22 +97,31 @@ def check_results(results, path):
         refuse("results", "a JSON object")
     for field, (valid, expected) in RUN_FIELDS.items():
         if results.get(field) is not None and not valid(results[field]):
-            refuse(f"\"{field}\" ({json.dumps(results[field])[:40]})", expected)
+            refuse(f"\"{field}\" ({_shown(results[field])})", expected)
     if not isinstance(results.get("test"), dict) or not results["test"]:
         refuse("\"test\"", "a non-empty dict")
     if not isinstance(results.get("baselines", {}), dict):
         refuse("\"baselines\"", "a dict")
+    config = results.get("config") or {}
     for name, entries in {"test": results["test"], **results.get("baselines", {})}.items():
         if not isinstance(entries, dict):
-            refuse(f"entry {name!r}", "a dict of \"<way>way-<shot>shot\" entries")
+            refuse(f"entry {_cut(name)}", "a dict of \"<way>way-<shot>shot\" entries")
         for key, res in entries.items():
             match = KEY.fullmatch(key)
-            if not match or int(match[1]) < 2 or int(match[2]) < 1 or not isinstance(res, dict):
-                refuse(f"entry {name}/{key}", "\"<way>way-<shot>shot\" (way >= 2, shot >= 1): "
-                       "{\"mean\", \"ci95\", \"episodes\"}")
+            if not match or int(match[1]) < 2 or not isinstance(res, dict):
+                refuse(f"entry {name}/{_cut(key)}", "\"<way>way-<shot>shot\" (way >= 2, shot >= 1, written "
+                       "without leading zeros): {\"mean\", \"ci95\", \"episodes\"}")
+            way, shot = map(int, match.groups())
+            if config.get("eval_way", way) != way or shot not in config.get("eval_shots", [shot]):
+                refuse(f"entry {name}/{key}", f"the {config.get('eval_way')}-way episodes at --eval-shots "
+                       f"{config.get('eval_shots')} that its \"config\" tested")
             for field, (valid, expected) in ENTRY_FIELDS.items():
                 if not valid(res.get(field)):
-                    refuse(f"{name}/{key}/{field} ({json.dumps(res.get(field))[:40]})", expected)
+                    refuse(f"{name}/{key}/{field} ({_shown(res.get(field))})", expected)
+            if res["ci95"] > possible_ci95(res["mean"], res["episodes"]) * (1 + 1e-9) + 1e-12:
+                refuse(f"{name}/{key}/ci95 ({_shown(res['ci95'])})",
+                       f"at most {possible_ci95(res['mean'], res['episodes']):.4g}, the widest 95% CI of "
+                       f"{res['episodes']} accuracies in [0, 1] with mean {res['mean']:.4g}")
 
 
 def load_results(path):
@@ -91,7 +129,7 @@ def load_results(path):
     naming the file."""
     check_regular_file(path)
     try:
-        results = json.loads(path.read_text())
+        results = json.loads(path.read_text(), parse_int=_json_int)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: not a readable JSON file ({e})") from None
     except RecursionError:
@@ -110,7 +148,7 @@ def format_wall_time(seconds):
     if seconds is None:
         return "-"
     if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
+        return f"{seconds / 3600:.1f} h" if seconds < 3600e5 else f"{seconds / 3600:.3e} h"
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 

@@ -143,20 +143,53 @@ def load_npy(path, mmap_mode=None):
         raise UserError(f"{path} is not a readable .npy array ({e}); {expected}") from None
 
 
+SAME_CLASS_TOLERANCE = 1e-4  # items this close (max abs, a fraction of the data's largest value) are equal
+SCREEN_DIRECTIONS = 16  # random projections of the class means that screen the pairs of classes compared
+ITEM_CHUNK = 32
+
+
 def check_distinct_classes(splits, data_dir):
-    """Refuse splits ({file name: (C, I, ...) array or CPU tensor of C classes}) in which one class, all its
-    items equal, appears twice: a test or validation split holding training classes (one file copied or
-    linked under two names) measures nothing it promises, and two equal classes of an episode cannot be
-    told apart.  data_dir names where the splits are."""
-    seen = {}  # hash of a class's bytes -> [(file name, class index, items)]
-    for name, classes in splits.items():
-        for index, items in enumerate(classes):
-            same_hash = seen.setdefault(hash(np.asarray(items).tobytes()), [])
-            for other, other_index, other_items in same_hash:
-                if np.array_equal(items, other_items):
-                    raise UserError(f"{data_dir}: class {index} of {name} is class {other_index} of {other} "
-                                    f"(all {len(items)} items equal); every class must be a different one")
-            same_hash.append((name, index, items))
+    """Refuse splits ({file name: (C, I, ...) array or CPU tensor of C classes}) in which one class appears
+    twice: the same items in any order, each within SAME_CLASS_TOLERANCE of the largest absolute value of
+    the data (one file copied, shuffled or re-saved under another name).  A test or validation split
+    holding training classes measures nothing it promises, and two equal classes of an episode cannot be
+    told apart.  data_dir names where the splits are.
+
+    Equal classes have class means within the tolerance in every value, so their projections on a few
+    random directions r are within tolerance * |r|_1: only the pairs that pass this screen (found by
+    sorting on the first projection) are compared item by item."""
+    names = [(name, index) for name, classes in splits.items() for index in range(len(classes))]
+    classes = [np.asarray(c).reshape(len(c), c.shape[1], -1) for c in splits.values()]  # (C, I, P) views
+    items = [class_items for c in classes for class_items in c]
+    if len(items) < 2:
+        return
+    tolerance = SAME_CLASS_TOLERANCE * max(float(np.abs(c).max()) for c in classes)
+    means = np.concatenate([c.mean(1, dtype=np.float64) for c in classes])  # (C total, P)
+    directions = np.random.default_rng(0).standard_normal((means.shape[1], SCREEN_DIRECTIONS))
+    projections, limits = means @ directions, tolerance * np.abs(directions).sum(0)  # (C total, R), (R,)
+    order = np.argsort(projections[:, 0], kind="stable")
+    ends = np.searchsorted(projections[order, 0], projections[order, 0] + limits[0], side="right")
+    counts = ends - np.arange(len(order)) - 1  # the classes after each one in `order` within the first limit
+    left = np.repeat(np.arange(len(order)), counts)
+    right = left + 1 + np.arange(len(left)) - np.repeat(np.cumsum(counts) - counts, counts)
+    pairs = np.sort(np.stack([order[left], order[right]], 1), 1)  # (first, second) in the order of `names`
+    pairs = pairs[(np.abs(projections[pairs[:, 0]] - projections[pairs[:, 1]]) <= limits).all(1)]
+    for first, second in pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]:
+        if _same_items(items[first], items[second], tolerance):
+            (name, index), (other, other_index) = names[second], names[first]
+            raise UserError(f"{data_dir}: class {index} of {name} is class {other_index} of {other} (the same "
+                            f"{len(items[first])} items, in any order, up to {SAME_CLASS_TOLERANCE:g} of the "
+                            "largest value); every class must be a different one")
+
+
+def _same_items(a, b, tolerance):
+    """Whether items a and b (I, P) are the same up to order: each item of one is within `tolerance` (max
+    abs) of an item of the other."""
+    if a.shape != b.shape:
+        return False
+    close = np.concatenate([(np.abs(chunk[:, None] - b[None]) <= tolerance).all(-1)
+                            for chunk in np.array_split(a, -(-len(a) // ITEM_CHUNK))])  # (I, I)
+    return bool(close.any(1).all() and close.any(0).all())
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -290,29 +323,51 @@ def _check_tensor_dict(state_dict, path, key):
                                                    for k, v in state_dict.items()):
         found = type(state_dict).__name__ if not isinstance(state_dict, dict) else "a dict holding other things"
         raise UserError(f"{path}: {key!r} is not a dict of named tensors (found {found})")
-    _check_finite(state_dict, path, key)
+    _check_usable(state_dict, path, key)
 
 
-def _non_finite(value, name):
-    """The name ('<name>/<key>/...') of the first tensor or float in `value`, a tensor, float or nested
-    dict, list or tuple of them, holding NaN or Inf; None if all are finite."""
+NON_FINITE = "holds NaN or Inf values"
+
+
+def _tensor_kind_problem(tensor):
+    """Why `tensor` is not a plain tensor of numbers as torch.save writes weights (dense, with its values,
+    real), or None."""
+    if tensor.layout != torch.strided:
+        return f"is a {str(tensor.layout).removeprefix('torch.')} tensor"
+    if tensor.is_meta:
+        return "is a meta tensor (a shape without values)"
+    if tensor.is_complex() or tensor.is_quantized:
+        return f"holds {str(tensor.dtype).removeprefix('torch.')} values"
+    return None
+
+
+def _unusable(value, name):
+    """(name '<name>/<key>/...', problem) of the first tensor or float in `value`, a tensor, float or nested
+    dict, list or tuple of them, that is not a plain tensor (_tensor_kind_problem) or holds NaN or Inf;
+    None if there is none."""
     if isinstance(value, torch.Tensor):
-        finite = not value.is_floating_point() and not value.is_complex() or bool(torch.isfinite(value).all())
-        return None if finite else name
+        problem = _tensor_kind_problem(value)
+        if problem is None and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            problem = NON_FINITE
+        return None if problem is None else (name, problem)
     if isinstance(value, float):
-        return None if math.isfinite(value) else name
+        return None if math.isfinite(value) else (name, NON_FINITE)
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
-    return next((found for k, v in items if (found := _non_finite(v, f"{name}/{k}")) is not None), None)
+    return next((found for k, v in items if (found := _unusable(v, f"{name}/{k}")) is not None), None)
 
 
-def _check_finite(value, path, key):
-    """Refuse a checkpoint whose entry `key` (value: see _non_finite) holds NaN or Inf, naming the first
-    such tensor: a model or optimizer with them gives meaningless numbers (chance-level accuracies, nan
-    probabilities, one cluster)."""
-    found = _non_finite(value, key)
+def _check_usable(value, path, key):
+    """Refuse a checkpoint whose entry `key` (value: see _unusable) holds NaN or Inf, or a tensor that is not
+    plain numbers, naming the first: a model or optimizer with them gives meaningless numbers (chance-level
+    accuracies, nan probabilities, one cluster) or fails inside torch."""
+    found = _unusable(value, key)
     if found is not None:
-        raise NonFiniteCheckpoint(f"{path}: tensor {found!r} holds NaN or Inf values; the weights are not usable "
-                        "(a diverged or damaged checkpoint)")
+        name, problem = found
+        if problem is NON_FINITE:
+            raise NonFiniteCheckpoint(f"{path}: tensor {name!r} {problem}; the weights are not usable (a diverged "
+                                      "or damaged checkpoint)")
+        raise UserError(f"{path}: tensor {name!r} {problem}; expected dense tensors of real numbers, as torch.save "
+                        "writes a model's weights")
 
 
 class NonFiniteResult(UserError):
@@ -321,11 +376,12 @@ class NonFiniteResult(UserError):
 
 def check_finite_result(values, what):
     """Refuse `values` (a tensor: the model's `what`) unless all are finite.  Finite weights can still give
-    NaN or Inf (a BatchNorm variance below 0, weights so large that they overflow), and an accuracy, a
-    cluster or a figure computed from them would mean nothing."""
+    NaN or Inf (a BatchNorm variance below 0, weights or inputs so large that they overflow), and an
+    accuracy, a cluster or a figure computed from them would mean nothing."""
     if not bool(torch.isfinite(values).all()):
-        raise NonFiniteResult(f"the model's {what} hold NaN or Inf values: its weights give no usable result "
-                              "(a damaged checkpoint, or one trained into a degenerate state)")
+        raise NonFiniteResult(f"the model's {what} hold NaN or Inf values: its weights give no usable result on "
+                              "these inputs (a damaged checkpoint, one trained into a degenerate state, or inputs "
+                              "far outside the range it was trained on)")
 
 
 def load_weights(model, state_dict, path, name, renamed=False):
@@ -344,6 +400,22 @@ def load_weights(model, state_dict, path, name, renamed=False):
         model.load_state_dict(state_dict)
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not fit the {name} model ({str(e).strip().splitlines()[0]})") from None
+
+
+def new_model(model_class, config, settings, name):
+    """model_class(**config), the settings named by `settings` (a checkpoint's model_config, or flags): any
+    error or warning while building it (a size of 0, more memory than there is) is the settings', and
+    raises UserError naming them and the model (`name`)."""
+    not_positive = [f"{key} {value}" for key, value in config.items() if isinstance(value, int) and value < 1]
+    if not_positive:
+        raise UserError(f"{settings}: the {name} model needs sizes of at least 1 ({', '.join(not_positive)})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return model_class(**config)
+    except Exception as e:  # the settings come from the user: any failure is theirs
+        raise UserError(f"{settings}: the {name} model cannot be built with these settings "
+                        f"({str(e).strip().splitlines()[0]})") from None
 
 
 def build_model(state, path, model_class, name, convert_reference=None):
@@ -374,10 +446,7 @@ def build_model(state, path, model_class, name, convert_reference=None):
         raise UserError(f"{path}: neither a 'model' nor a 'state_dict' key; {expected}")
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         raise UserError(f"{path}: 'model_config' is not a dict of settings; {expected}")
-    try:
-        model = model_class(**config)
-    except Exception as e:  # the settings come from the file: any failure is the file's
-        raise UserError(f"{path}: model_config {config} does not build the {name} model ({e})") from None
+    model = new_model(model_class, config, f"{path}: model_config {config}", name)
     load_weights(model, state_dict, path, name, renamed="model" not in state)
     return model
 
@@ -431,7 +500,7 @@ def check_run_checkpoint(state, path, keys, name):
     if missing:
         raise UserError(f"{path}: not a run checkpoint (no {', '.join(map(repr, missing))}); {expected}")
     _check_tensor_dict(state["model"], path, "model")
-    _check_finite(state["optimizer"], path, "optimizer")
+    _check_usable(state["optimizer"], path, "optimizer")
 
 
 def check_same_flags(saved_config, config, flags):

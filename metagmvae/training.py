@@ -6,6 +6,7 @@ Under torchrun each process trains on its share of a step's episodes and evaluat
 evaluation episodes (distributed.py); rank 0 writes the files.
 """
 import math
+import re
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRando
                        sample_unlabeled_sets)
 from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import autocast
-from .folders import RunDir
+from .folders import LAST_CHECKPOINT, RECORD, RunDir
 from .runfiles import (Interrupted, NonFiniteCheckpoint, UserError, build_model, check_finite_result,
                        check_run_checkpoint, check_same_flags, load_checkpoint, load_weights, rng_state, set_rng_state)
 
@@ -289,28 +290,113 @@ def last_saved(run, progress):
         return None
 
 
+def refuse_field(path, field, value, expected):
+    """Refuse checkpoint `path` whose entry `field` holds `value` (shown shortened), not `expected`."""
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    raise UserError(f"{path}: {field!r} is {shown}, not {expected}: no run writes that (a damaged or edited "
+                    "checkpoint)")
+
+
+def is_float_in(value, low, high=math.inf):
+    """Whether `value` is a finite float (as a run writes) in [low, high]."""
+    return isinstance(value, float) and math.isfinite(value) and low <= value <= high
+
+
 def read_resume_state(run, config, keys, invariant_flags, name):
-    """The last.pt of `run`, checked to be a run checkpoint of the `name` model (a dict with `keys`) made
-    with the same `invariant_flags` as config (the flags as a dict); rank 0 reads it.  An unreadable
-    last.pt is refused naming the best_*.pt checkpoints that could be resumed from instead."""
+    """The last.pt of `run`, checked to be a run checkpoint of the `name` model (a dict with `keys`, among
+    them "config" and "wall_time_s"), then, before any of its fields is read, the one this project wrote
+    there (its record), with a config dict that agrees with config (the flags as a dict) on
+    `invariant_flags` and a wall time that a run measures; rank 0 reads it.  An unreadable last.pt is
+    refused naming the best_*.pt checkpoints that could be resumed from instead."""
+    path = run.last_checkpoint
+
     def load():
         try:
-            return load_checkpoint(run.last_checkpoint)
+            return load_checkpoint(path)
         except UserError as e:
             raise UserError(f"{e}{run.instead_of_last('start the run anew with --overwrite')}") from None
 
+    def check_recorded():
+        if not run.owns_last_checkpoint():
+            raise UserError(f"--resume: {path} is not the {LAST_CHECKPOINT} this project wrote (changed since, not in "
+                            f"its record {RECORD}, or a link), so the run cannot continue from it: move it away and "
+                            "start the run anew with --overwrite, or choose another --save-dir")
+
     state = distributed.from_main(load)
     try:
-        check_run_checkpoint(state, run.last_checkpoint, keys, name)
+        check_run_checkpoint(state, path, keys, name)
     except NonFiniteCheckpoint as e:
         raise UserError(f"{e}{run.instead_of_last('start the run anew with --overwrite')}") from None
+    distributed.from_main(check_recorded)
+    if not is_float_in(state["wall_time_s"], 0.0):
+        refuse_field(path, "wall_time_s", state["wall_time_s"], "a finite number of seconds >= 0")
     check_same_flags(state["config"], config, invariant_flags)
     return state
 
 
+ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")  # per parameter, beside its "step" count; the second one >= 0
+AMSGRAD_MOMENT = "max_exp_avg_sq"  # with amsgrad: the largest exp_avg_sq so far
+
+
+def same_value(a, b):
+    """a == b, of the same types, tuples and lists compared item by item (a tensor equals no setting)."""
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same_value, a, b))
+    return type(a) is type(b) and a == b
+
+
+def check_optimizer_state(saved, path, optimizer):
+    """Refuse the Adam state_dict `saved` (the entry "optimizer" of checkpoint `path`) unless it fits
+    `optimizer`, the run's Adam made from the flags: the same parameter groups with the same settings (lr
+    aside where a scheduler moves it, which it keeps in [0, the group's initial_lr]), and for each
+    parameter with a state a whole "step" count >= 1 and moments of the parameter's shape and dtype, the
+    second ones >= 0 (NaN and Inf are refused by check_run_checkpoint)."""
+    groups = optimizer.state_dict()["param_groups"]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not isinstance(saved.get("param_groups"), list) or len(saved["param_groups"]) != len(groups) \
+            or not all(isinstance(group, dict) for group in saved["param_groups"]):
+        refuse_field(path, "optimizer/param_groups", saved.get("param_groups"),
+                     f"a list of {len(groups)} parameter group(s)")
+    for index, (group, expected) in enumerate(zip(saved["param_groups"], groups)):
+        for key, value in expected.items():
+            field, found = f"optimizer/param_groups/{index}/{key}", group.get(key, value)
+            if key == "lr" and "initial_lr" in expected:
+                if not is_float_in(group.get(key), 0.0, expected["initial_lr"]):
+                    refuse_field(path, field, group.get(key), f"a learning rate in [0, {expected['initial_lr']}]")
+            elif key in ("lr", "params") and key not in group or not same_value(found, value):
+                refuse_field(path, field, group.get(key), f"{value!r} (what the run's flags set)")
+    amsgrad = any(group["amsgrad"] for group in groups)
+    moments = (*ADAM_MOMENTS, AMSGRAD_MOMENT) if amsgrad else ADAM_MOMENTS
+    if not isinstance(saved.get("state"), dict):
+        refuse_field(path, "optimizer/state", saved.get("state"), "a dict of the parameters' Adam states")
+    for index, entry in saved["state"].items():
+        field = f"optimizer/state/{index}"
+        if type(index) is not int or not 0 <= index < len(params):
+            refuse_field(path, f"optimizer/state key {index!r}", index, f"a parameter index in [0, {len(params)})")
+        if not isinstance(entry, dict) or set(entry) != {"step", *moments}:
+            refuse_field(path, field, entry, f"Adam's state of a parameter ({', '.join(('step', *moments))})")
+        step = entry["step"]
+        if not isinstance(step, torch.Tensor) or step.numel() != 1 or step.is_complex() or \
+                not (step.item() >= 1 and float(step.item()).is_integer()):
+            refuse_field(path, f"{field}/step", step, "a count of steps >= 1 (a one-element tensor)")
+        for name in moments:
+            moment, param = entry[name], params[index]
+            if not isinstance(moment, torch.Tensor) or moment.shape != param.shape or moment.dtype != param.dtype:
+                found = (f"a {moment.dtype} tensor of shape {tuple(moment.shape)}" if isinstance(moment, torch.Tensor)
+                         else type(moment).__name__)
+                raise UserError(f"{path}: '{field}/{name}' is {found}, not a {param.dtype} tensor of its parameter's "
+                                f"shape {tuple(param.shape)}: the Adam state does not fit the model")
+            if name != "exp_avg" and bool((moment < 0).any()):
+                raise UserError(f"{path}: '{field}/{name}' holds negative values: a mean of squared gradients is "
+                                ">= 0 (a damaged or edited checkpoint)")
+
+
 def restore_training(state, path, name, model, optimizer):
     """Load a run checkpoint state (read from `path`) into the `name` model, its optimizer and the global
-    RNGs; contents that do not fit them raise UserError naming the file."""
+    RNGs; contents that do not fit them (check_optimizer_state) raise UserError naming the file, before
+    anything is loaded."""
+    check_optimizer_state(state["optimizer"], path, optimizer)
     load_weights(model, state["model"], path, name)
     try:
         optimizer.load_state_dict(state["optimizer"])
@@ -327,17 +413,44 @@ def prepare_folder(run, config, resume, overwrite):
                                                    else ""))
 
 
+SELECTION_SHOT = re.compile(r"[1-9][0-9]*shot")  # val-acc's selection names: "<shot>shot"
+
+
+def check_run_progress(state, path, config):
+    """Refuse the progress of a run checkpoint `state` (read from `path`) that no run of config (the flags as
+    a dict) writes: its "step", a whole count from 1 to --train-iters, and its "best", the best validation
+    score of each selection name of --select-by (val-acc: "<shot>shot" accuracies in [0, 1]; val-elbo:
+    "elbo", a finite number; last: none)."""
+    step, best = state["step"], state["best"]
+    if type(step) is not int or step < 1:
+        refuse_field(path, "step", step, "a count of training steps >= 1")
+    if step > config["train_iters"]:  # results.json would name fewer steps than the model had
+        raise UserError(f"--train-iters {config['train_iters']} is below the {step} steps the run in "
+                        f"{path.parent} has done: give --train-iters {step} to test it as it is, or more to train it "
+                        "further")
+    select_by = config["select_by"]
+    if select_by == "last":
+        valid = isinstance(best, dict) and not best
+    elif select_by == "val-elbo":
+        valid = isinstance(best, dict) and set(best) == {"elbo"} and is_float_in(best["elbo"], -math.inf)
+    else:
+        valid = isinstance(best, dict) and bool(best) and all(
+            isinstance(k, str) and SELECTION_SHOT.fullmatch(k) and is_float_in(v, 0.0, 1.0) for k, v in best.items())
+    if not valid:
+        expected = {"val-acc": "{'<shot>shot': an accuracy in [0, 1], ...}", "val-elbo": "{'elbo': a finite number}",
+                    "last": "{} (--select-by last keeps no score)"}[select_by]
+        refuse_field(path, "best", best, expected)
+
+
 def start_run(run, model, optimizer, config, resume, overwrite, invariant_flags, name):
-    """Check the run folder and, with resume, load its last.pt (a run checkpoint of the `name` model that
-    agrees with config, the flags as a dict, on `invariant_flags`) and metrics.csv into model, optimizer and
-    the RNGs; only then write (prepare_folder).  Returns the RunLog to continue."""
+    """Check the run folder and, with resume, check its last.pt (read_resume_state, check_run_progress,
+    restore_training: a run checkpoint of the `name` model that agrees with config, the flags as a dict, on
+    `invariant_flags`) and load it and metrics.csv into model, optimizer and the RNGs; only then write
+    (prepare_folder).  Returns the RunLog to continue."""
     log = RunLog()
     if resume:
         state = read_resume_state(run, config, RUN_CHECKPOINT_KEYS, invariant_flags, name)
-        if state["step"] > config["train_iters"]:  # results.json would name fewer steps than the model had
-            raise UserError(f"--train-iters {config['train_iters']} is below the {state['step']} steps the run in "
-                            f"{run.path} has done: give --train-iters {state['step']} to test it as it is, or more "
-                            "to train it further")
+        check_run_progress(state, run.last_checkpoint, config)
         restore_training(state, run.last_checkpoint, name, model, optimizer)
         log = RunLog.resume(state, distributed.from_main(lambda: run.read_metrics(up_to=state["step"])))
     prepare_folder(run, config, resume, overwrite)

@@ -2,6 +2,7 @@
 class-major, with <split>_labels.npy (N,) integer class indices.  The authors' feature files (600 rows per
 class, no labels) load too, when their rows are those of Mini-ImageNet's split: 64, 16 and 20 classes."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,10 @@ def load_split(data_dir, split):
     features = load_npy(path)
     if features.ndim != 2 or 0 in features.shape or not np.issubdtype(features.dtype, np.floating):
         raise UserError(f"{path} has shape {features.shape} and dtype {features.dtype}; expected (N, F) floats")
+    with np.errstate(over="ignore", under="ignore"):
+        features = features.astype(np.float32, copy=False)  # checked as the model reads them
     if not np.isfinite(features).all():
-        raise UserError(f"{path} contains NaN or Inf")
+        raise UserError(f"{path} contains NaN or Inf (or values beyond float32's range)")
     if len(features) > 1 and (features == features[:1]).all():
         raise UserError(f"{path}: all {len(features)} rows are the same feature vector; nothing tells the items "
                         "apart (an encoder whose output is constant?)")
@@ -62,7 +65,7 @@ def load_split(data_dir, split):
         per_class = rows_per_class(labels, labels_path)
     else:
         per_class = reference_rows_per_class(path, split, len(features), labels_path)
-    array = np.ascontiguousarray(features, dtype=np.float32).reshape(-1, per_class, features.shape[1])
+    array = np.ascontiguousarray(features).reshape(-1, per_class, features.shape[1])
     return torch.from_numpy(array), labelled
 
 
@@ -102,3 +105,10 @@ def load_features(data_dir, splits=SPLITS):
             f"{split} {REFERENCE_CLASSES[split]} classes" for split in label_free)
               + f" of {REFERENCE_PER_CLASS} rows each, class-major")
     return data
+
+
+def load_test_split(data_dir):
+    """test_features.npy as (C, I, F), checked against the other splits in data_dir as in training."""
+    present = [split for split in SPLITS
+               if split == "test" or os.path.lexists(Path(data_dir) / f"{split}_features.npy")]
+    return load_features(data_dir, present)["test"]

@@ -12,12 +12,12 @@ from metagmvae import distributed
 from metagmvae.cli import RESUME_INVARIANT_FLAGS, check_batches_fit
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import logistic_regression_accuracies, nearest_class_mean_accuracies, with_baselines
-from metagmvae.runfiles import load_checkpoint
+from metagmvae.runfiles import load_checkpoint, new_model
 from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoint, format_row, run_folder,
                                 save_after_validation, save_results, selected_checkpoint, start_run, step_progress,
                                 test_model, train_step, validate, validation_due, validation_episodes)
 
-from .dataset import load_features
+from .dataset import load_features, load_test_split
 from .model import MODEL_NAME, FeatureGMVAE, check_feature_size, load_model
 
 
@@ -27,7 +27,7 @@ BASELINES = {"feature_nearest_class_mean": nearest_class_mean_accuracies,
 
 def evaluate(args, device):
     """--eval-only: test --checkpoint (ours or the authors') at every --eval-shots; returns the results."""
-    test = load_features(args.data_dir, ("test",))["test"]
+    test = load_test_split(args.data_dir)
     check_batches_fit(args, test.shape[-1])
     model = load_model(args.checkpoint, device)
     check_feature_size(model, test.shape[-1], args.checkpoint, source=f"--data-dir {args.data_dir}",
@@ -60,7 +60,9 @@ def train(args, device):
     val = validation_episodes(args.select_by, features["val"], [args.shot], args.eval_way, args.query,
                               args.eval_episodes, args.val_elbo_sets, args.sample_size, args.seed)
 
-    model = FeatureGMVAE(train_pool.shape[-1], args.latent_size).to(device)
+    model = new_model(FeatureGMVAE, {"feature_size": train_pool.shape[-1], "latent_size": args.latent_size},
+                      f"features of size {train_pool.shape[-1]} and --latent-size {args.latent_size}",
+                      MODEL_NAME).to(device)
     # L2 added to the gradient (torch Adam's weight_decay), as the reference; not AdamW.
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     objective = Objective(args.way, args.train_mc_sample_size, args.unsupervised_em_iters, args.fix_pi)

@@ -33,14 +33,17 @@ def border_means(images):
 
 
 def check_drawings(array, where):
-    """Refuse `array` (classes, drawings, 28, 28, 1), read from or written to `where` (a phrase naming the
-    file), unless it is float in [0, 1] with ink = 1 on a 0 background (see the module docstring)."""
+    """`array` (classes, drawings, 28, 28, 1), read from or written to `where` (a phrase naming the file), as
+    float32; UserError unless it is float in [0, 1] with ink = 1 on a 0 background (see the module
+    docstring), its values checked as float32, as the model reads them."""
     if array.ndim != 5 or array.shape[2:] != IMAGE_SHAPE or 0 in array.shape[:2]:
         raise UserError(f"{where} has shape {array.shape}; expected (classes, drawings, 28, 28, 1)")
     if not np.issubdtype(array.dtype, np.floating):
         raise UserError(f"{where} has dtype {array.dtype}; expected float values in [0, 1]")
+    with np.errstate(over="ignore", under="ignore"):
+        array = array.astype(np.float32, copy=False)  # checked as the model reads it
     if not np.isfinite(array).all():
-        raise UserError(f"{where} contains NaN or Inf")
+        raise UserError(f"{where} contains NaN or Inf (or values beyond float32's range)")
     low, high = array.min(), array.max()
     if low < 0 or high > 1:
         raise UserError(f"{where} has values in [{low:.3g}, {high:.3g}]; expected [0, 1] with ink = 1")
@@ -60,6 +63,7 @@ def check_drawings(array, where):
                         f"class {first[0]} drawing {first[1]}; {found}); {CONVENTION}")
     if array.shape[0] * array.shape[1] > 1 and (images == images[:1, :1]).all():
         raise UserError(f"{where}: all {blank.size} drawings are the same image; nothing tells them apart")
+    return array
 
 
 def load_split(data_dir, split):
@@ -67,9 +71,8 @@ def load_split(data_dir, split):
     path = Path(data_dir) / f"{split}.npy"
     if not os.path.lexists(path):  # a FIFO or a broken link is named as such by load_npy
         raise UserError(f"{path} not found; build it with `python data/prepare_omniglot.py --out {data_dir}`")
-    array = load_npy(path)
-    check_drawings(array, path)
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(0, 1, 4, 2, 3).contiguous()
+    array = check_drawings(load_npy(path), path)
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 1, 4, 2, 3).contiguous()
 
 
 def load_omniglot(data_dir, splits=SPLITS):
@@ -77,3 +80,9 @@ def load_omniglot(data_dir, splits=SPLITS):
     data = {split: load_split(data_dir, split) for split in splits}
     check_distinct_classes({f"{split}.npy": array for split, array in data.items()}, data_dir)
     return data
+
+
+def load_test_split(data_dir):
+    """test.npy as (C, I, 1, 28, 28), checked against the other splits in data_dir as in training."""
+    present = [split for split in SPLITS if split == "test" or os.path.lexists(Path(data_dir) / f"{split}.npy")]
+    return load_omniglot(data_dir, present)["test"]

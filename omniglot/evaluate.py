@@ -5,9 +5,12 @@
 --episodes holds one folder per episode: <episode>/support/<class>/<image> and <episode>/query/<class>/<image>
 (any format Pillow reads; the folders are read by metagmvae/imagefolders.py, see docs/own-data.md); an image
 file that cannot be decoded (empty, damaged) is refused. Each image is converted like the
-training data: grayscale (transparency over white), inverted when its background is light (mean of the
-border pixels > 0.5 on [0, 1]), resized to 28x28 with Lanczos filtering, float in [0, 1] with ink = 1; a
-blank image (all pixels equal), or an episode whose images are all one picture, is refused.
+training data: opened upright in 8 bits (imagefolders.open_image: EXIF orientation, 16-bit and float images by
+their scale), grayscale (transparency over white), resized to 28x28 with Lanczos filtering, float in [0, 1]
+with the paper at 0 and the ink up to 1: the paper level is the median of the border pixels, the ink what
+differs from it (darker when the image's mean is below the paper level, then (paper - x) / paper, else
+(x - paper) / (1 - paper)), so black ink on white gives 1 - x and light ink on black x; a blank image (all
+pixels equal), or an episode whose images are all one picture, is refused.
 Support and queries are encoded as one set and labelled by the semi-supervised EM (model.predict).
 Prints each episode's accuracy and their mean with its 95% CI. An episode whose query images lie directly
 in query/ (no class folders) is predicted instead: one row (episode, file, predicted class, probability)
@@ -35,21 +38,19 @@ IMAGE_SUFFIXES = imagefolders.IMAGE_SUFFIXES  # also read as omniglot.evaluate.I
 
 
 def load_image(path):
-    """An image file -> (28, 28) float32 in [0, 1], ink = 1 (see the module docstring)."""
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-            gray = im.convert("L")
-            gray.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: unreadable image ({e})") from None
-    full = np.asarray(gray, dtype=np.float32) / 255.0
-    border = np.concatenate([full[0], full[-1], full[:, 0], full[:, -1]])
+    """An image file -> (28, 28) float32 in [0, 1], paper = 0, ink up to 1 (see the module docstring)."""
+    im = imagefolders.open_image(path, path)
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+    gray = im.convert("L")
+    full = np.asarray(gray, dtype=np.float32) / 255.0  # (H, W)
     small = np.asarray(gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS), dtype=np.float32) / 255.0
     if np.ptp(small) == 0:
         raise UserError(f"{path}: blank image (all pixels equal at 28x28 grayscale); expected a drawing")
-    return 1.0 - small if border.mean() > 0.5 else small
+    paper = np.float32(np.median(np.concatenate([full[0], full[-1], full[:, 0], full[:, -1]])))
+    if full.mean(dtype=np.float64) < paper:  # dark ink; not blank, so paper > 0
+        return np.clip((paper - small) / paper, 0, 1)
+    return np.clip((small - paper) / (1 - paper), 0, 1)  # light ink; not blank, so paper < 1
 
 
 def load_episode(folder):

@@ -12,11 +12,12 @@ from metagmvae.cli import RESUME_INVARIANT_FLAGS
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import nearest_class_mean_accuracies, with_baselines
 from metagmvae.folders import FIGURES
+from metagmvae.runfiles import new_model
 from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoint, format_row, run_folder,
                                 save_after_validation, save_results, selected_checkpoint, start_run, step_progress,
                                 test_checkpoints, train_step, validate, validation_due, validation_episodes)
 
-from .dataset import load_omniglot
+from .dataset import load_omniglot, load_test_split
 from .figures import check_run_figures, write_run_figures
 from .model import MODEL_NAME, OmniglotGMVAE, load_model
 
@@ -26,7 +27,7 @@ BASELINES = {"pixel_nearest_class_mean": nearest_class_mean_accuracies}
 
 def evaluate(args, device):
     """--eval-only: test --checkpoint (ours or the authors') at every --eval-shots; returns the results."""
-    test = load_omniglot(args.data_dir, ("test",))["test"]
+    test = load_test_split(args.data_dir)
     return {**evaluate_checkpoint(load_model(args.checkpoint, device), args.checkpoint, test, BASELINES, args.eval_way,
                                   args.eval_shots, args.query, args.eval_episodes, args.seed, args.test_mc_sample_size,
                                   args.semisupervised_em_iters, args.batch_size, device, args.amp),
@@ -55,7 +56,8 @@ def train(args, device):
     val = validation_episodes(args.select_by, data["val"], args.eval_shots, args.eval_way, args.query,
                               args.eval_episodes, args.val_elbo_sets, args.sample_size, args.seed)
 
-    model = OmniglotGMVAE(args.hidden_size, args.latent_size).to(device)
+    model = new_model(OmniglotGMVAE, {"hidden_size": args.hidden_size, "latent_size": args.latent_size},
+                      f"--hidden-size {args.hidden_size} --latent-size {args.latent_size}", MODEL_NAME).to(device)
     # L2 added to the gradient (torch Adam's weight_decay), as the reference; not AdamW.
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     objective = Objective(args.way, args.train_mc_sample_size, args.unsupervised_em_iters, args.fix_pi)

@@ -19,7 +19,8 @@ from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.cli import check_lr, check_number, check_positive, check_seed  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
 from metagmvae.runfiles import UserError, check_writable_folder, exit_on_user_error, seed_everything  # noqa: E402
-from simclr.trainer import DEBUG_BATCHES, FEATURES_KIND, export_checkpoint, train_and_export  # noqa: E402
+from simclr.trainer import (DEBUG_BATCHES, FEATURE_FILES, FEATURES_KIND, export_checkpoint,  # noqa: E402
+                            train_and_export)
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "imgnet" / "arrays"
 DEBUG_EPOCHS = 2
@@ -70,9 +71,11 @@ def check_args(args):
         raise UserError("--resume and --overwrite exclude each other")
     if not args.export_only:
         check_writable_folder(args.save_dir, "--save-dir")
+        check_outside_inputs(args.save_dir, "--save-dir", [("--data-dir", args.data_dir),
+                                                           ("--feature-save-dir", args.feature_save_dir)])
     others = [("--data-dir", args.data_dir)] + ([] if args.export_only else [("--save-dir", args.save_dir)])
     check_outside_inputs(args.feature_save_dir, "--feature-save-dir", others)
-    OutputFolder(args.feature_save_dir, FEATURES_KIND, "--feature-save-dir").check()
+    OutputFolder(args.feature_save_dir, FEATURES_KIND, "--feature-save-dir").check(FEATURE_FILES)
 
 
 def main(argv=None):

@@ -30,6 +30,15 @@ RESUME_INVARIANT_FLAGS = ("hidden_size", "batch_size", "train_epochs", "lr", "te
 CHECKPOINT_KEYS = ("model", "model_config", "optimizer", "scheduler", "epoch", "rng", "shuffle_rng", "augment_rng",
                    "config", "wall_time_s")
 FEATURES_KIND = "SimCLR features"  # the kind of folder --feature-save-dir is, in its record
+FEATURES_MANIFEST = "manifest.json"
+
+
+def feature_names(split):
+    """The names of a split's features and labels in the feature folder."""
+    return f"{split}_features.npy", f"{split}_labels.npy"
+
+
+FEATURE_FILES = (FEATURES_MANIFEST, *(name for split in SPLITS for name in feature_names(split)))
 EXPORT_TRANSFORM = "simclr.augment.eval_transform: resize the smaller edge to 84, ImageNet mean/std normalisation"
 
 
@@ -152,23 +161,30 @@ def encode(model, images, batch_size, device):
 def export_features(model, data_dir, feature_dir, checkpoint, batch_size, device):
     """Write <split>_features.npy (N, F) float32, <split>_labels.npy (N,) int64 and manifest.json.
 
-    Rows are class-major in CSV order, as the image arrays. The files are renamed into place together
-    once every split is encoded. Returns the manifest.
+    Rows are class-major in CSV order, as the image arrays. Every split is encoded and checked (features
+    that tell no image apart are refused) before the first write; the files are renamed into place
+    together. Returns the manifest.
     """
     manifest = {"checkpoint": str(checkpoint), "data_dir": str(data_dir), "transform": EXPORT_TRANSFORM,
                 "splits": {}}
+    encoded = {}
+    for split in SPLITS:
+        images, labels, names = load_split(data_dir, split)
+        features = encode(model, images, batch_size, device)
+        if len(features) > 1 and (features == features[:1]).all():
+            raise UserError(f"{checkpoint} encodes every image of the {split} split to the same features: nothing "
+                            "would tell them apart (an all-zero or degenerate encoder, or images all alike)")
+        encoded[split] = features, labels.numpy()
+        manifest["feature_size"] = features.shape[1]
+        features_name, labels_name = feature_names(split)
+        manifest["splits"][split] = {"features": features_name, "labels": labels_name, "classes": names,
+                                     "per_class": len(images) // len(names), "count": len(images)}
     with OutputFolder(feature_dir, FEATURES_KIND, "--feature-save-dir") as folder, ExitStack() as stack:
         # the files are renamed into place on exit, in reverse order: the manifest last
-        manifest_file = stack.enter_context(folder.writing("manifest.json"))
-        for split in SPLITS:
-            images, labels, names = load_split(data_dir, split)
-            features = encode(model, images, batch_size, device)
-            for name, array in ((f"{split}_features.npy", features), (f"{split}_labels.npy", labels.numpy())):
+        manifest_file = stack.enter_context(folder.writing(FEATURES_MANIFEST))
+        for split, (features, labels) in encoded.items():
+            for name, array in zip(feature_names(split), (features, labels)):
                 np.save(stack.enter_context(folder.writing(name)), array)
-            manifest["feature_size"] = features.shape[1]
-            manifest["splits"][split] = {"features": f"{split}_features.npy", "labels": f"{split}_labels.npy",
-                                         "classes": names, "per_class": len(images) // len(names),
-                                         "count": len(images)}
         manifest_file.write(canonical_json(manifest))
     return manifest
 

@@ -229,7 +229,7 @@ def write_results(folder, name, results):
 def test_report_tables_runs_and_baselines(tmp_path, capsys):
     entry = {"mean": 0.95123, "ci95": 0.01234, "episodes": 1000, "checkpoint": "best_1shot.pt"}
     omniglot = write_results(tmp_path / "omni", "results.json", {
-        "test": {"5way-1shot": entry, "5way-5shot": {**entry, "mean": 0.97}},
+        "test": {"5way-1shot": entry, "5way-5shot": {**entry, "mean": 0.97, "ci95": 0.01}},
         "baselines": {"pixel_nearest_class_mean": {"5way-1shot": {"mean": 0.6, "ci95": 0.02, "episodes": 1000}}},
         "train_iters": 60000, "wall_time_s": 7200.0, "config": {"hidden_size": 64, "data_dir": "data/omniglot"}})
     mimgnet = write_results(tmp_path / "mimg", "eval_results.json", {
@@ -240,7 +240,7 @@ def test_report_tables_runs_and_baselines(tmp_path, capsys):
     assert lines[0].startswith("| run | dataset | method | way | shot | accuracy (%) | episodes |") and len(lines) == 6
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert cells[0] == [str(omniglot), "Omniglot", "Meta-GMVAE", "5", "1", "95.12 +- 1.23", "1000", "60000", "2.0 h"]
-    assert cells[1][5] == "97.00 +- 1.23"
+    assert cells[1][5] == "97.00 +- 1.00"
     assert cells[2][2:7] == ["pixel_nearest_class_mean", "5", "1", "60.00 +- 2.00", "1000"]
     assert cells[3] == [str(mimgnet), "Mini-ImageNet", "Meta-GMVAE", "5", "20", "63.14 +- 0.71", "500", "-", "-"]
 

@@ -1,15 +1,19 @@
 """A folder's files are the user's unless its record says otherwise (metagmvae/folders.py): a command writes,
 replaces and deletes only what it recorded, refuses a folder of the user's with one line (exit 2) leaving every
 file byte-identical, follows no symbolic link, and only reads its input folders."""
+import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from metagmvae.folders import RECORD, OutputFolder
+from metagmvae.folders import LOCK_FILE, RECORD, OutputFolder, canonical_json
 from mimgnet import main as mimgnet_main
 from omniglot import draw_figures, evaluate
 from omniglot import main as omniglot_main
@@ -17,6 +21,7 @@ from omniglot.model import OmniglotGMVAE
 from simclr import main as simclr_main
 from simclr.model import SimCLR
 
+from .conftest import REPO_ROOT
 from .test_hostile_inputs import OMNIGLOT_FLAGS, assert_refused_in_process, snapshot
 from .test_reliability import write_features
 
@@ -149,14 +154,14 @@ def test_links_where_a_run_would_write_are_refused(omniglot_data, run_copy, tmp_
     (run_copy / "last.pt").rename(outside / "last.pt")
     (run_copy / "last.pt").symlink_to(outside / "last.pt")
     refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY, "--train-iters", "4",
-            "--resume", text="holds last.pt, which a run writes, but this project did not write them",
+            "--resume", text=f"--resume: {run_copy / 'last.pt'} is not the last.pt this project wrote",
             roots=[run_copy, outside], capsys=capsys)
 
 
 def test_a_link_as_lock_or_record_is_refused(omniglot_data, tmp_path, capsys):
     outside = tmp_path / "outside.txt"
     outside.write_text("the user's\n")
-    for name in (".lock", RECORD):
+    for name in (LOCK_FILE, RECORD):
         folder = tmp_path / name.strip(".")
         folder.mkdir()
         (folder / name).symlink_to(outside)
@@ -184,7 +189,10 @@ def test_a_damaged_record_leaves_the_folder_alone(omniglot_data, run_copy, capsy
             text="cannot read the record of what this project wrote here", roots=[run_copy], capsys=capsys)
 
 
-def test_a_run_written_before_records_is_adopted_by_its_checkpoint(omniglot_data, run_copy, capsys):
+def test_a_run_written_before_records_is_adopted_by_its_checkpoint(omniglot_data, run_copy, tmp_path, capsys):
+    """Only files whose content proves them the run's are adopted: its checkpoints, metrics.csv, config.json
+    and results.json of the flags in last.pt.  Figures prove nothing (any PNG could be one): a run that would
+    replace them is refused until they are moved."""
     (run_copy / RECORD).unlink()
     (run_copy / "notes.txt").write_text("mine\n")
     torch.save({"weights": torch.zeros(2)}, run_copy / "best_mine.pt")
@@ -192,15 +200,31 @@ def test_a_run_written_before_records_is_adopted_by_its_checkpoint(omniglot_data
             text="already holds a run (written before this project kept a record of its files)", roots=[run_copy],
             capsys=capsys)
     mine = {p: snapshot(run_copy)[p] for p in (run_copy / "notes.txt", run_copy / "best_mine.pt")}
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY, "--overwrite",
+            text="holds figures/curves.png, figures/mixture.png, figures/reconstructions.png, "
+                 "figures/test_episode.png, which a run writes, but this project did not write them",
+            roots=[], capsys=capsys)
+    shutil.move(run_copy / "figures", tmp_path / "old_figures")
     capsys.readouterr()
     train(omniglot_data, run_copy, "--overwrite")
     out = capsys.readouterr().out
-    assert ("recorded as its files: best_1shot.pt, best_5shot.pt, config.json, figures/curves.png, "
-            "figures/mixture.png, figures/reconstructions.png, figures/test_episode.png, last.pt, metrics.csv, "
-            "results.json\n") in out
+    assert "recorded as its files: best_1shot.pt, best_5shot.pt, config.json, last.pt, metrics.csv, results.json\n" \
+        in out
     assert {p: p.read_bytes() for p in mine} == mine
     with OutputFolder(run_copy, "Omniglot run", "--save-dir") as folder:
         assert folder.owns("last.pt") and not folder.owns("best_mine.pt") and not folder.owns("notes.txt")
+
+
+def test_files_of_another_run_in_a_run_from_before_records_are_not_adopted(omniglot_data, run_copy, tmp_path, capsys):
+    """A hand-written config.json, or results.json of another run, is formatted as ours but not of this run."""
+    (run_copy / RECORD).unlink()
+    shutil.rmtree(run_copy / "figures")
+    (run_copy / "config.json").write_bytes(canonical_json({"seed": 5}))
+    results = json.loads((run_copy / "results.json").read_text())
+    (run_copy / "results.json").write_bytes(canonical_json({**results, "config": {"seed": 5}}))
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY, "--overwrite",
+            text="holds config.json, results.json, which a run writes, but this project did not write them",
+            roots=[run_copy], capsys=capsys)
 
 
 def test_a_plain_run_where_a_stopped_run_left_files_asks_for_overwrite(omniglot_data, run_copy, capsys):
@@ -247,3 +271,81 @@ def test_an_error_removes_only_the_empty_folders_it_created(tmp_path):
     with OutputFolder(tmp_path / "fine", "Omniglot figures", "--out"):
         pass
     assert (tmp_path / "fine").is_dir()
+
+
+# ---- a record or a lock file that would reach beyond the folder
+
+@pytest.mark.parametrize("key, entry", [
+    ("temporary", "../victim.txt"), ("folders", "../userdir"), ("files", "../victim.txt"),
+    ("files", "/absolute/victim.txt"), ("files", "link/a/victim.txt"), ("files", "a\0b"),
+])
+def test_a_record_that_names_files_outside_the_folder_is_refused(omniglot_data, run_copy, tmp_path, capsys, key,
+                                                                  entry):
+    """--overwrite deletes what the record lists: an edited record must not reach outside the folder."""
+    (tmp_path / "victim.txt").write_text("precious\n")
+    (tmp_path / "userdir").mkdir()
+    (run_copy / "link").symlink_to(tmp_path)
+    record = json.loads((run_copy / RECORD).read_text())
+    digest = {"size": 9, "sha256": hashlib.sha256(b"precious\n").hexdigest()}  # the victim's: it would match
+    if key == "files":
+        record["files"][entry] = digest
+    else:
+        record[key].append(entry)
+    (run_copy / RECORD).write_text(json.dumps(record))
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY, "--overwrite",
+            text="it names files outside the folder, or files this project does not write", roots=[tmp_path],
+            capsys=capsys)
+    assert (tmp_path / "victim.txt").read_text() == "precious\n" and (tmp_path / "userdir").is_dir()
+
+
+def test_a_lock_file_that_is_a_hard_link_or_another_tools_lock_is_not_ours(omniglot_data, tmp_path, capsys):
+    pin = tmp_path / "pin.txt"
+    pin.write_text("")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / LOCK_FILE).hardlink_to(pin)
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", linked, *TINY,
+            text=f"holds a {LOCK_FILE} that this project did not write", roots=[tmp_path], capsys=capsys)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".lock").write_text("1234\n")
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", other, *TINY,
+            text=f"--save-dir {other} holds .lock but no record of this project", roots=[tmp_path], capsys=capsys)
+
+
+def test_a_data_folder_inside_the_run_folder_is_refused(omniglot_data, run_copy, capsys):
+    """The run writes figures/ in its folder: a --data-dir there would be written into."""
+    for name in ("train.npy", "val.npy", "test.npy"):
+        shutil.copyfile(omniglot_data / name, run_copy / "figures" / name)
+    refused(omniglot_main.main, "--data-dir", run_copy / "figures", "--save-dir", run_copy, *TINY, "--overwrite",
+            text=f"--data-dir {run_copy / 'figures'} lies inside --save-dir {run_copy}", roots=[run_copy],
+            capsys=capsys)
+
+
+def test_a_killed_write_leaves_no_temporary_file_that_the_record_does_not_list(tmp_path):
+    """The temporary file is listed before it exists: a process killed while writing leaves one that
+    --overwrite (remove_recorded) removes."""
+    script = ("import os, sys; from metagmvae.folders import OutputFolder\n"
+              "with OutputFolder(sys.argv[1], 'test', '--out') as folder, folder.writing('a.bin') as f:\n"
+              "    f.write(b'half'); f.flush(); os._exit(9)\n")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], cwd=REPO_ROOT, check=False)
+    temporary = [p.name for p in (tmp_path / "out").glob(".*.tmp")]
+    assert len(temporary) == 1
+    assert json.loads((tmp_path / "out" / RECORD).read_text())["temporary"] == temporary
+    with OutputFolder(tmp_path / "out", "test", "--out") as folder:
+        folder.remove_recorded()
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_overwrite_that_cannot_remove_a_file_stops_with_one_line(omniglot_data, run_copy, capsys, monkeypatch):
+    unlink = os.unlink
+
+    def refuse_last(path, *args, **kwargs):
+        if path == "last.pt":
+            raise PermissionError(1, "Operation not permitted")
+        return unlink(path, *args, **kwargs)
+    monkeypatch.setattr(os, "unlink", refuse_last)
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY, "--overwrite",
+            text=f"cannot remove {run_copy / 'last.pt'}, which this project wrote: Operation not permitted",
+            roots=[], capsys=capsys)
+    assert (run_copy / "last.pt").exists()

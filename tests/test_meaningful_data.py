@@ -40,8 +40,8 @@ def assert_refused_by_process(script, *args, text, roots):
 def split_csvs(tmp_path):
     """Images of three classes, one per split, and their split CSVs (each class has two images)."""
     (tmp_path / "images").mkdir()
-    for name in ("a1", "a2", "b1", "b2", "c1", "c2"):
-        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "images" / f"{name}.jpg")
+    for k, name in enumerate(("a1", "a2", "b1", "b2", "c1", "c2")):
+        Image.new("RGB", (8, 8), (10 + 30 * k, 20, 30)).save(tmp_path / "images" / f"{name}.jpg")
     for split, label in (("train", "na"), ("val", "nb"), ("test", "nc")):
         letter = label[1]
         (tmp_path / f"{split}.csv").write_text(f"filename,label\n{letter}1.jpg,{label}\n{letter}2.jpg,{label}\n")
@@ -110,6 +110,21 @@ def with_entry(**fields):
     ("\"train_iters\" (-1)", {**GOOD_RESULTS, "train_iters": -1}),
     ("entry test/1way-1shot", {**GOOD_RESULTS, "test": {"1way-1shot": GOOD_RESULTS["test"]["5way-1shot"]}}),
     ("not a results file (JSON nested too deeply to read)", "[" * 10000 + "]" * 10000),
+    # what no run writes: more digits than Python turns into an int, other digits, other ways, impossible CIs
+    ("test/5way-1shot/episodes (9999999999", json.dumps(with_entry(episodes=2)).replace("2}", "9" * 5000 + "}")),
+    ("entry test/" + "9" * 37 + "..., expected",
+     {**GOOD_RESULTS, "test": {"9" * 5000 + "way-1shot": GOOD_RESULTS["test"]["5way-1shot"]}}),
+    ("entry test/\u0665way-1shot", {**GOOD_RESULTS, "test": {"\u0665way-1shot": GOOD_RESULTS["test"]["5way-1shot"]}}),
+    ("entry test/05way-1shot", {**GOOD_RESULTS, "test": {"05way-1shot": GOOD_RESULTS["test"]["5way-1shot"]}}),
+    ("entry test/20way-1shot, expected the 5-way episodes at --eval-shots [1] that its \"config\" tested",
+     {**GOOD_RESULTS, "config": {"eval_way": 5, "eval_shots": [1]},
+      "test": {"20way-1shot": GOOD_RESULTS["test"]["5way-1shot"]}}),
+    ("entry test/5way-5shot, expected the 5-way episodes at --eval-shots [1]",
+     {**GOOD_RESULTS, "config": {"eval_way": 5, "eval_shots": [1]},
+      "test": {"5way-5shot": GOOD_RESULTS["test"]["5way-1shot"]}}),
+    ("test/5way-1shot/ci95 (0.9), expected at most 0.1379, the widest 95% CI of 2 accuracies in [0, 1] with mean 0.01",
+     with_entry(mean=0.01, ci95=0.9, episodes=2)),
+    ("test/5way-1shot/ci95 (0.01), expected at most 0", with_entry(mean=1.0, ci95=0.01)),
 ])
 def test_report_refuses_values_that_make_no_row(tmp_path, capsys, text, results):
     path = tmp_path / "results.json"
@@ -122,6 +137,11 @@ def test_report_prints_a_valid_file_and_refuses_a_fifo(tmp_path, capsys):
     (tmp_path / "results.json").write_text(json.dumps(GOOD_RESULTS))
     report.main([str(tmp_path)])
     assert "| Omniglot | Meta-GMVAE | 5 | 1 | 50.00 +- 1.00 | 100 | 100 | 1.0 min |" in capsys.readouterr().out
+    (tmp_path / "results.json").write_text(json.dumps({**with_entry(mean=0.5, ci95=0.49, episodes=4),
+                                                       "wall_time_s": 1e308, "train_iters": 2 ** 63 - 1}))
+    report.main([str(tmp_path)])  # the widest CI there is (two episodes right, two wrong), the largest numbers
+    assert (f"| Meta-GMVAE | 5 | 1 | 50.00 +- 49.00 | 4 | {2 ** 63 - 1} | 2.778e+304 h |"
+            in capsys.readouterr().out)
     os.mkfifo(tmp_path / "eval")
     assert_refused_in_process(report.main, tmp_path / "eval", text="eval is a FIFO (named pipe), not a regular file",
                               roots=[tmp_path], capsys=capsys)

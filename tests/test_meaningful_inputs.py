@@ -119,6 +119,98 @@ def test_a_simclr_encoder_with_nan_is_refused(nan_checkpoints, episodes, simclr_
     assert not (tmp_path / "features").exists()
 
 
+@pytest.mark.parametrize("kind, make, text", [
+    ("sparse", lambda t: t.to_sparse(), "is a sparse_coo tensor"),
+    ("meta", lambda t: t.to("meta"), "is a meta tensor (a shape without values)"),
+    ("complex", lambda t: t.to(torch.complex64), "holds complex64 values"),
+])
+def test_a_checkpoint_tensor_that_is_not_plain_numbers_is_refused(omniglot_data, episodes, tmp_path, capsys, kind,
+                                                                   make, text):
+    """torch.load reads sparse, meta and complex tensors; weights made of them fail inside torch or are cast
+    with a warning."""
+    model = OmniglotGMVAE(8, 4)
+    state = {k: make(v) if k == "encoder.0.bias" else v for k, v in model.state_dict().items()}
+    checkpoint = tmp_path / f"{kind}.pt"
+    torch.save({"model": state, "model_config": model.config}, checkpoint)
+    message = f"{kind}.pt: tensor 'model/encoder.0.bias' {text}; expected dense tensors of real numbers"
+    assert_refused_in_process(omniglot_main.main, "--data-dir", omniglot_data, "--eval-only", *OMNIGLOT_FLAGS,
+                              "--checkpoint", checkpoint, text=message, roots=[omniglot_data], capsys=capsys)
+    assert_refused_in_process(evaluate.main, "--checkpoint", checkpoint, "--episodes", episodes, "--device", "cpu",
+                              text=message, roots=[episodes], capsys=capsys)
+
+
+def test_model_sizes_that_build_no_model_are_refused(omniglot_data, tmp_path, capsys):
+    """A size of 0 in a checkpoint's settings (torch only warns), and flags whose model does not fit in memory."""
+    model = OmniglotGMVAE(8, 4)
+    checkpoint = tmp_path / "latent0.pt"
+    torch.save({"model": model.state_dict(), "model_config": {**model.config, "latent_size": 0}}, checkpoint)
+    assert_refused_in_process(omniglot_main.main, "--data-dir", omniglot_data, "--eval-only", *OMNIGLOT_FLAGS,
+                              "--checkpoint", checkpoint, text="the Omniglot model needs sizes of at least 1 "
+                              "(latent_size 0)", roots=[omniglot_data], capsys=capsys)
+    huge = str(physical_memory() or 2 ** 40)  # a 3x3 conv of huge x huge channels: 36 huge^2 bytes
+    assert_refused_in_process(omniglot_main.main, "--data-dir", omniglot_data, *OMNIGLOT_FLAGS, "--hidden-size", huge,
+                              "--train-iters", "2", "--save-dir", tmp_path / "run",
+                              text=f"--hidden-size {huge} --latent-size 4: the Omniglot model cannot be built with "
+                                   "these settings", roots=[omniglot_data], capsys=capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def zeroed(state_dict):
+    """A copy of state_dict with every tensor 0 (BatchNorm variances 1): a model that encodes every item alike."""
+    return {k: torch.ones_like(v) if k.endswith("running_var") else torch.zeros_like(v) for k, v in state_dict.items()}
+
+
+ALIKE_TEXT = "the model encodes all items of an episode alike"
+
+
+def test_a_model_that_encodes_every_item_alike_gives_no_accuracy_or_clusters(omniglot_data, episodes, tmp_path,
+                                                                            capsys):
+    """All-zero weights send every item to one posterior: the MC noise alone would decide each prediction."""
+    omniglot, mimgnet = OmniglotGMVAE(8, 4), FeatureGMVAE(8, 4)
+    torch.save({"model": zeroed(omniglot.state_dict()), "model_config": omniglot.config}, tmp_path / "omniglot.pt")
+    torch.save({"model": zeroed(mimgnet.state_dict()), "model_config": mimgnet.config}, tmp_path / "mimgnet.pt")
+    assert_refused_in_process(omniglot_main.main, "--data-dir", omniglot_data, "--eval-only", *OMNIGLOT_FLAGS,
+                              "--checkpoint", tmp_path / "omniglot.pt", text=ALIKE_TEXT, roots=[omniglot_data],
+                              capsys=capsys)
+    assert_refused_in_process(evaluate.main, "--checkpoint", tmp_path / "omniglot.pt", "--episodes", episodes,
+                              "--device", "cpu", text=ALIKE_TEXT, roots=[episodes], capsys=capsys)
+    assert_refused_in_process(cluster.main, "--checkpoint", tmp_path / "omniglot.pt", "--images", episodes,
+                              "--clusters", "2", "--device", "cpu", text=ALIKE_TEXT, roots=[episodes], capsys=capsys)
+    features = tmp_path / "features"
+    features.mkdir()
+    np.save(features / "test_features.npy", np.random.default_rng(0).random((180, 8), dtype=np.float32))
+    np.save(features / "test_labels.npy", np.repeat(np.arange(6), 30))
+    assert_refused_in_process(mimgnet_main.main, "--data-dir", features, "--eval-only", "--latent-size", "4",
+                              "--eval-shots", "1", "--eval-episodes", "2", "--device", "cpu", "--checkpoint",
+                              tmp_path / "mimgnet.pt", text=ALIKE_TEXT, roots=[features], capsys=capsys)
+    assert not list(tmp_path.glob("episodes-*"))
+
+
+def test_features_beyond_float32_are_refused(tmp_path, capsys):
+    """float64 features that overflow float32 would reach the model as Inf."""
+    features = np.random.default_rng(0).random((180, 8))
+    features[7, 3] = 1e300
+    np.save(tmp_path / "test_features.npy", features)
+    np.save(tmp_path / "test_labels.npy", np.repeat(np.arange(6), 30))
+    model = FeatureGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, tmp_path / "mimgnet.pt")
+    assert_refused_in_process(mimgnet_main.main, "--data-dir", tmp_path, "--eval-only", "--latent-size", "4",
+                              "--eval-shots", "1", "--eval-episodes", "2", "--device", "cpu", "--checkpoint",
+                              tmp_path / "mimgnet.pt", text="test_features.npy contains NaN or Inf (or values beyond "
+                              "float32's range)", roots=[tmp_path], capsys=capsys)
+
+
+def test_an_encoder_that_gives_every_image_one_feature_vector_exports_nothing(simclr_data, tmp_path, capsys):
+    model = SimCLR(hidden_size=4)
+    torch.save({"model": zeroed(model.state_dict()), "model_config": {"hidden_size": 4, "image_size": 84}},
+               tmp_path / "simclr.pt")
+    assert_refused_in_process(simclr_main.main, "--data-dir", simclr_data, "--feature-save-dir", tmp_path / "features",
+                              "--export-only", "--device", "cpu", "--checkpoint", tmp_path / "simclr.pt",
+                              text="simclr.pt encodes every image of the train split to the same features",
+                              roots=[simclr_data], capsys=capsys)
+    assert not (tmp_path / "features").exists()
+
+
 # Finite weights whose outputs are NaN or Inf: a BatchNorm variance below 0 (the encoder's, so that
 # prediction, clustering, features and figures all meet it) and weights so large that they overflow.
 DEGENERATE_TEXT = "hold NaN or Inf values: its weights give no usable result"
@@ -270,29 +362,56 @@ def test_arrays_of_one_drawing_repeated_are_refused(omniglot_data, tmp_path, cap
     assert not (tmp_path / "run").exists()
 
 
+SAME_CLASS = "(the same 20 items, in any order, up to 0.0001 of the largest value)"
+
+
 @pytest.mark.parametrize("source, text", [
-    ("val", "class 0 of test.npy is class 0 of val.npy (all 20 items equal)"),  # val.npy copied as test.npy
+    ("val", f"class 0 of test.npy is class 0 of val.npy {SAME_CLASS}"),  # val.npy copied as test.npy
+    ("val, shuffled and re-saved", f"class 0 of test.npy is class 0 of val.npy {SAME_CLASS}"),
     ("test", "class 3 of test.npy is class 1 of test.npy"),  # one class twice
 ])
-def test_a_class_in_two_places_is_refused(omniglot_data, tmp_path, capsys, source, text):
-    """Test accuracy on validation classes, or an episode with two equal classes, measures nothing."""
+def test_a_class_in_two_places_is_refused(omniglot_data, nan_checkpoints, tmp_path, capsys, source, text):
+    """Test accuracy on validation classes, or an episode with two equal classes, measures nothing, in
+    training and with --eval-only: also when the copy's drawings are in another order and its values moved
+    by float rounding."""
     def replace(test):
         if source == "val":
             return np.load(omniglot_data / "val.npy")
+        if source.startswith("val, shuffled"):
+            return np.load(omniglot_data / "val.npy")[:, ::-1] * np.float32(1 - 1e-6)
         test = test.copy()
         test[3] = test[1]
         return test
     data = copy_arrays(omniglot_data, tmp_path / "data", test=replace)
     assert_refused_in_process(omniglot_main.main, "--data-dir", data, *OMNIGLOT_FLAGS, "--train-iters", "2",
                               "--save-dir", tmp_path / "run", text=f"{data}: {text}", roots=[data], capsys=capsys)
+    checkpoint = tmp_path / "omniglot.pt"
+    model = OmniglotGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, checkpoint)
+    assert_refused_in_process(omniglot_main.main, "--data-dir", data, *OMNIGLOT_FLAGS, "--eval-only", "--checkpoint",
+                              checkpoint, text=f"{data}: {text}", roots=[data], capsys=capsys)
     assert not (tmp_path / "run").exists()
 
 
 def test_a_build_with_a_class_in_two_splits_writes_nothing(omniglot_data, tmp_path):
     test = np.load(omniglot_data / "test.npy")
-    with pytest.raises(UserError, match=r"class 0 of val.npy is class 2 of train.npy \(all 20 items equal\)"):
+    with pytest.raises(UserError, match=re.escape(f"class 0 of val.npy is class 2 of train.npy {SAME_CLASS}")):
         write_build(tmp_path / "build", {"train": test, "val": test[2:4], "test": test[4:]}, {})
     assert not (tmp_path / "build").exists()
+
+
+def test_float64_drawings_are_checked_as_float32(omniglot_data, tmp_path, capsys):
+    """A drawing whose only ink is below float32's range is blank as the model reads it."""
+    def faint(test):
+        test = test.astype(np.float64)
+        test[0, 0] = 0.0
+        test[0, 0, 5, 5] = 1e-50
+        return test
+    data = copy_arrays(omniglot_data, tmp_path / "data", test=faint)
+    assert_refused_in_process(omniglot_main.main, "--data-dir", data, *OMNIGLOT_FLAGS, "--train-iters", "2",
+                              "--save-dir", tmp_path / "run", text="test.npy: 1 of 160 drawings are blank",
+                              roots=[data], capsys=capsys)
+    assert not (tmp_path / "run").exists()
 
 
 def test_blank_or_identical_own_images_are_refused(episodes, tmp_path, capsys):
@@ -313,8 +432,8 @@ def test_blank_or_identical_own_images_are_refused(episodes, tmp_path, capsys):
         if image != first:
             shutil.copyfile(first, image)
     assert_refused_in_process(evaluate.main, "--checkpoint", checkpoint, "--episodes", episodes, "--device", "cpu",
-                              text=f"{episodes / 'e1'}: all 8 images are the same picture as the model reads them",
-                              roots=[episodes], capsys=capsys)
+                              text=f"{episodes / 'e1'}: support classes 'a' and 'b' hold the same picture as the "
+                                   "model reads it", roots=[episodes], capsys=capsys)
     assert_refused_in_process(cluster.main, *common, "--images", episodes, "--clusters", "2",
                               text=f"--images {episodes}: all 8 images are the same picture", roots=[episodes],
                               capsys=capsys)

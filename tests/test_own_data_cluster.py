@@ -2,6 +2,7 @@
 blobs, and omniglot/cluster.py and mimgnet/cluster.py end to end (tiny random-weight models) with every
 refusal (exit 2, one line on stderr, nothing written)."""
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -287,3 +288,44 @@ def test_cluster_refusals(omniglot_folder, photo_folder, checkpoints, tmp_path, 
     assert_refused_in_process(mimgnet_cluster.main, "--encoder", tmp_path / "simclr8.pt", *mimgnet,
                               text="features but --encoder", **refuse)
     assert not out.exists() and snapshot(photo_folder)
+
+
+def test_an_image_or_folder_name_that_is_not_utf8_is_refused_naming_it(omniglot_folder, checkpoints, tmp_path,
+                                                                      capsys):
+    images = shutil.copytree(omniglot_folder, tmp_path / "images")
+    flags = ["--checkpoint", checkpoints / "omniglot.pt", "--images", images, "--clusters", "2", "--restarts", "2",
+             "--mc-sample-size", "2", "--out", tmp_path / "out", "--device", "cpu"]
+    character = images / "alphabet" / "character0"
+    bad_image = character / os.fsdecode(b"\xfe.png")
+    (character / "0.png").rename(bad_image)
+    refuse = dict(roots=[tmp_path], capsys=capsys)
+    assert_refused_in_process(omniglot_cluster.main, *flags, text=f"{character}/\\xfe.png: a name that is not UTF-8",
+                              **refuse)
+    bad_image.rename(character / "0.png")
+    character.rename(images / "alphabet" / os.fsdecode(b"caf\xe9"))
+    assert_refused_in_process(omniglot_cluster.main, *flags, text=f"{images / 'alphabet'}/caf\\xe9: a name that is not",
+                              **refuse)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_into_the_same_out_removes_the_earlier_groupings_files_only(omniglot_folder, checkpoints, tmp_path):
+    out = tmp_path / "groups"
+    flags = ["--checkpoint", checkpoints / "omniglot.pt", "--images", omniglot_folder, "--restarts", "2",
+             "--mc-sample-size", "2", "--out", out, "--device", "cpu"]
+    omniglot_cluster.main(list(map(str, [*flags, "--clusters", "5"])))
+    assert len(list(out.glob("cluster_*.png"))) > 2
+    (out / "notes.txt").write_text("the user's")
+    omniglot_cluster.main(list(map(str, [*flags, "--clusters", "2"])))
+    check_outputs(out, omniglot_folder, 2)  # the PNGs of this grouping's clusters, no other
+    assert (out / "notes.txt").read_text() == "the user's"
+
+
+def test_omniglot_cluster_prints_nothing_before_refusing_nan_decoded_means(omniglot_folder, checkpoints, tmp_path):
+    state = torch.load(checkpoints / "omniglot.pt")
+    state["model"]["decoder.1.running_var"].fill_(-1.0)  # finite weights whose decoder gives NaN
+    torch.save(state, tmp_path / "decoder_nan.pt")
+    out = tmp_path / "out"
+    result = run_script("omniglot/cluster.py", "--checkpoint", tmp_path / "decoder_nan.pt", "--images", omniglot_folder,
+                        "--clusters", CLASSES, "--restarts", 2, "--mc-sample-size", 2, "--out", out, "--device", "cpu")
+    assert result.returncode == 2 and "decoded cluster means hold NaN" in result.stderr, result.stderr[-3000:]
+    assert len(result.stderr.splitlines()) == 1 and result.stdout == "" and not out.exists()

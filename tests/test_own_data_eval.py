@@ -4,8 +4,14 @@ synthetic Mini-ImageNet images (data/synthetic_mimgnet.py) of several sizes, mod
 The features of an episode's images must be those the feature export (data/prepare_mimgnet.py then
 simclr/trainer.py export_features) gives the same image files, and the printed accuracies those of the model
 and the baselines on the exported features.
+
+Then how own image files are opened (metagmvae.imagefolders.open_image: EXIF orientation, bit depth, no Pillow
+warning) and read as drawings (omniglot/evaluate.py: paper level), the episode folders both evaluate.py refuse
+(a picture in two support classes, episodes of different ways, entries outside the layout), and
+data/prepare_mimgnet.py refusing an image copied into another class under a new name.
 """
 import csv
+import os
 import re
 import shutil
 import subprocess
@@ -16,12 +22,15 @@ import pytest
 import torch
 from PIL import Image
 
-from data.prepare_mimgnet import prepare_mimgnet
+from data import prepare_mimgnet as prepare_mimgnet_script
+from data.prepare_mimgnet import load_image, prepare_mimgnet
 from data.synthetic_mimgnet import write_dataset
 from metagmvae.evaluation import logistic_regression_predictions, nearest_class_mean_predictions
+from metagmvae.folders import RECORD
 from metagmvae.imagefolders import PREDICTIONS_COLUMNS
-from metagmvae.runfiles import seed_everything
+from metagmvae.runfiles import UserError, seed_everything
 from mimgnet import evaluate
+from omniglot import evaluate as omniglot_evaluate
 from mimgnet.model import REFERENCE_PREFIXES, FeatureGMVAE
 from omniglot.model import OmniglotGMVAE
 from simclr.model import SimCLR
@@ -254,3 +263,188 @@ def test_refuses_checkpoints_of_the_wrong_kind_or_size(models, episode, capsys, 
 def test_refuses_a_non_positive_batch_size(models, episode, capsys):
     assert_refused_in_process(evaluate.main, *flags(models, episode), "--batch-size", "0",
                               text="--batch-size must be positive (got 0)", roots=[episode, models], capsys=capsys)
+
+
+# ---- how image files are opened and read as drawings
+
+def drawing(size=56, shift=0):
+    """(size, size) float array, ink = 1 on 0: an asymmetric character (an L-shaped stroke moved right by
+    `shift` pixels, and a dot), which a rotation by 90 degrees changes."""
+    ink = np.zeros((size, size))
+    ink[8:44, 12 + shift:18 + shift] = 1
+    ink[38:44, 12 + shift:40 + shift] = 1
+    ink[10:16, 40:46] = 1
+    return ink
+
+
+def on_white(ink):
+    """(H, W) uint8: black ink on white paper."""
+    return np.rint(255 * (1 - ink)).astype(np.uint8)
+
+
+def test_images_are_read_upright_by_their_exif_orientation(tmp_path):
+    upright = Image.fromarray(on_white(drawing())).convert("RGB")
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored turned by 90 degrees clockwise; viewers turn it back
+    upright.rotate(-90, expand=True).save(tmp_path / "turned.jpg", quality=95, exif=exif.tobytes())
+    for load, scale in ((omniglot_evaluate.load_image, 1), (load_image, 255)):  # both commands' image readers
+        reference, turned = (load(tmp_path / name).astype(np.float64) / scale for name in ("upright.jpg", "turned.jpg"))
+        assert np.abs(turned - reference).mean() < 0.02  # JPEG noise only
+        assert np.abs(np.rot90(turned, axes=(0, 1)) - reference).mean() > 0.05  # a rotation is another character
+
+
+def test_high_bit_depth_images_are_read_by_their_scale(tmp_path):
+    pixels = np.where(drawing() > 0, 77, 255).astype(np.uint8)  # dark grey ink on white
+    Image.fromarray(pixels).save(tmp_path / "8bit.png")
+    Image.fromarray(257 * pixels.astype(np.uint16)).save(tmp_path / "16bit.png")
+    Image.fromarray((pixels / 255).astype(np.float32)).save(tmp_path / "unit.tif")
+    Image.fromarray(pixels.astype(np.float32)).save(tmp_path / "bytes.tif")
+    with Image.open(tmp_path / "16bit.png") as a, Image.open(tmp_path / "unit.tif") as b:
+        assert (a.mode, b.mode) == ("I;16", "F")
+    expected = omniglot_evaluate.load_image(tmp_path / "8bit.png")
+    assert expected.max() > 0.6  # the ink (1 - 77 / 255 = 0.7 at full resolution)
+    for name in ("16bit.png", "unit.tif", "bytes.tif"):
+        assert np.array_equal(omniglot_evaluate.load_image(tmp_path / name), expected), name
+        assert np.array_equal(load_image(tmp_path / name), load_image(tmp_path / "8bit.png")), name
+    Image.fromarray(4 * pixels.astype(np.float32)).save(tmp_path / "kilo.tif")
+    with pytest.raises(UserError, match=r"kilo.tif: float image with values in \[308, 1\.02e\+03\]; expected \[0, 1\] or "
+                                        r"\[0, 255\]"):
+        omniglot_evaluate.load_image(tmp_path / "kilo.tif")
+
+
+def old_conversion(path):
+    """What omniglot/evaluate.py gave an 8-bit grayscale drawing on clean white or black paper: x at 28x28 on
+    [0, 1], inverted (1 - x) on white."""
+    with Image.open(path) as im:
+        small = np.asarray(im.convert("L").resize((28, 28), Image.LANCZOS), dtype=np.float32) / 255.0
+        return 1.0 - small if im.getpixel((0, 0)) == 255 else small
+
+
+def test_drawings_on_any_paper_become_ink_on_a_zero_background(tmp_path):
+    ink = drawing()
+    Image.fromarray(on_white(ink)).save(tmp_path / "white.png")
+    Image.fromarray(np.rint(255 * ink).astype(np.uint8)).save(tmp_path / "black.png")
+    Image.fromarray(np.where(ink > 0, 0, 110).astype(np.uint8)).save(tmp_path / "grey.png")  # black on grey paper
+    white = omniglot_evaluate.load_image(tmp_path / "white.png")
+    for name in ("white.png", "black.png"):  # clean paper: exactly as before
+        assert np.array_equal(omniglot_evaluate.load_image(tmp_path / name), old_conversion(tmp_path / name))
+    grey = omniglot_evaluate.load_image(tmp_path / "grey.png")
+    assert grey[0, 0] == 0 and grey.max() == 1 and grey.dtype == np.float32
+    assert np.abs(grey - white).max() < 0.02  # Lanczos of 0/110 rounded to 8 bits
+
+
+def test_images_of_many_pixels_print_no_pillow_warning(tmp_path, monkeypatch, recwarn):
+    Image.fromarray(on_white(drawing())).save(tmp_path / "big.png")  # 56 x 56 = 3136 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # Pillow warns above it, refuses above twice it
+    omniglot_evaluate.load_image(tmp_path / "big.png")
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+# ---- episode folders both evaluate.py refuse
+
+def write_drawing_episode(folder, way, shot=1, query=1):
+    """An Omniglot episode of `way` classes (c0, c1, ...): class k's drawings have their stroke at 3k pixels,
+    each drawing i of it a dot row lower; `shot` support and `query` labelled query PNGs per class."""
+    for k in range(way):
+        for i in range(shot + query):
+            ink = drawing(shift=3 * k)
+            ink[50, 4 + 2 * i] = 1
+            part = folder / ("support" if i < shot else "query") / f"c{k}"
+            part.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(on_white(ink)).save(part / f"{i}.png")
+
+
+def omniglot_flags(models, episodes):
+    return ["--checkpoint", models / "omniglot.pt", "--episodes", episodes, "--mc-samples", "2", "--em-iters", "1",
+            "--device", "cpu"]
+
+
+def test_refuses_an_episode_whose_support_classes_share_a_picture(models, tmp_path, capsys):
+    root = tmp_path / "episodes"
+    write_drawing_episode(root / "ep0", 3)
+    write_drawing_episode(root / "ep1", 3)
+    shutil.rmtree(root / "ep1" / "support" / "c2")
+    shutil.copytree(root / "ep1" / "support" / "c0", root / "ep1" / "support" / "c2")
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root),
+                              text=f"{root / 'ep1'}: support classes 'c0' and 'c2' hold the same picture",
+                              roots=[root, models], capsys=capsys)
+
+
+def test_refuses_labelled_episodes_of_different_ways(models, tmp_path, capsys):
+    root = tmp_path / "episodes"
+    for name, way in (("a", 2), ("b", 3), ("c", 3)):
+        write_drawing_episode(root / name, way)
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root),
+                              text="labelled episodes of different ways: 1 2-way (a), 2 3-way (b, c)",
+                              roots=[root, models], capsys=capsys)
+
+
+def test_refuses_folders_and_images_outside_the_layout_and_skips_hidden_files(models, tmp_path, capsys):
+    root = tmp_path / "episodes"
+    write_drawing_episode(root / "ep0", 2, query=2)
+    (root / "ep0" / "support" / "c0" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "ep0" / "query" / ".thumbnails").mkdir()
+    nested = root / "ep0" / "query" / "c0" / "sub"
+    nested.mkdir()
+    (root / "ep0" / "query" / "c0" / "1.png").rename(nested / "1.png")
+    refuse = dict(roots=[root, models], capsys=capsys)
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root),
+                              text=f"{nested}: a folder inside a class folder", **refuse)
+    (nested / "1.png").rename(root / "ep0" / "support" / "1.png")
+    nested.rmdir()
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root),
+                              text=f"{root / 'ep0' / 'support' / '1.png'}: an image beside the class", **refuse)
+    (root / "ep0" / "support" / "1.png").unlink()
+    (root / "ep0" / "extra").mkdir()
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root),
+                              text=f"{root / 'ep0' / 'extra'}: a folder beside support/ and query/", **refuse)
+    (root / "ep0" / "extra").rmdir()
+    omniglot_evaluate.main(list(map(str, omniglot_flags(models, root))))  # hidden entries skipped
+    assert capsys.readouterr().out.startswith("ep0: ")
+
+
+def test_an_image_or_folder_name_that_is_not_utf8_is_refused_naming_it(models, tmp_path, capsys):
+    root = tmp_path / "episodes"
+    write_drawing_episode(root / "ep0", 2)
+    unlabel_queries(root / "ep0")
+    query = root / "ep0" / "query"
+    bad_image = query / os.fsdecode(b"\xff.png")
+    (query / "c0_1.png").rename(bad_image)
+    refuse = dict(roots=[tmp_path], capsys=capsys)
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root),
+                              text=f"{query}/\\xff.png: a name that is not UTF-8", **refuse)
+    bad_image.rename(query / "c0_1.png")
+    (root / "ep0" / "support" / "c1").rename(root / "ep0" / "support" / os.fsdecode(b"c\xff"))
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root),
+                              text=f"{root / 'ep0' / 'support'}/c\\xff: a name that is not UTF-8", **refuse)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["episodes"]
+
+
+def test_predictions_of_an_earlier_evaluation_do_not_outlive_its_unlabelled_queries(models, tmp_path, capsys):
+    root, out = tmp_path / "episodes", tmp_path / "predictions"
+    for name in ("a", "b"):
+        write_drawing_episode(root / name, 2)
+    unlabel_queries(root / "a")
+    flags = [*omniglot_flags(models, root), "--out", out]
+    omniglot_evaluate.main(list(map(str, flags)))
+    assert (out / "predictions.csv").is_file()
+    (out / "notes.txt").write_text("the user's")
+    shutil.rmtree(root / "a")  # every episode labelled now: no predictions
+    capsys.readouterr()
+    omniglot_evaluate.main(list(map(str, flags)))
+    assert f"removed the earlier {out / 'predictions.csv'}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [RECORD, "notes.txt"]
+
+
+def test_prepare_mimgnet_refuses_an_image_copied_into_another_class(tmp_path, capsys):
+    root = tmp_path / "imgnet"
+    layout = write_dataset(root, {"train": 1, "val": 1, "test": 1}, 2, (30, 40), seed=0)
+    (val, _, _), (test, _, _) = layout["val"][0], layout["test"][0]
+    for i in (1, 2):  # the test class's files are byte copies of the val class's, under other names and order
+        shutil.copy(root / "images" / f"{val}{i:08d}.jpg", root / "images" / f"{test}{3 - i:08d}.jpg")
+    assert_refused_in_process(prepare_mimgnet_script.main, "--images", root / "images", "--splits", root, "--out",
+                              tmp_path / "arrays",
+                              text=f"class {test} of test.csv holds the images of class {val} of val.csv (the same "
+                                   "2 files, byte for byte, under other names)", roots=[root], capsys=capsys)
+    assert not (tmp_path / "arrays").exists()

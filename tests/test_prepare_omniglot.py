@@ -5,6 +5,7 @@ Every output goes under pytest's tmp_path; the download tests use a local HTTP s
 """
 import functools
 import http.server
+import io
 import json
 import os
 import shutil
@@ -17,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
+from PIL import Image
 
 from data.omniglot_build import BUILD_KIND, REFERENCE_SPLIT, split_characters, split_counts
-from data.prepare_omniglot import build_omniglot, collect_characters, download_archives, load_character
+from data.prepare_omniglot import Drawing, build_omniglot, collect_characters, download_archives, load_character
 from metagmvae.folders import RECORD, OutputFolder
 from metagmvae.runfiles import UserError
 
@@ -216,6 +218,25 @@ def test_load_character_shape(greek):
     assert images.shape == (20, 28, 28) and images.dtype == np.float32
 
 
+def png_drawing(pixels, index):
+    """A Drawing of the (105, 105) array `pixels` saved as a PNG (16-bit grayscale for uint16)."""
+    data = io.BytesIO()
+    Image.fromarray(pixels).save(data, format="PNG")
+    return Drawing(f"{index:02d}.png", f"top/Alpha/character01/{index:02d}.png", data.getvalue())
+
+
+def test_16_bit_drawings_give_the_arrays_of_their_8_bit_copies():
+    rng = np.random.default_rng(0)
+    pixels = np.full((20, 105, 105), 255, np.uint8)  # dark grey strokes (77) on white
+    for i, drawing in enumerate(pixels):
+        row, column = rng.integers(10, 60, size=2)
+        drawing[row:row + 40, column:column + 6] = 77
+        drawing[row + 30:row + 36, column:column + 40] = 77
+    eight = load_character([png_drawing(d, i) for i, d in enumerate(pixels)])
+    sixteen = load_character([png_drawing(257 * d.astype(np.uint16), i) for i, d in enumerate(pixels)])
+    assert eight.max() > 0.6 and np.array_equal(sixteen, eight)
+
+
 @pytest.fixture(scope="module")
 def bad_inputs(omniglot_zips, greek, tmp_path_factory):
     """{case: (source, text the error must contain)} for broken local sources."""
@@ -298,4 +319,35 @@ def test_cli_download_refuses_wrong_archive(server, previous_build, tmp_path):
     out, previous = previous_build
     result = run_cli("--out", out, "--download-dir", tmp_path / "dl", "--url-base", url + "official")
     assert_cli_fails(result, "136 characters, expected 964", out, previous)
-    assert [p.name for p in (tmp_path / "dl").iterdir()] == [RECORD]  # nothing that looks like a finished download
+    assert not (tmp_path / "dl").exists()  # checked before it went there: the folder it created is removed
+
+
+def assert_refused_leaving_nothing(result, text, folder):
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and text in result.stderr, result.stderr
+    assert not folder.exists()
+
+
+def test_a_refused_download_leaves_no_folder_it_created(server, tmp_path):
+    """--out and --download-dir refused, a failed download and a wrong archive (into the default
+    <out>/downloads): neither --out nor the downloads folder is left behind."""
+    url, _ = server
+    out = tmp_path / "out"
+    assert_refused_leaving_nothing(run_cli("--out", out, "--download-dir", out), f"is --download-dir {out}", out)
+    assert_refused_leaving_nothing(run_cli("--out", out, "--download-dir", tmp_path), "lies inside --download-dir",
+                                   out)
+    assert_refused_leaving_nothing(run_cli("--out", out, "--sample", "--url-base", url + "missing/"), "404", out)
+    assert_refused_leaving_nothing(run_cli("--out", out, "--url-base", url + "official"),
+                                   "136 characters, expected 964", out)
+
+
+def test_downloads_kept_in_out_after_a_failed_build_serve_the_rerun(server, tmp_path):
+    url, requests = server
+    out = tmp_path / "out"
+    result = run_cli("--out", out, "--sample", "--url-base", url, "--split", "1", "1", "1")
+    assert result.returncode == 2 and "--split 1 1 1" in result.stderr, result.stderr
+    assert sorted(p.name for p in (out / "downloads").iterdir()) == sorted([RECORD, *SAMPLE_CHARACTERS])
+    served = len(requests)
+    result = run_cli("--out", out, "--sample", "--url-base", url)
+    assert result.returncode == 0, result.stderr
+    assert len(requests) == served  # the downloads were reused
+    assert load(out)["train"].shape[1:] == (20, 28, 28, 1)

@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from metagmvae.folders import RECORD, OutputFolder
+from metagmvae.folders import LOCK_FILE, RECORD, OutputFolder
 from metagmvae.runfiles import UserError, load_checkpoint
 from metagmvae.training import TrainingDiverged
 from mimgnet import main as mimgnet_main
@@ -83,7 +83,7 @@ def test_two_runs_started_together_one_trains_the_other_is_refused(omniglot_data
     assert json.loads((save / "config.json").read_text())["seed"] == winner
     assert json.loads((save / "results.json").read_text())["config"]["seed"] == winner
     assert load_checkpoint(save / "last.pt")["config"]["seed"] == winner
-    assert not (save / ".lock").exists()
+    assert not (save / LOCK_FILE).exists()
 
 
 @pytest.mark.parametrize("main, flags", [
@@ -131,10 +131,10 @@ def test_a_killed_holder_leaves_no_lock(tmp_path):
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     holder.stdout.close()
-    assert (tmp_path / ".lock").exists()  # the file stays, the lock is gone with its process
+    assert (tmp_path / LOCK_FILE).exists()  # the file stays, the lock is gone with its process
     with OutputFolder(tmp_path, "Omniglot run", "--save-dir"):
-        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
-    assert not (tmp_path / ".lock").exists()
+        assert (tmp_path / LOCK_FILE).read_text() == f"meta-gmvae PID {os.getpid()}\n"
+    assert not (tmp_path / LOCK_FILE).exists()
 
 
 def test_overwrite_removes_only_the_files_of_a_run(omniglot_data, run_copy, capsys):
@@ -232,7 +232,7 @@ def test_ctrl_c_says_where_the_run_resumes(omniglot_data, tmp_path):
     step = load_checkpoint(save / "last.pt")["step"]
     assert line == (f"omniglot/main.py: error: interrupted (Ctrl-C); --resume continues the run from "
                     f"{save}/last.pt (step {step})")
-    assert step >= 2 and not (save / ".lock").exists() and not list(save.glob(".*.tmp"))
+    assert step >= 2 and not (save / LOCK_FILE).exists() and not list(save.glob(".*.tmp"))
 
 
 def test_disk_full_while_writing_a_checkpoint_keeps_every_file(omniglot_data, tmp_path, capsys, monkeypatch):
@@ -287,6 +287,7 @@ def truncate_last(run):
 
 
 def reshape_last(run):
+    (run / RECORD).unlink()  # a run from before records: its last.pt is read (else the record refuses it)
     state = load_checkpoint(run / "last.pt")
     state["model"]["decoder.0.weight"] = torch.zeros(3)
     torch.save(state, run / "last.pt")
@@ -299,6 +300,69 @@ def test_resume_refuses_a_damaged_run_before_writing(omniglot_data, run_copy, ca
     assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, run_copy, "--train-iters", "6",
                                                               "--seed", "1", "--resume"),
                               text=text, roots=[run_copy], capsys=capsys)
+
+
+def test_the_advice_for_a_damaged_last_pt_resumes_the_run(omniglot_data, run_copy, capsys):
+    """Copying best_1shot.pt to last.pt, as the refusal says, resumes from it: its bytes are the run's own
+    (the record lists them as best_1shot.pt); a last.pt of other bytes stays refused."""
+    truncate_last(run_copy)
+    shutil.copyfile(run_copy / "best_1shot.pt", run_copy / "last.pt")
+    code, out, err = run_in_process(omniglot_main.main, train_args(omniglot_data, run_copy, "--train-iters", "6",
+                                                                    "--seed", "1", "--resume"), capsys)
+    assert code == 0 and "5way-1shot:" in out, err
+    assert load_checkpoint(run_copy / "last.pt")["step"] == 6
+    recorded = json.loads((run_copy / RECORD).read_text())["files"]["last.pt"]
+    assert recorded["size"] == (run_copy / "last.pt").stat().st_size
+
+
+def edit_last(run, edit, keep_record=False):
+    """Change the run's last.pt with edit(state); unless keep_record, the folder becomes a run from before
+    records (whose last.pt --resume reads, as a run of ours)."""
+    state = load_checkpoint(run / "last.pt")
+    edit(state)
+    torch.save(state, run / "last.pt")
+    if not keep_record:
+        (run / RECORD).unlink()
+
+
+def set_group(key, value):
+    return lambda state: state["optimizer"]["param_groups"][0].__setitem__(key, value)
+
+
+def set_moment(key, value):
+    return lambda state: state["optimizer"]["state"][0].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("edit, text", [
+    (lambda s: s.update(step="4"), "last.pt: 'step' is '4', not a count of training steps >= 1"),
+    (lambda s: s.update(step=0), "last.pt: 'step' is 0, not a count"),
+    (lambda s: s.update(best={"1shot": "x"}), "last.pt: 'best' is {'1shot': 'x'}, not {'<shot>shot': an accuracy"),
+    (lambda s: s.update(best={"1shot": float("nan")}), "last.pt: 'best' is {'1shot': nan}"),
+    (lambda s: s.update(best={"1shot": float("inf")}), "last.pt: 'best' is {'1shot': inf}"),
+    (lambda s: s.update(wall_time_s=-100.0), "last.pt: 'wall_time_s' is -100.0, not a finite number of seconds >= 0"),
+    (lambda s: s.update(wall_time_s=float("nan")), "last.pt: 'wall_time_s' is nan"),
+    (set_group("lr", 1e6), "last.pt: 'optimizer/param_groups/0/lr' is 1000000.0, not 0.001 (what the run's flags"),
+    (set_group("betas", (2.0, 2.0)), "'optimizer/param_groups/0/betas' is (2.0, 2.0), not (0.9, 0.999)"),
+    (set_group("eps", 0.0), "'optimizer/param_groups/0/eps' is 0.0, not 1e-08"),
+    (set_moment("exp_avg", torch.zeros(3)), "last.pt: 'optimizer/state/0/exp_avg' is a torch.float32 tensor of shape "
+                                            "(3,), not a torch.float32 tensor of its parameter's shape (8, 1, 3, 3)"),
+    (set_moment("exp_avg_sq", -torch.ones(8, 1, 3, 3)), "'optimizer/state/0/exp_avg_sq' holds negative values"),
+    (set_moment("step", torch.tensor(2.5)), "'optimizer/state/0/step' is tensor(2.5000), not a count of steps >= 1"),
+])
+def test_resume_refuses_a_run_state_that_no_run_writes_before_writing(omniglot_data, run_copy, capsys, edit, text):
+    edit_last(run_copy, edit)
+    assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, run_copy, "--train-iters", "6",
+                                                              "--seed", "1", "--resume"),
+                              text=text, roots=[run_copy], capsys=capsys)
+
+
+def test_resume_reads_no_last_pt_that_differs_from_the_record(omniglot_data, run_copy, capsys):
+    """The record proves last.pt ours before any of its fields is read (a step of '4' once gave a TypeError)."""
+    edit_last(run_copy, lambda s: s.update(step="4"), keep_record=True)
+    assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, run_copy, "--train-iters", "6",
+                                                              "--seed", "1", "--resume"),
+                              text=f"--resume: {run_copy}/last.pt is not the last.pt this project wrote",
+                              roots=[run_copy], capsys=capsys)
 
 
 def test_resume_with_fewer_steps_than_done_is_refused(omniglot_data, run_copy, capsys):

@@ -6,6 +6,7 @@ goes under tmp_path.
 """
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -15,12 +16,14 @@ import torch
 
 from data.prepare_mimgnet import load_image, prepare_mimgnet, read_split_csv
 from data.synthetic_mimgnet import write_dataset
-from metagmvae.folders import RECORD, RunDir
+from metagmvae.folders import RECORD, OutputFolder, RunDir
 from metagmvae.runfiles import UserError, load_checkpoint
 from simclr.data import load_split
 from simclr.main import main as simclr_main
+from simclr.trainer import FEATURES_KIND
 
 from .conftest import REPO_ROOT, torchrun
+from .test_hostile_inputs import assert_refused_in_process
 
 PER_CLASS = 12
 # split -> synsets in CSV order; train's is not sorted, to show that preparing keeps the CSV order
@@ -230,6 +233,27 @@ def test_refusals(prepared, trained, tmp_path, capsys):
     truncated.write_bytes((save / "last.pt").read_bytes()[:3000])
     assert_refused(run_script("simclr/main.py", *data, "--export-only", "--checkpoint", truncated),
                    "not a readable checkpoint")
+
+
+def test_output_folders_inside_an_input_or_each_other_or_over_a_users_file_are_refused_at_start(prepared, tmp_path,
+                                                                                                  capsys):
+    """Refused before training, writing nothing: --save-dir inside --data-dir, --save-dir inside
+    --feature-save-dir, and a feature folder whose train_features.npy is not the one this project wrote."""
+    data = shutil.copytree(prepared[0], tmp_path / "data")
+    features = tmp_path / "features"
+    with OutputFolder(features, FEATURES_KIND, "--feature-save-dir") as folder:
+        folder.write_bytes("train_features.npy", b"exported")
+    (features / "train_features.npy").write_bytes(b"edited by the user")
+    refuse = dict(roots=[tmp_path], capsys=capsys)
+    assert_refused_in_process(simclr_main, "--data-dir", data, "--save-dir", data / "run", "--feature-save-dir",
+                              tmp_path / "f", *SMALL, text=f"--save-dir {data / 'run'} lies inside --data-dir", **refuse)
+    assert_refused_in_process(simclr_main, "--data-dir", data, "--save-dir", tmp_path / "f" / "run",
+                              "--feature-save-dir", tmp_path / "f", *SMALL,
+                              text=f"--save-dir {tmp_path / 'f' / 'run'} lies inside --feature-save-dir", **refuse)
+    assert_refused_in_process(simclr_main, "--data-dir", data, "--save-dir", tmp_path / "run", "--feature-save-dir",
+                              features, *SMALL, text=f"{features / 'train_features.npy'} was not written by this "
+                                                     "project", **refuse)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "features"]
 
 
 def test_exported_features_feed_mimgnet_end_to_end(trained, tmp_path):
