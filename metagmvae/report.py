@@ -17,7 +17,7 @@ from .startup import quiet_ctrl_c
 quiet_ctrl_c(__name__, "python -m metagmvae.report")  # before torch loads: a Ctrl-C is one line, exit code 130
 
 from .evaluation import MIN_EPISODES  # noqa: E402
-from .runfiles import UserError, check_regular_file, exit_on_user_error  # noqa: E402
+from .runfiles import UserError, check_regular_file, exit_on_user_error, shortened  # noqa: E402
 
 RESULT_FILES = ("results.json", "eval_results.json")
 KEY = re.compile(r"([1-9][0-9]{0,17})way-([1-9][0-9]{0,17})shot")  # as a run writes: ASCII digits, no leading 0
@@ -54,14 +54,9 @@ def _json_int(text):
     return int(text) if len(text) <= len(str(MAX_COUNT)) + 1 else LongInteger(text)
 
 
-def _cut(text):
-    """`text` cut to 40 characters."""
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _shown(value):
     """`value` as the file has it, cut to 40 characters."""
-    return _cut(value if isinstance(value, LongInteger) else json.dumps(value))
+    return shortened(value if isinstance(value, LongInteger) else json.dumps(value))
 
 
 def possible_ci95(mean, episodes):
@@ -105,11 +100,11 @@ def check_results(results, path):
     config = results.get("config") or {}
     for name, entries in {"test": results["test"], **results.get("baselines", {})}.items():
         if not isinstance(entries, dict):
-            refuse(f"entry {_cut(name)}", "a dict of \"<way>way-<shot>shot\" entries")
+            refuse(f"entry {shortened(name)}", "a dict of \"<way>way-<shot>shot\" entries")
         for key, res in entries.items():
             match = KEY.fullmatch(key)
             if not match or int(match[1]) < 2 or not isinstance(res, dict):
-                refuse(f"entry {name}/{_cut(key)}", "\"<way>way-<shot>shot\" (way >= 2, shot >= 1, written "
+                refuse(f"entry {name}/{shortened(key)}", "\"<way>way-<shot>shot\" (way >= 2, shot >= 1, written "
                        "without leading zeros): {\"mean\", \"ci95\", \"episodes\"}")
             way, shot = map(int, match.groups())
             if config.get("eval_way", way) != way or shot not in config.get("eval_shots", [shot]):

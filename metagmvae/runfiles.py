@@ -307,6 +307,11 @@ def checkpoint_kind(state):
     return None
 
 
+def shortened(text, limit=40):
+    """`text` cut to `limit` characters, "..." marking a cut: a value from a file, quoted in a message."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def name_list(names):
     names = sorted(names)
     shown = ", ".join(names[:MAX_NAMES_SHOWN])

@@ -21,7 +21,8 @@ from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import autocast
 from .folders import LAST_CHECKPOINT, RECORD, RunDir
 from .runfiles import (Interrupted, NonFiniteCheckpoint, UserError, build_model, check_finite_result,
-                       check_run_checkpoint, check_same_flags, load_checkpoint, load_weights, rng_state, set_rng_state)
+                       check_run_checkpoint, check_same_flags, load_checkpoint, load_weights, rng_state, set_rng_state,
+                       shortened)
 
 
 class TrainingDiverged(UserError):
@@ -292,9 +293,7 @@ def last_saved(run, progress):
 
 def refuse_field(path, field, value, expected):
     """Refuse checkpoint `path` whose entry `field` holds `value` (shown shortened), not `expected`."""
-    shown = repr(value)
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    raise UserError(f"{path}: {field!r} is {shown}, not {expected}: no run writes that (a damaged or edited "
+    raise UserError(f"{path}: {field!r} is {shortened(repr(value))}, not {expected}: no run writes that (a damaged or edited "
                     "checkpoint)")
 
 
