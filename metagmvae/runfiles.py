@@ -408,16 +408,14 @@ def load_weights(model, state_dict, path, name, renamed=False):
 
 
 def new_model(model_class, config, settings, name):
-    """model_class(**config), the settings named by `settings` (a checkpoint's model_config, or flags): any
-    error or warning while building it (a size of 0, more memory than there is) is the settings', and
-    raises UserError naming them and the model (`name`)."""
+    """model_class(**config), the settings named by `settings` (a checkpoint's model_config, or flags): a size
+    below 1 (torch builds empty layers from 0, with a warning) or any error while building it (more memory
+    than there is) is the settings', and raises UserError naming them and the model (`name`)."""
     not_positive = [f"{key} {value}" for key, value in config.items() if isinstance(value, int) and value < 1]
     if not_positive:
         raise UserError(f"{settings}: the {name} model needs sizes of at least 1 ({', '.join(not_positive)})")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            return model_class(**config)
+        return model_class(**config)
     except Exception as e:  # the settings come from the user: any failure is theirs
         raise UserError(f"{settings}: the {name} model cannot be built with these settings "
                         f"({str(e).strip().splitlines()[0]})") from None
