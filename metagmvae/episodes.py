@@ -11,6 +11,7 @@ Labeled episodes come from arrays shaped (C classes, I instances, ...): N-way, `
 query items per class. Unlabeled training sets are drawn with replacement from all training images
 pooled, so meta-training never reads a label.
 """
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ GROUPING_EM = 6        # (seed, GROUPING_EM, restart): one EM start when groupin
 GROUPING_NOISE = 7     # (seed, GROUPING_NOISE, 0): the MC noise of the grouped folder's set
 GROUPING_KMEANS = 8    # (seed, GROUPING_KMEANS, restart): one k-means++ start of the baseline
 SPLITS = {"val": 1, "test": 2}  # `split` in the evaluation keys: validation and test draw independently
+PARALLEL_DRAW_SIZE = 1 << 16  # numbers in one draw from which the episode streams are drawn in parallel
 STREAM_BYTES = 1100  # memory of one stream of an EpisodeRandom (a numpy PCG64 Generator), as measured
 
 
@@ -49,22 +51,42 @@ class EpisodeRandom:
     def __len__(self):
         return len(self.streams)
 
-    def _draw(self, draw, shape):
+    def _check_rows(self, shape):
         if shape[0] != len(self.streams):
             raise ValueError(f"{shape[0]} rows asked of {len(self.streams)} episode streams")
-        return torch.from_numpy(np.stack([draw(stream, shape[1:]) for stream in self.streams]))
+
+    def _fill(self, fill, shape):
+        """A float32 CPU tensor (E, ...) whose row e fill(stream e, row e) writes in place.  Large draws
+        run on torch's number of threads (numpy releases the GIL while it fills): each row comes from its
+        own stream whichever thread draws it, so the numbers are the same."""
+        self._check_rows(shape)
+        out = np.empty(shape, dtype=np.float32)
+        rows = list(zip(self.streams, out.reshape(shape[0], int(np.prod(shape[1:])))))
+        threads = min(torch.get_num_threads(), len(rows)) if out.size >= PARALLEL_DRAW_SIZE else 1
+
+        def fill_rows(first):  # rows first, first + threads, ...
+            for stream, row in rows[first::threads]:
+                fill(stream, row)
+        if threads == 1:
+            fill_rows(0)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(fill_rows, range(threads)))
+        return torch.from_numpy(out)
 
     def rand(self, *shape):
         """Uniform [0, 1) float32 CPU tensor of shape (E, ...)."""
-        return self._draw(lambda stream, s: stream.random(s, dtype=np.float32), shape)
+        return self._fill(lambda stream, row: stream.random(dtype=np.float32, out=row), shape)
 
     def randn(self, *shape):
         """Standard normal float32 CPU tensor of shape (E, ...)."""
-        return self._draw(lambda stream, s: stream.standard_normal(s, dtype=np.float32), shape)
+        return self._fill(lambda stream, row: stream.standard_normal(dtype=np.float32, out=row), shape)
 
     def randint(self, high, *shape):
         """Integers in [0, high), int64 CPU tensor of shape (E, ...)."""
-        return self._draw(lambda stream, s: stream.integers(high, size=s), shape)
+        self._check_rows(shape)
+        return torch.from_numpy(np.stack([stream.integers(high, size=shape[1:]) for stream in self.streams]))
+
 
 @dataclass
 class Episodes:

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from metagmvae import distributed
-from metagmvae.episodes import TRAINING, EpisodeRandom
+from metagmvae.episodes import PARALLEL_DRAW_SIZE, TRAINING, EpisodeRandom
 from metagmvae.runfiles import load_checkpoint
 from metagmvae.training import Objective, draw_training_sets, train_step
 from omniglot.model import OmniglotGMVAE
@@ -114,6 +114,28 @@ def test_an_episode_draws_the_same_numbers_in_any_batch():
     assert not torch.equal(other_step.randn(2, 3, 2), again.randn(2, 3, 2))
     with pytest.raises(ValueError, match="3 rows asked of 2 episode streams"):
         part.rand(3, 5)
+
+
+def test_a_large_draw_on_several_threads_gives_each_episode_its_own_numbers():
+    """Above PARALLEL_DRAW_SIZE numbers the streams are drawn on torch's threads: row e is still what
+    episode e's stream draws alone, whatever the number of threads."""
+    shape = (3, PARALLEL_DRAW_SIZE // 2, 2)
+
+    def draws():
+        rng = EpisodeRandom.for_episodes(range(3), 0, TRAINING, 7)
+        return rng.randn(*shape), rng.rand(*shape)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        parallel = draws()
+        torch.set_num_threads(1)
+        serial = draws()
+    finally:
+        torch.set_num_threads(threads)
+    alone = [EpisodeRandom.for_episodes([e], 0, TRAINING, 7) for e in range(3)]
+    alone = [torch.cat(rows) for rows in zip(*[(rng.randn(1, *shape[1:]), rng.rand(1, *shape[1:])) for rng in alone])]
+    for kind in range(2):
+        assert torch.equal(parallel[kind], serial[kind]) and torch.equal(parallel[kind], alone[kind])
 
 
 def shares():
