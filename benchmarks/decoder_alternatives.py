@@ -1,6 +1,6 @@
 """The measurements behind docs/performance.md, "Part 2": alternatives to the Omniglot decoder's layers
 timed outside the training step, ReLU's backward outside the step, the encoder's evaluation-mode order,
-and where our prediction spends its time.  Best of 3 calls after a warm-up, float32 on the CPU.
+the MC noise drawn on one thread and on torch's threads, and where our prediction spends its time.  Best of 3 calls after a warm-up, float32 on the CPU.
 
     OMP_NUM_THREADS=2 python benchmarks/decoder_alternatives.py
     OMP_NUM_THREADS=2 python benchmarks/decoder_alternatives.py --prediction-only
@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import gmvae_predict, omniglot_items  # noqa: E402
 from metagmvae import cpu_memory  # noqa: E402
+from metagmvae.episodes import EpisodeRandom  # noqa: E402
 from omniglot.model import OmniglotGMVAE  # noqa: E402
 
 CHANNELS = 64
@@ -119,6 +120,18 @@ def eval_encoder_ms(images):
         return best_ms(lambda: torch.nn.Sequential.forward(encoder, x)), best_ms(lambda: encoder(x)), equal
 
 
+def noise_draw_ms(episodes=4, items=80, samples=32, latent=64):
+    """The MC noise of a prediction (EpisodeRandom.randn, one stream per episode) on one thread and on
+    torch's threads: (ms, ms, whether the numbers are equal)."""
+    def draw():
+        return EpisodeRandom.for_episodes(range(episodes), 0).randn(episodes, items, samples, latent)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    one_thread, serial = best_ms(draw), draw()
+    torch.set_num_threads(threads)
+    return one_thread, best_ms(draw), torch.equal(serial, draw())
+
+
 def prediction_profile():
     """Top operators of 5 of our Omniglot predictions (4 episodes, 5-way 1-shot, 15 queries, S=32)."""
     torch.manual_seed(0)
@@ -134,7 +147,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=6400, help="decoder images of the layer timings (S=8 at B=4 M=200)")
     p.add_argument("--prediction-only", action="store_true",
-                   help="only the evaluation-mode encoder and the prediction profile")
+                   help="only the evaluation-mode encoder, the noise draw and the prediction profile")
     args = p.parse_args()
     cpu_memory.set_up()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -149,6 +162,9 @@ def main():
     layers, pooled, equal = eval_encoder_ms(320)
     print(f"\nOur Omniglot encoder in evaluation mode, 320 drawings (a prediction's 4 episodes): layer by layer "
           f"{layers:.1f} ms, pooling first {pooled:.1f} ms; features equal bit for bit: {equal}")
+    one_thread, threads, equal = noise_draw_ms()
+    print(f"\nIts MC noise (4 episodes x 80 items x S=32 x D=64 normals, one stream per episode): one thread "
+          f"{one_thread:.1f} ms, {torch.get_num_threads()} threads {threads:.1f} ms; numbers equal: {equal}")
     print("\nOur Omniglot prediction, S=32, 5 calls\n")
     print(prediction_profile())
 
