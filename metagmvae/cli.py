@@ -9,9 +9,12 @@ from .evaluation import MIN_EPISODES
 from .folders import EVAL_RESULTS, RunDir, check_outside_inputs
 from .runfiles import UserError, check_fits_in_memory, check_writable_folder
 
-# Flags that define the model or the objective: a resumed run must keep them.
+# Flags that define the model, the objective or the validation scores that select a checkpoint (scores of
+# two tasks are not comparable): a resumed run must keep them.
 RESUME_INVARIANT_FLAGS = ("latent_size", "way", "batch_size", "sample_size", "train_mc_sample_size",
-                          "unsupervised_em_iters", "fix_pi", "lr", "weight_decay", "seed", "select_by")
+                          "unsupervised_em_iters", "fix_pi", "lr", "weight_decay", "seed", "select_by",
+                          "eval_way", "query", "eval_episodes", "eval_shots", "test_mc_sample_size",
+                          "semisupervised_em_iters", "val_elbo_sets")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -178,7 +178,7 @@ class OutputFolder:
         try:
             if not stat.S_ISREG(self._lstat(RECORD).st_mode):
                 raise UserError(f"{where} is not a regular file (a link?); choose another {self.flag}")
-            fd = os.open(RECORD, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._fd)
+            fd = os.open(RECORD, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self._fd)
             with os.fdopen(fd, "rb") as f:
                 record = json.loads(f.read())
         except (OSError, ValueError, RecursionError) as e:
@@ -275,7 +275,7 @@ class OutputFolder:
         """Whether `name` is a regular file of one link holding nothing yet or LOCK_TEXT, as a lock file of
         this project does."""
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._fd)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self._fd)
         except OSError:
             return False
         try:
@@ -342,7 +342,7 @@ class OutputFolder:
         if fd is None:
             return None
         try:
-            file_fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+            file_fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)  # a FIFO: no wait
         except OSError:
             return None
         finally:
@@ -389,8 +389,8 @@ class OutputFolder:
         """Refuse to write `name` where a file of the user's (not in the record, changed since, a link) is."""
         if self.exists(name) and not self.owns(name):
             raise UserError(f"{self.path / name} was not written by this project (it is not in its record "
-                            f"{RECORD}, has changed since, or is a link), so it is not replaced: move it or "
-                            f"choose another {self.flag}")
+                            f"{RECORD}, has changed since, or is not a regular file), so it is not replaced: move "
+                            f"it or choose another {self.flag}")
 
     @contextmanager
     def writing(self, name):
@@ -603,8 +603,9 @@ class RunDir:
 
     @staticmethod
     def _present_run_names(folder):
-        """The names of run files (RUN_FILE_NAMES) in the folder, links included."""
-        names = [n for n in folder.visible_entries() if not n.endswith("/")]
+        """The names of run files (RUN_FILE_NAMES) in the folder, links, folders and other kinds included
+        (all but the figures folder itself, whose files are listed)."""
+        names = [n.rstrip("/") for n in folder.visible_entries() if n != f"{FIGURES}/"]
         if f"{FIGURES}/" in folder.visible_entries():
             names += [f"{FIGURES}/{n}" for n in sorted(os.listdir(folder.path / FIGURES))]
         return [n for n in names if RUN_FILE_NAMES.fullmatch(n) and os.path.lexists(folder.path / n)]
@@ -615,9 +616,9 @@ class RunDir:
         it, config.json of those flags, a results file of a run of those flags.  A figure proves nothing
         (any PNG could be one) and stays the user's."""
         path = folder.path / name
-        if path.is_symlink():
-            return False
         try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):  # a link, a folder, a FIFO (reading one would wait)
+                return False
             if name.endswith(".pt"):
                 state = load_checkpoint(path)
                 return checkpoint_kind(state) == (OURS, self.model) and isinstance(state.get("config"), dict)
@@ -677,8 +678,8 @@ class RunDir:
         clashes = [n for n in self._present_run_names(folder) if not folder.owns(n)]
         if clashes:
             raise UserError(f"{self.path} holds {name_list(clashes)}, which a run writes, but this project did not "
-                            f"write them (not in its record {RECORD}, changed since, or a link): move them or choose "
-                            "another --save-dir")
+                            f"write them (not in its record {RECORD}, changed since, or not a regular file): move "
+                            "them or choose another --save-dir")
         kept = None
         if not resume:
             earlier = [n for n in folder.record["files"] if n != CONFIG]

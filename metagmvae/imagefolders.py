@@ -199,6 +199,19 @@ def check_classes_differ(folder, class_dirs, support, support_files):
                                 "cannot belong to two classes")
 
 
+def check_queries_are_not_support(folder, support, support_files, query, query_files):
+    """Refuse an episode with a query that is a support picture as the model reads it (support (Ns, ...) and
+    query (Nq, ...) tensors and their files): its prediction would be read off its own copy."""
+    originals = {}  # picture bytes -> the first support file of that picture
+    for image, file in zip(support, support_files):
+        originals.setdefault(image.numpy().tobytes(), file)
+    for image, file in zip(query, query_files):
+        original = originals.get(image.numpy().tobytes())
+        if original is not None:
+            raise UserError(f"{folder}: query {file} is the support picture {original.relative_to(folder)} as the "
+                            "model reads it; a query must not be a copy of a support image")
+
+
 def load_episode(folder, load_image):
     """An Episode from <folder>/support/<class>/* and <folder>/query/[<class>/]*, each image through
     load_image(path) -> array."""
@@ -243,6 +256,7 @@ def load_episode(folder, load_image):
         y_query, files = None, [p.name for p in paths]
     support = torch.cat(support)
     check_distinct(torch.cat([support, query]), folder)
+    check_queries_are_not_support(folder, support, [f for files in support_files for f in files], query, files)
     return Episode(folder.name, classes, support, torch.tensor(y_support), query, y_query, files)
 
 

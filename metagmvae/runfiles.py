@@ -180,6 +180,40 @@ def check_distinct_classes(splits, data_dir):
             raise UserError(f"{data_dir}: class {index} of {name} is class {other_index} of {other} (the same "
                             f"{len(items[first])} items, in any order, up to {SAME_CLASS_TOLERANCE:g} of the "
                             "largest value); every class must be a different one")
+    check_classes_hold_their_own_items(splits, data_dir)
+
+
+def check_classes_hold_their_own_items(splits, data_dir):
+    """Refuse a class (in splits, as check_distinct_classes) of which half the items or more are copies:
+    of each other (one drawing repeated: its queries are scored against copies of its support items), or
+    of items of one other class (part of another split's class: test accuracy on classes already seen).
+    Items are compared by their bytes; a few shared items, as real datasets hold, are allowed."""
+    names = [(name, index) for name, classes in splits.items() for index in range(len(classes))]
+    sizes = np.array([c.shape[1] for c in splits.values() for _ in range(len(c))])  # items per class
+    rows = np.concatenate([np.ascontiguousarray(c, dtype=np.float32).reshape(len(c) * c.shape[1], -1)
+                           for c in splits.values()])  # (all items, P), class after class
+    owner = np.repeat(np.arange(len(names)), sizes)  # the class of each item
+    _, picture = np.unique(rows.view(np.dtype((np.void, rows.shape[1] * 4))).ravel(), return_inverse=True)
+    held = np.unique(np.stack([owner, picture.ravel()], 1), axis=0)  # (class, picture) pairs, each once
+    distinct = np.bincount(held[:, 0], minlength=len(names))  # distinct pictures per class
+    repeated = np.flatnonzero(2 * distinct <= sizes)
+    if len(repeated):
+        name, index = names[repeated[0]]
+        raise UserError(f"{data_dir}: class {index} of {name} holds {distinct[repeated[0]]} different items among "
+                        f"its {sizes[repeated[0]]}: the others are copies, and a query would be scored against a "
+                        "copy of its support item")
+    order = np.argsort(held[:, 1], kind="stable")
+    by_picture = np.split(held[order, 0], np.flatnonzero(np.diff(held[order, 1])) + 1)
+    shared = [(a, b) for classes in by_picture if len(classes) > 1 for a in classes for b in classes if a != b]
+    if shared:
+        pairs, counts = np.unique(np.array(shared), axis=0, return_counts=True)
+        mostly = np.flatnonzero(2 * counts > distinct[pairs[:, 0]])
+        if len(mostly):
+            pick = mostly[np.argmax(pairs[mostly, 0])]  # the later class holds the earlier one's items
+            (first, second), count = pairs[pick], counts[pick]
+            (name, index), (other, other_index) = names[first], names[second]
+            raise UserError(f"{data_dir}: {count} of the {distinct[first]} items of class {index} of {name} are "
+                            f"items of class {other_index} of {other}; every class must be a different one")
 
 
 def _same_items(a, b, tolerance):

@@ -23,6 +23,7 @@ SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (28, 28, 1)
 BORDER_LIMIT = 0.5  # mean of a drawing's border pixels: real Omniglot < 0.22, inverted about 1.0
 MEAN_LIMIT = 0.3  # mean pixel of a file: real Omniglot about 0.08, inverted about 0.92
+INK_LIMIT = 0.5  # largest value of a file: real Omniglot and ours 1.0; scaled by 1/255 twice 0.004
 CONVENTION = "expected ink = 1 on a 0 background (Omniglot: mean pixel about 0.08)"
 
 
@@ -61,6 +62,9 @@ def check_drawings(array, where):
         first = np.argwhere(blank)[0]
         raise UserError(f"{where}: {blank.sum()} of {blank.size} drawings are blank (all pixels equal, the first "
                         f"class {first[0]} drawing {first[1]}; {found}); {CONVENTION}")
+    if high < INK_LIMIT:
+        raise UserError(f"{where}: its strongest ink is {high:.3g}, below {INK_LIMIT}: values scaled down "
+                        f"(divided by 255 twice?; {found}); {CONVENTION}")
     if array.shape[0] * array.shape[1] > 1 and (images == images[:1, :1]).all():
         raise UserError(f"{where}: all {blank.size} drawings are the same image; nothing tells them apart")
     return array

@@ -22,7 +22,7 @@ from simclr import main as simclr_main
 from simclr.model import SimCLR
 
 from .conftest import REPO_ROOT
-from .test_hostile_inputs import OMNIGLOT_FLAGS, assert_refused_in_process, snapshot
+from .test_hostile_inputs import OMNIGLOT_FLAGS, assert_refused, assert_refused_in_process, snapshot
 from .test_reliability import write_features
 
 TINY = [*OMNIGLOT_FLAGS, "--train-iters", "2", "--freq-iters", "2", "--batch-size", "1"]
@@ -175,6 +175,27 @@ def test_files_changed_since_the_run_wrote_them_are_not_replaced(omniglot_data, 
         refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY, *flags,
                 text="holds results.json, which a run writes, but this project did not write them",
                 roots=[run_copy], capsys=capsys)
+
+
+def test_a_fifo_where_a_run_writes_is_refused_without_waiting_on_it(omniglot_data, run_copy):
+    """Opening a FIFO to read it waits for a writer: the ownership check must not (subprocesses, so that a
+    wait fails the test by its timeout instead of hanging it)."""
+    for name, flags in (("figures/curves.png", ["--resume", "--train-iters", "4"]), ("last.pt", ["--overwrite"])):
+        (run_copy / name).rename(run_copy / f"{name}.kept")
+        os.mkfifo(run_copy / name)
+        assert_refused(REPO_ROOT / "omniglot" / "main.py", "--data-dir", omniglot_data, "--save-dir", run_copy,
+                       *TINY, *flags, text=f"holds {name}, which a run writes, but this project did not write",
+                       roots=[run_copy])
+        (run_copy / name).unlink()
+        (run_copy / f"{name}.kept").rename(run_copy / name)
+
+
+def test_a_folder_named_as_a_run_file_is_refused_before_training(omniglot_data, run_copy, capsys):
+    (run_copy / "results.json").unlink()
+    (run_copy / "results.json").mkdir()
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY, "--train-iters", "4",
+            "--resume", text="holds results.json, which a run writes, but this project did not write them",
+            roots=[run_copy], capsys=capsys)
 
 
 def test_a_run_folder_of_another_experiment_is_refused(run_copy, tmp_path, capsys):

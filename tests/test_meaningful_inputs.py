@@ -84,14 +84,15 @@ def test_mimgnet_eval_only_refuses_nan_weights(nan_checkpoints, tmp_path, capsys
 
 @pytest.fixture
 def episodes(tmp_path):
-    """An episodes folder with one 2-way episode (two drawings per class and part)."""
+    """An episodes folder with one 2-way episode (two drawings per class and part; the query drawings drawn
+    one pixel lower than the support ones, so that no query is a copy of a support image)."""
     root = tmp_path / "episodes"
-    for part in ("support", "query"):
+    for shift, part in enumerate(("support", "query")):
         for k, name in enumerate(("a", "b")):
             (root / "e1" / part / name).mkdir(parents=True)
             for i in range(2):
                 image = Image.new("L", (28, 28), 255)
-                ImageDraw.Draw(image).line((4 + 10 * k, 4, 24 - 10 * k, 24), fill=0, width=3)
+                ImageDraw.Draw(image).line((4 + 10 * k, 4 + shift, 24 - 10 * k, 24 + shift), fill=0, width=3)
                 image.save(root / "e1" / part / name / f"{i}.png")
     return root
 
@@ -331,6 +332,8 @@ def copy_arrays(source, target, **replace):
     ("test", np.zeros_like, "test.npy: 160 of 160 drawings are blank"),
     ("test", lambda a: np.full_like(a, 0.4), "test.npy: mostly ink (mean pixel above 0.3"),
     ("test", lambda a: a * 2 - 0.5, "test.npy has values in [-0.5, 1.5]; expected [0, 1] with ink = 1"),
+    ("test", lambda a: a / 255, "test.npy: its strongest ink is 0.00392, below 0.5: values scaled down"),
+    ("val", lambda a: a * 0.01, "val.npy: its strongest ink is 0.01, below 0.5: values scaled down"),
 ])
 def test_arrays_against_the_ink_convention_are_refused(omniglot_data, nan_checkpoints, tmp_path, capsys, split, change,
                                                        text):
@@ -369,16 +372,23 @@ SAME_CLASS = "(the same 20 items, in any order, up to 0.0001 of the largest valu
     ("val", f"class 0 of test.npy is class 0 of val.npy {SAME_CLASS}"),  # val.npy copied as test.npy
     ("val, shuffled and re-saved", f"class 0 of test.npy is class 0 of val.npy {SAME_CLASS}"),
     ("test", "class 3 of test.npy is class 1 of test.npy"),  # one class twice
+    ("val, 19 drawings of each class", "19 of the 19 items of class 7 of test.npy are items of class 7 of val.npy"),
+    ("test, one drawing per class repeated", "class 0 of test.npy holds 1 different items among its 20"),
 ])
 def test_a_class_in_two_places_is_refused(omniglot_data, nan_checkpoints, tmp_path, capsys, source, text):
     """Test accuracy on validation classes, or an episode with two equal classes, measures nothing, in
     training and with --eval-only: also when the copy's drawings are in another order and its values moved
-    by float rounding."""
+    by float rounding, and when it holds only part of each class.  Queries that are copies of their
+    support drawing measure nothing either."""
     def replace(test):
         if source == "val":
             return np.load(omniglot_data / "val.npy")
         if source.startswith("val, shuffled"):
             return np.load(omniglot_data / "val.npy")[:, ::-1] * np.float32(1 - 1e-6)
+        if source.startswith("val, 19"):
+            return np.load(omniglot_data / "val.npy")[:, :19].copy()
+        if source.startswith("test, one drawing"):
+            return np.repeat(test[:, :1], test.shape[1], axis=1)
         test = test.copy()
         test[3] = test[1]
         return test
@@ -437,6 +447,18 @@ def test_blank_or_identical_own_images_are_refused(episodes, tmp_path, capsys):
     assert_refused_in_process(cluster.main, *common, "--images", episodes, "--clusters", "2",
                               text=f"--images {episodes}: all 8 images are the same picture", roots=[episodes],
                               capsys=capsys)
+    assert not list(tmp_path.glob("episodes-*"))
+
+
+def test_a_query_that_is_a_copy_of_a_support_image_is_refused(episodes, tmp_path, capsys):
+    """Its prediction would be read off its own copy: no accuracy from such an episode."""
+    checkpoint = tmp_path / "omniglot.pt"
+    model = OmniglotGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, checkpoint)
+    shutil.copyfile(episodes / "e1" / "support" / "b" / "1.png", episodes / "e1" / "query" / "b" / "0.png")
+    assert_refused_in_process(evaluate.main, "--checkpoint", checkpoint, "--episodes", episodes, "--device", "cpu",
+                              text=f"{episodes / 'e1'}: query b/0.png is the support picture support/b/0.png as the "
+                                   "model reads it", roots=[episodes], capsys=capsys)
     assert not list(tmp_path.glob("episodes-*"))
 
 

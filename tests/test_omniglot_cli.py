@@ -146,6 +146,8 @@ def test_killed_run_resumes_to_the_same_numbers(trained, omniglot_sample, tmp_pa
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 20
     common += ["--train-iters", "40"]
     assert_refused(run_main(*common, "--resume", "--lr", "1e-2"), "--lr 0.01 (saved 0.001)")
+    # validation scores of another task would be compared with the saved ones to select best_*.pt
+    assert_refused(run_main(*common, "--resume", "--eval-way", "3"), "--eval-way 3 (saved 5)")
     resumed = run_main(*common, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     straight = json.loads((save / "results.json").read_text())["test"]
