@@ -120,7 +120,7 @@ def unlabelled_episodes(tmp_path):
     episodes = tmp_path / "episodes"
     for k, row in enumerate((4, 18)):
         write_drawing(episodes / "ep" / "support" / f"class{k}" / "a.png", row)
-        write_drawing(episodes / "ep" / "query" / f"q{k}.png", row)
+        write_drawing(episodes / "ep" / "query" / f"q{k}.png", row + 1)  # no query a copy of a support image
     (episodes / "predictions.csv").write_text("my own notes\n")
     return tmp_path / "model.pt", episodes
 

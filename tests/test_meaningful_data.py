@@ -171,12 +171,13 @@ def test_label_free_features_must_have_the_authors_layout(tmp_path, capsys, rows
 def test_the_authors_layout_is_said_when_assumed(tmp_path, capsys):
     folder = tmp_path / "features"
     folder.mkdir()
-    for split, classes, first in (("val", 16, 0), ("test", 20, 16)):  # row values: the class, over both splits
+    for split, classes, first in (("val", 16, 0), ("test", 20, 16)):  # rows: (the class over both splits, row)
         np.save(folder / f"{split}_features.npy",
-                np.repeat(np.arange(first, first + classes, dtype=np.float32), 600)[:, None])
+                np.stack([np.repeat(np.arange(first, first + classes, dtype=np.float32), 600),
+                          np.tile(np.arange(600, dtype=np.float32), classes)], 1))
     np.save(folder / "val_labels.npy", np.repeat(np.arange(16), 600))
     data = load_features(folder, ("val", "test"))
-    assert data["test"].shape == (20, 600, 1) and (data["test"][:, :, 0] == torch.arange(16.0, 36.0)[:, None]).all()
+    assert data["test"].shape == (20, 600, 2) and (data["test"][:, :, 0] == torch.arange(16.0, 36.0)[:, None]).all()
     assert capsys.readouterr().out == (f"no labels files in {folder}: the authors' layout is assumed, test 20 classes "
                                        "of 600 rows each, class-major\n")
 
