@@ -151,7 +151,7 @@ ITEM_CHUNK = 32
 def check_distinct_classes(splits, data_dir):
     """Refuse splits ({file name: (C, I, ...) array or CPU tensor of C classes}) in which one class appears
     twice: the same items in any order, each within SAME_CLASS_TOLERANCE of the largest absolute value of
-    the data (one file copied, shuffled or re-saved under another name).  A test or validation split
+    the two classes (one file copied, shuffled or re-saved under another name).  A test or validation split
     holding training classes measures nothing it promises, and two equal classes of an episode cannot be
     told apart.  data_dir names where the splits are.
 
@@ -163,19 +163,24 @@ def check_distinct_classes(splits, data_dir):
     items = [class_items for c in classes for class_items in c]
     if len(items) < 2:
         return
-    tolerance = SAME_CLASS_TOLERANCE * max(float(np.abs(c).max()) for c in classes)
+    scales = np.concatenate([np.abs(c).max(axis=(1, 2)) for c in classes]).astype(np.float64)  # (C total,)
+    tolerance = SAME_CLASS_TOLERANCE * scales.max()  # the sort's window, for every pair at once
     means = np.concatenate([c.mean(1, dtype=np.float64) for c in classes])  # (C total, P)
     directions = np.random.default_rng(0).standard_normal((means.shape[1], SCREEN_DIRECTIONS))
-    projections, limits = means @ directions, tolerance * np.abs(directions).sum(0)  # (C total, R), (R,)
+    projections, spans = means @ directions, np.abs(directions).sum(0)  # (C total, R), (R,)
+    limits = tolerance * spans
     order = np.argsort(projections[:, 0], kind="stable")
     ends = np.searchsorted(projections[order, 0], projections[order, 0] + limits[0], side="right")
     counts = ends - np.arange(len(order)) - 1  # the classes after each one in `order` within the first limit
     left = np.repeat(np.arange(len(order)), counts)
     right = left + 1 + np.arange(len(left)) - np.repeat(np.cumsum(counts) - counts, counts)
     pairs = np.sort(np.stack([order[left], order[right]], 1), 1)  # (first, second) in the order of `names`
-    pairs = pairs[(np.abs(projections[pairs[:, 0]] - projections[pairs[:, 1]]) <= limits).all(1)]
+    pair_scales = np.maximum(scales[pairs[:, 0]], scales[pairs[:, 1]])  # one outlier widens no other pair
+    limits_of_pairs = SAME_CLASS_TOLERANCE * pair_scales[:, None] * spans  # (pairs, R)
+    within = np.abs(projections[pairs[:, 0]] - projections[pairs[:, 1]]) <= limits_of_pairs
+    pairs = pairs[within.all(1)]
     for first, second in pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]:
-        if _same_items(items[first], items[second], tolerance):
+        if _same_items(items[first], items[second], SAME_CLASS_TOLERANCE * max(scales[first], scales[second])):
             (name, index), (other, other_index) = names[second], names[first]
             raise UserError(f"{data_dir}: class {index} of {name} is class {other_index} of {other} (the same "
                             f"{len(items[first])} items, in any order, up to {SAME_CLASS_TOLERANCE:g} of the "

@@ -21,7 +21,7 @@ from data import prepare_omniglot
 from data.omniglot_build import write_build
 from metagmvae.episodes import make_eval_sets
 from metagmvae.evaluation import mean_confidence_interval
-from metagmvae.runfiles import NonFiniteResult, UserError, physical_memory
+from metagmvae.runfiles import NonFiniteResult, UserError, check_distinct_classes, physical_memory
 from metagmvae.training import Objective, UnlabeledSets, validate
 from mimgnet import evaluate as mimgnet_evaluate
 from mimgnet import main as mimgnet_main
@@ -401,6 +401,18 @@ def test_a_class_in_two_places_is_refused(omniglot_data, nan_checkpoints, tmp_pa
     assert_refused_in_process(omniglot_main.main, "--data-dir", data, *OMNIGLOT_FLAGS, "--eval-only", "--checkpoint",
                               checkpoint, text=f"{data}: {text}", roots=[data], capsys=capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_one_outlier_value_makes_no_two_other_classes_equal():
+    """The tolerance is the pair's: one value of 1e5 in a test class widened it for every class (two training
+    classes in [0, 1] were then called equal); a class copied beside it is still found."""
+    rng = np.random.default_rng(0)
+    train, test = rng.random((4, 5, 8), dtype=np.float32), rng.random((3, 5, 8), dtype=np.float32)
+    test[2, 4, 0] = 1e5
+    check_distinct_classes({"train_features.npy": train, "test_features.npy": test}, "D")
+    test[1] = train[3, ::-1]
+    with pytest.raises(UserError, match="class 1 of test_features.npy is class 3 of train_features.npy"):
+        check_distinct_classes({"train_features.npy": train, "test_features.npy": test}, "D")
 
 
 def test_a_build_with_a_class_in_two_splits_writes_nothing(omniglot_data, tmp_path):
