@@ -207,9 +207,10 @@ def check_classes_hold_their_own_items(splits, data_dir):
         raise UserError(f"{data_dir}: class {index} of {name} holds {distinct[repeated[0]]} different items among "
                         f"its {sizes[repeated[0]]}: the others are copies, and a query would be scored against a "
                         "copy of its support item")
+    held = held[np.bincount(held[:, 1])[held[:, 1]] > 1]  # only the pictures that several classes hold
     order = np.argsort(held[:, 1], kind="stable")
-    by_picture = np.split(held[order, 0], np.flatnonzero(np.diff(held[order, 1])) + 1)
-    shared = [(a, b) for classes in by_picture if len(classes) > 1 for a in classes for b in classes if a != b]
+    by_picture = np.split(held[order, 0], np.flatnonzero(np.diff(held[order, 1])) + 1) if len(held) else []
+    shared = [(a, b) for classes in by_picture for a in classes for b in classes if a != b]
     if shared:
         pairs, counts = np.unique(np.array(shared), axis=0, return_counts=True)
         mostly = np.flatnonzero(2 * counts > distinct[pairs[:, 0]])
