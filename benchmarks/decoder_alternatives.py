@@ -1,6 +1,7 @@
 """The measurements behind docs/performance.md, "Part 2": alternatives to the Omniglot decoder's layers
 timed outside the training step, ReLU's backward outside the step, the encoder's evaluation-mode order,
-the MC noise drawn on one thread and on torch's threads, and where our prediction spends its time.  Best of 3 calls after a warm-up, float32 on the CPU.
+the MC noise drawn on one thread and on torch's threads, and where our prediction spends its time.  Best
+of 3 calls after a warm-up, float32 on the CPU.
 
     OMP_NUM_THREADS=2 python benchmarks/decoder_alternatives.py
     OMP_NUM_THREADS=2 python benchmarks/decoder_alternatives.py --prediction-only

@@ -186,10 +186,12 @@ def check_distinct(items, where):
                         "tells them apart")
 
 
-def check_classes_differ(folder, class_dirs, support, support_files):
-    """Refuse an episode whose support classes (class_dirs) share a picture as the model reads it (one (n, ...)
-    tensor of support images per class, their files support_files): the same picture under two labels."""
-    seen = {}  # picture bytes -> (class folder, file)
+def check_pictures_differ(folder, class_dirs, support, support_files, query, query_files):
+    """Refuse an episode whose support classes (class_dirs; support: one (n, ...) tensor per class, their
+    files support_files) share a picture as the model reads it (the same picture under two labels), or
+    with a query (query (Nq, ...), its files query_files) that is a support picture (its prediction would be
+    read off its own copy)."""
+    seen = {}  # picture bytes -> (class folder, file) of its first support image
     for class_dir, images, files in zip(class_dirs, support, support_files):
         for image, file in zip(images, files):
             other_dir, other_file = seen.setdefault(image.numpy().tobytes(), (class_dir, file))
@@ -197,19 +199,11 @@ def check_classes_differ(folder, class_dirs, support, support_files):
                 raise UserError(f"{folder}: support classes {other_dir.name!r} and {class_dir.name!r} hold the same "
                                 f"picture as the model reads it ({other_file.name} and {file.name}); one picture "
                                 "cannot belong to two classes")
-
-
-def check_queries_are_not_support(folder, support, support_files, query, query_files):
-    """Refuse an episode with a query that is a support picture as the model reads it (support (Ns, ...) and
-    query (Nq, ...) tensors and their files): its prediction would be read off its own copy."""
-    originals = {}  # picture bytes -> the first support file of that picture
-    for image, file in zip(support, support_files):
-        originals.setdefault(image.numpy().tobytes(), file)
     for image, file in zip(query, query_files):
-        original = originals.get(image.numpy().tobytes())
+        original = seen.get(image.numpy().tobytes())
         if original is not None:
-            raise UserError(f"{folder}: query {file} is the support picture {original.relative_to(folder)} as the "
-                            "model reads it; a query must not be a copy of a support image")
+            raise UserError(f"{folder}: query {file} is the support picture {original[1].relative_to(folder)} as "
+                            "the model reads it; a query must not be a copy of a support image")
 
 
 def load_episode(folder, load_image):
@@ -237,7 +231,6 @@ def load_episode(folder, load_image):
         support.append(images)
         support_files.append(files)
         y_support += [k] * len(images)
-    check_classes_differ(folder, class_dirs, support, support_files)
     query_classes, query_images = subfolders(query_dir)
     if query_classes and query_images:
         raise UserError(f"{query_dir}: holds both class folders and images; use one or the other")
@@ -254,9 +247,9 @@ def load_episode(folder, load_image):
     else:
         query, paths = load_images(query_dir, load_image)
         y_query, files = None, [p.name for p in paths]
+    check_pictures_differ(folder, class_dirs, support, support_files, query=query, query_files=files)
     support = torch.cat(support)
     check_distinct(torch.cat([support, query]), folder)
-    check_queries_are_not_support(folder, support, [f for files in support_files for f in files], query, files)
     return Episode(folder.name, classes, support, torch.tensor(y_support), query, y_query, files)
 
 

@@ -153,7 +153,8 @@ def check_distinct_classes(splits, data_dir):
     twice: the same items in any order, each within SAME_CLASS_TOLERANCE of the largest absolute value of
     the two classes (one file copied, shuffled or re-saved under another name).  A test or validation split
     holding training classes measures nothing it promises, and two equal classes of an episode cannot be
-    told apart.  data_dir names where the splits are.
+    told apart.  data_dir names where the splits are.  Then check_classes_hold_their_own_items (partial
+    copies, items repeated within a class).
 
     Equal classes have class means within the tolerance in every value, so their projections on a few
     random directions r are within tolerance * |r|_1: only the pairs that pass this screen (found by
