@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from metagmvae.gmvae import count_parameters
 from metagmvae.set_transformer import MAB
-from omniglot.model import REFERENCE_PREFIXES, OmniglotGMVAE
+from omniglot.model import REFERENCE_PREFIXES, ConvTranspose2d, OmniglotGMVAE
 from omniglot.model import load_model
 
 from .conftest import reference_key_shapes, to_reference_state_dict
@@ -52,6 +52,27 @@ def test_eval_encoder_pools_first_with_the_same_features(dtype, amp):
     assert features.shape == (x.shape[0], 64) and features.dtype == layer_by_layer.dtype
     assert features.abs().sum() > 0
     assert torch.equal(features, layer_by_layer)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_decoder_convolution_is_torchs_with_the_bias_added_after(dtype):
+    """The decoder's ConvTranspose2d gives torch's output bit for bit and its gradients up to rounding."""
+    torch.manual_seed(0)
+    ours = ConvTranspose2d(6, 4, 4, stride=2, padding=1).to(dtype, memory_format=torch.channels_last)
+    theirs = torch.nn.ConvTranspose2d(6, 4, 4, stride=2, padding=1).to(dtype, memory_format=torch.channels_last)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 6, 7, 7, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(5, 4, 14, 14, dtype=dtype)
+    grads = []
+    for conv in (ours, theirs):
+        x_leaf = x.clone().requires_grad_()
+        out = conv(x_leaf)
+        out.backward(upstream)
+        grads.append((out.detach(), x_leaf.grad, conv.weight.grad, conv.bias.grad))
+    assert ours.bias.abs().min() > 0
+    assert torch.equal(grads[0][0], grads[1][0])
+    for mine, torchs in zip(grads[0][1:], grads[1][1:]):
+        torch.testing.assert_close(mine, torchs)
 
 
 def naive_mab(mab, Q, K, heads):
