@@ -1,7 +1,8 @@
 """The measurements behind docs/performance.md, "Part 2": alternatives to the Omniglot decoder's layers
-timed outside the training step, ReLU's backward outside the step, the encoder's evaluation-mode order,
+timed outside the training step, our decoder with torch's transposed convolutions and with ours (the bias
+added after), ReLU's backward outside the step, the encoder's evaluation-mode order,
 the MC noise drawn on one thread and on torch's threads, and where our prediction spends its time.  Best
-of 3 calls after a warm-up, float32 on the CPU.
+of 3 calls after a warm-up, float32 on the CPU, with the CPU memory our commands use (metagmvae.cpu_memory).
 
     OMP_NUM_THREADS=2 python benchmarks/decoder_alternatives.py
     OMP_NUM_THREADS=2 python benchmarks/decoder_alternatives.py --prediction-only
@@ -19,8 +20,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench import gmvae_predict, omniglot_items  # noqa: E402
 from metagmvae import cpu_memory  # noqa: E402
+from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.episodes import EpisodeRandom  # noqa: E402
-from omniglot.model import OmniglotGMVAE  # noqa: E402
+from omniglot.model import ConvTranspose2d, OmniglotGMVAE  # noqa: E402
 
 CHANNELS = 64
 # A stride-2, padding-1, 4x4 transposed convolution gives output row 2i + phase from input rows i + offset
@@ -102,6 +104,23 @@ def last_layer(images):
              *forward_and_backward_ms(fold, (x, weight)))]
 
 
+def decoder_bias_ms(images):
+    """Our decoder in training mode (4 transposed convolutions, 3 BatchNorm + ReLU) on `images` 2x2 maps,
+    forward and backward, with torch's nn.ConvTranspose2d (the bias inside oneDNN's convolution) and with
+    ours (the same weights, the bias added after): (ms, ms, whether the outputs are equal bit for bit)."""
+    torch.manual_seed(0)
+    ours = OmniglotGMVAE().decoder
+    torchs = torch.nn.Sequential(*(torch.nn.ConvTranspose2d(m.in_channels, m.out_channels, m.kernel_size, m.stride,
+                                                            m.padding) if isinstance(m, ConvTranspose2d) else m
+                                   for m in ours)).to(memory_format=torch.channels_last)
+    torchs.load_state_dict(ours.state_dict())
+    maps = torch.randn(images, CHANNELS, 2, 2).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        equal = torch.equal(ours(maps), torchs(maps))
+    return (forward_and_backward_ms(lambda: torchs(maps), list(torchs.parameters()))[1],
+            forward_and_backward_ms(lambda: ours(maps), list(ours.parameters()))[1], equal)
+
+
 def relu_backward_ms(images):
     """threshold_backward (ReLU's backward) on tensors of the decoder's largest activation."""
     last = torch.channels_last
@@ -151,6 +170,7 @@ def main():
                    help="only the evaluation-mode encoder, the noise draw and the prediction profile")
     args = p.parse_args()
     cpu_memory.set_up()
+    resolve_device("cpu")  # as every command on the CPU: the block arena
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if not args.prediction_only:
         for title, rows in [(f"Largest decoder layer, {args.images} images", largest_layer(args.images)),
@@ -158,6 +178,9 @@ def main():
             print(f"\n{title}\n\n| variant | forward ms | forward + backward ms |\n|---|---|---|")
             for name, forward, both in rows:
                 print(f"| {name} | {forward:.0f} | {both:.0f} |")
+        torchs, ours, equal = decoder_bias_ms(args.images)
+        print(f"\nOur decoder in training mode, {args.images} images, forward + backward: torch's ConvTranspose2d "
+              f"{torchs:.0f} ms, ours (bias added after) {ours:.0f} ms; outputs equal bit for bit: {equal}")
         print(f"\nReLU's backward alone on 25600 x 64 x 14 x 14 (the default step's largest activation): "
               f"{relu_backward_ms(25600):.0f} ms")
     layers, pooled, equal = eval_encoder_ms(320)
