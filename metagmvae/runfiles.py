@@ -5,6 +5,7 @@ Checkpoints are plain dicts that torch.load(weights_only=True) reads; the author
 project wrote there).
 """
 import errno
+import hashlib
 import io
 import math
 import os
@@ -553,3 +554,28 @@ def check_same_flags(saved_config, config, flags):
     if differing:
         raise UserError("--resume with different settings than the saved run: " + ", ".join(
             f"--{f.replace('_', '-')} {config[f]} (saved {saved_config.get(f)})" for f in differing))
+
+
+DATA_DIGEST = "data_sha256"  # the config entry, beside the flags, that names a run's data
+
+
+def data_sha256(splits):
+    """Hex sha256 of a run's data: each split's name, dtype, shape and values, in name order.
+    splits: {name: tensor}, e.g. {"train": (C, I, 1, 28, 28), ...}."""
+    digest = hashlib.sha256()
+    for name in sorted(splits):
+        values = splits[name].contiguous().numpy()
+        digest.update(f"{name} {values.dtype} {values.shape}\n".encode())
+        digest.update(values.view(np.uint8).reshape(-1))
+    return digest.hexdigest()
+
+
+def check_same_data(saved_config, config, path):
+    """Refuse to resume the run of checkpoint `path` on other data than it trained on: the DATA_DIGEST of
+    `config` against the saved one (a run from before digests has none, and is not checked)."""
+    saved = saved_config.get(DATA_DIGEST)
+    if saved is not None and saved != config[DATA_DIGEST]:
+        raise UserError(f"--resume: --data-dir {config['data_dir']} holds other data than the run of {path} trained "
+                        f"on (sha256 {config[DATA_DIGEST][:12]}..., the run's {str(saved)[:12]}...): give the run's "
+                        "own data (a moved or copied folder of the same files is accepted), or start anew with "
+                        "--overwrite or another --save-dir")

@@ -20,9 +20,9 @@ from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRando
 from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import autocast
 from .folders import LAST_CHECKPOINT, RECORD, RunDir
-from .runfiles import (Interrupted, NonFiniteCheckpoint, UserError, build_model, check_finite_result,
-                       check_run_checkpoint, check_same_flags, load_checkpoint, load_weights, rng_state, set_rng_state,
-                       shortened)
+from .runfiles import (DATA_DIGEST, Interrupted, NonFiniteCheckpoint, UserError, build_model, check_finite_result,
+                       check_run_checkpoint, check_same_data, check_same_flags, data_sha256, load_checkpoint,
+                       load_weights, rng_state, set_rng_state, shortened)
 
 
 class TrainingDiverged(UserError):
@@ -302,11 +302,17 @@ def is_float_in(value, low, high=math.inf):
     return isinstance(value, float) and math.isfinite(value) and low <= value <= high
 
 
+def run_config(args, splits):
+    """What a run saves as its config (checkpoints, config.json, results.json): the flags, and the sha256 of
+    its data (splits: {name: tensor}), which --resume checks."""
+    return {**vars(args), DATA_DIGEST: data_sha256(splits)}
+
+
 def read_resume_state(run, config, keys, invariant_flags, name):
     """The last.pt of `run`, checked to be a run checkpoint of the `name` model (a dict with `keys`, among
     them "config" and "wall_time_s"), then, before any of its fields is read, the one this project wrote
-    there (its record), with a config dict that agrees with config (the flags as a dict) on
-    `invariant_flags` and a wall time that a run measures; rank 0 reads it.  An unreadable last.pt is
+    there (its record), with a config dict that agrees with config (run_config) on `invariant_flags` and on
+    the data's digest, and a wall time that a run measures; rank 0 reads it.  An unreadable last.pt is
     refused naming the best_*.pt checkpoints that could be resumed from instead."""
     path = run.last_checkpoint
 
@@ -331,6 +337,7 @@ def read_resume_state(run, config, keys, invariant_flags, name):
     if not is_float_in(state["wall_time_s"], 0.0):
         refuse_field(path, "wall_time_s", state["wall_time_s"], "a finite number of seconds >= 0")
     check_same_flags(state["config"], config, invariant_flags)
+    check_same_data(state["config"], config, path)
     return state
 
 

@@ -13,9 +13,9 @@ from metagmvae.cli import RESUME_INVARIANT_FLAGS, check_batches_fit
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import logistic_regression_accuracies, nearest_class_mean_accuracies, with_baselines
 from metagmvae.runfiles import load_checkpoint, new_model
-from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoint, format_row, run_folder,
-                                save_after_validation, save_results, selected_checkpoint, start_run, step_progress,
-                                test_model, train_step, validate, validation_due, validation_episodes)
+from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoint, format_row, run_config,
+                                run_folder, save_after_validation, save_results, selected_checkpoint, start_run,
+                                step_progress, test_model, train_step, validate, validation_due, validation_episodes)
 
 from .dataset import load_features, load_test_split
 from .model import MODEL_NAME, FeatureGMVAE, check_feature_size, load_model
@@ -54,6 +54,7 @@ def train(args, device):
     # Data: (C, I, F) features per split; training features pooled without labels.
     features = load_features(args.data_dir)
     check_run_fits(args, features)
+    config = run_config(args, features)  # the flags and the data's sha256: --resume refuses other data
     train_pool = features["train"].flatten(0, 1)  # (C * I, F)
 
     # The reference keeps one checkpoint, the best validation accuracy at --shot, and tests it at every shot.
@@ -68,7 +69,7 @@ def train(args, device):
     objective = Objective(args.way, args.train_mc_sample_size, args.unsupervised_em_iters, args.fix_pi)
 
     with run_folder(args.save_dir, MODEL_NAME, args.resume, args.overwrite) as run:  # held; Ctrl-C names the checkpoint
-        log = start_run(run, model, optimizer, vars(args), args.resume, args.overwrite, RESUME_INVARIANT_FLAGS,
+        log = start_run(run, model, optimizer, config, args.resume, args.overwrite, RESUME_INVARIANT_FLAGS,
                         MODEL_NAME)
         trained = distributed.wrap_for_training(model, device)  # DDP under torchrun, `model` itself otherwise
         model.train()
@@ -83,7 +84,7 @@ def train(args, device):
                                               args.amp)
                     row = log.validation(scores, fields)
                     if distributed.is_main():
-                        save_after_validation(run, log, log.checkpoint(model, optimizer, vars(args)))
+                        save_after_validation(run, log, log.checkpoint(model, optimizer, config))
                         progress.write(format_row(row))
                     log.restart_clock()
 
@@ -96,4 +97,4 @@ def train(args, device):
                           args.batch_size, device, args.amp)
         return save_results(run, with_baselines(test, test_sets, BASELINES, select_by=args.select_by,
                                                 train_iters=args.train_iters, wall_time_s=log.wall_time,
-                                                config=vars(args)))
+                                                config=config))

@@ -13,9 +13,10 @@ from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import nearest_class_mean_accuracies, with_baselines
 from metagmvae.folders import FIGURES
 from metagmvae.runfiles import new_model
-from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoint, format_row, run_folder,
-                                save_after_validation, save_results, selected_checkpoint, start_run, step_progress,
-                                test_checkpoints, train_step, validate, validation_due, validation_episodes)
+from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoint, format_row, run_config,
+                                run_folder, save_after_validation, save_results, selected_checkpoint, start_run,
+                                step_progress, test_checkpoints, train_step, validate, validation_due,
+                                validation_episodes)
 
 from .dataset import load_omniglot, load_test_split
 from .figures import check_run_figures, write_run_figures
@@ -50,6 +51,7 @@ def train(args, device):
     # Data: training images pooled without labels; labeled validation and test episodes.
     data = load_omniglot(args.data_dir)
     check_run_fits(args, data)
+    config = run_config(args, data)  # the flags and the data's sha256: --resume refuses other data
     train_pool = data["train"].flatten(0, 1)  # (C * I, 1, 28, 28)
 
     # The reference validates at every test shot and tests each shot with its own best checkpoint.
@@ -63,7 +65,7 @@ def train(args, device):
     objective = Objective(args.way, args.train_mc_sample_size, args.unsupervised_em_iters, args.fix_pi)
 
     with run_folder(args.save_dir, MODEL_NAME, args.resume, args.overwrite) as run:  # held; Ctrl-C names the checkpoint
-        log = start_run(run, model, optimizer, vars(args), args.resume, args.overwrite,
+        log = start_run(run, model, optimizer, config, args.resume, args.overwrite,
                         RESUME_INVARIANT_FLAGS + ("hidden_size",), MODEL_NAME)
         trained = distributed.wrap_for_training(model, device)  # DDP under torchrun, `model` itself otherwise
         model.train()
@@ -80,7 +82,7 @@ def train(args, device):
                                                args.semisupervised_em_iters, args.batch_size, args.seed, device,
                                                args.amp))
                 if distributed.is_main():
-                    save_after_validation(run, log, log.checkpoint(model, optimizer, vars(args)))
+                    save_after_validation(run, log, log.checkpoint(model, optimizer, config))
                     progress.write(format_row(row))
                     write_run_figures(model, data, run.folder / FIGURES, run.metrics, args.way, args.eval_way,
                                       args.sample_size, args.query, args.unsupervised_em_iters,
@@ -95,4 +97,4 @@ def train(args, device):
                                 args.batch_size, device, args.amp)
         return save_results(run, with_baselines(test, test_sets, BASELINES, select_by=args.select_by,
                                                 train_iters=args.train_iters, wall_time_s=log.wall_time,
-                                                config=vars(args)))
+                                                config=config))

@@ -15,7 +15,8 @@ from tqdm import tqdm
 from metagmvae import distributed
 from metagmvae.folders import OutputFolder, canonical_json
 from metagmvae.runfiles import UserError, build_model, check_finite_result, load_checkpoint, rng_state
-from metagmvae.training import TrainingDiverged, prepare_folder, read_resume_state, restore_training, run_folder
+from metagmvae.training import (TrainingDiverged, prepare_folder, read_resume_state, restore_training, run_config,
+                                run_folder)
 
 from .augment import eval_transform, two_views
 from .data import SPLITS, check_split, load_split
@@ -107,18 +108,18 @@ def train_epoch(model, optimizer, images, batches, rngs, args, device, epoch):
     return total / batches
 
 
-def checkpoint_state(model, optimizer, scheduler, epoch, rngs, args, wall_time):
+def checkpoint_state(model, optimizer, scheduler, rngs, *, epoch, args, config, wall_time):
     return {"model": model.state_dict(), "model_config": model_config(args), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(),
-            "shuffle_rng": rngs[0].get_state(), "augment_rng": rngs[1].get_state(), "config": vars(args),
+            "shuffle_rng": rngs[0].get_state(), "augment_rng": rngs[1].get_state(), "config": config,
             "wall_time_s": wall_time}
 
 
-def resume_training(run, model, optimizer, scheduler, rngs, args):
-    """Load the run's last.pt (checked: ours, same invariant flags, weights that fit) and metrics.csv into the
+def resume_training(run, model, optimizer, scheduler, rngs, config):
+    """Load the run's last.pt (checked: ours, same invariant flags and data, weights that fit) and metrics.csv into the
     model, optimizer, scheduler, the two generators and the global RNGs.  Returns (epochs done, wall time,
     metrics rows), where fit continues."""
-    state = read_resume_state(run, vars(args), CHECKPOINT_KEYS, RESUME_INVARIANT_FLAGS, MODEL_NAME)
+    state = read_resume_state(run, config, CHECKPOINT_KEYS, RESUME_INVARIANT_FLAGS, MODEL_NAME)
     restore_training(state, run.last_checkpoint, MODEL_NAME, model, optimizer)
     scheduler.load_state_dict(state["scheduler"])
     rngs[0].set_state(state["shuffle_rng"])
@@ -127,7 +128,7 @@ def resume_training(run, model, optimizer, scheduler, rngs, args):
     return state["epoch"], state["wall_time_s"], rows
 
 
-def fit(model, optimizer, scheduler, rngs, images, batches, run, start, args, device):
+def fit(model, optimizer, scheduler, rngs, *, images, batches, run, start, args, config, device):
     """Train from `start` (epochs done, wall time, metrics rows) until args.train_epochs, writing metrics.csv and
     last.pt after every epoch.
 
@@ -145,7 +146,8 @@ def fit(model, optimizer, scheduler, rngs, images, batches, run, start, args, de
         rows.append({"epoch": epoch + 1, "loss": loss, "lr": lr, "wall_time_s": wall_time})
         if distributed.is_main():  # last.pt last: a crash in between leaves a row that --resume drops
             run.write_metrics(rows)
-            run.save_checkpoint("last", checkpoint_state(model, optimizer, scheduler, epoch + 1, rngs, args, wall_time))
+            run.save_checkpoint("last", checkpoint_state(model, optimizer, scheduler, rngs, epoch=epoch + 1, args=args,
+                                                         config=config, wall_time=wall_time))
 
 
 @torch.inference_mode()
@@ -208,14 +210,18 @@ def pretrain(args, device):
     views; the augmentations run on `device`.
     """
     images, _, _ = load_split(args.data_dir, "train")
+    # the flags and the sha256 of the images (in the file's (N, 84, 84, 3) layout, not copied): --resume
+    # refuses other images
+    config = run_config(args, {"train": images.permute(0, 2, 3, 1)})
     batches = batches_per_epoch(len(images), args)
     distributed.check_batch_divides(args.batch_size)
     model, optimizer, scheduler = make_training(args, device)
     rngs = (torch.Generator().manual_seed(2 * args.seed), torch.Generator().manual_seed(2 * args.seed + 1))
     with run_folder(args.save_dir, MODEL_NAME, args.resume, args.overwrite, progress="epoch") as run:
-        start = resume_training(run, model, optimizer, scheduler, rngs, args) if args.resume else (0, 0.0, [])
-        prepare_folder(run, vars(args), args.resume, args.overwrite)
-        fit(model, optimizer, scheduler, rngs, images, batches, run, start, args, device)
+        start = resume_training(run, model, optimizer, scheduler, rngs, config) if args.resume else (0, 0.0, [])
+        prepare_folder(run, config, args.resume, args.overwrite)
+        fit(model, optimizer, scheduler, rngs, images=images, batches=batches, run=run, start=start, args=args,
+            config=config, device=device)
     return model, run.last_checkpoint
 
 

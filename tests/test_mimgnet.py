@@ -143,6 +143,20 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path):
                              for k, v in second["test"].items()}
 
 
+def test_resume_on_other_features_is_refused_before_writing(tmp_path):
+    data = write_features(tmp_path / "features")
+    common = [*SMALL, "--freq-iters", "2", "--save-dir", tmp_path / "run"]
+    first = run_main("--data-dir", data, *common, "--train-iters", "2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = shutil.copytree(data, tmp_path / "other")
+    features = np.load(other / "train_features.npy")
+    np.save(other / "train_features.npy", features + np.float32(0.01))
+    files = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    refused = run_main("--data-dir", other, *common, "--train-iters", "4", "--resume")
+    assert refused.returncode == 2 and f"--resume: --data-dir {other} holds other data than the run" in refused.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == files
+
+
 def test_label_free_selection(tmp_path):
     """val-elbo and last read no validation label: a validation split of 2 classes suffices for 5-way."""
     data = write_features(tmp_path / "features", classes=(8, 2, 6))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -375,6 +376,45 @@ def test_resume_with_fewer_steps_than_done_is_refused(omniglot_data, run_copy, c
                                                                   "--seed", "1", "--resume"), capsys)
     assert code == 0 and "5way-1shot:" in out
     assert json.loads((run_copy / "results.json").read_text())["train_iters"] == 4
+
+
+def shifted_copy(data, folder):
+    """A copy of the Omniglot arrays whose first training drawing is moved one pixel down: other data."""
+    other = shutil.copytree(data, folder)
+    drawings = np.load(other / "train.npy")
+    drawings[0, 0] = np.roll(drawings[0, 0], 1, axis=0)
+    np.save(other / "train.npy", drawings)
+    return other
+
+
+def test_resume_on_other_data_is_refused_and_on_the_same_data_moved_goes_on(omniglot_data, run_copy, tmp_path,
+                                                                           capsys):
+    other = shifted_copy(omniglot_data, tmp_path / "other")
+    digest = load_checkpoint(run_copy / "last.pt")["config"]["data_sha256"]
+    assert_refused_in_process(omniglot_main.main, *train_args(other, run_copy, "--train-iters", "6", "--seed", "1",
+                                                              "--resume"),
+                              text=f"--resume: --data-dir {other} holds other data than the run of {run_copy}/last.pt "
+                                   f"trained on (sha256 ", roots=[run_copy], capsys=capsys)
+    moved = shutil.copytree(omniglot_data, tmp_path / "moved")
+    code, out, _ = run_in_process(omniglot_main.main, train_args(moved, run_copy, "--train-iters", "6", "--seed",
+                                                                  "1", "--resume"), capsys)
+    assert code == 0 and "5way-1shot:" in out
+    results = json.loads((run_copy / "results.json").read_text())
+    assert results["config"]["data_sha256"] == digest and results["train_iters"] == 6
+
+
+def test_resume_of_a_run_saved_without_a_data_digest_is_not_checked(omniglot_data, tmp_path, capsys, monkeypatch):
+    """A run of the code before data digests (its config the flags alone) continues, on any data that passes
+    the data checks, and its checkpoints get the digest from then on."""
+    with monkeypatch.context() as before_digests:
+        before_digests.setattr(omniglot_trainer, "run_config", lambda args, splits: vars(args))
+        omniglot_main.main(train_args(omniglot_data, tmp_path / "run", "--train-iters", "2", "--seed", "1"))
+    assert "data_sha256" not in load_checkpoint(tmp_path / "run" / "last.pt")["config"]
+    other = shifted_copy(omniglot_data, tmp_path / "other")
+    code, _, err = run_in_process(omniglot_main.main, train_args(other, tmp_path / "run", "--train-iters", "4",
+                                                                  "--seed", "1", "--resume"), capsys)
+    assert code == 0, err
+    assert "data_sha256" in load_checkpoint(tmp_path / "run" / "last.pt")["config"]
 
 
 def test_eval_only_refuses_a_save_dir_it_cannot_write_before_evaluating(omniglot_data, tmp_path):

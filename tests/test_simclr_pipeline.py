@@ -235,6 +235,18 @@ def test_refusals(prepared, trained, tmp_path, capsys):
                    "not a readable checkpoint")
 
 
+def test_resume_on_other_images_is_refused_before_writing(prepared, trained, tmp_path, capsys):
+    save, _, _ = trained
+    other = shutil.copytree(prepared[0], tmp_path / "other")
+    images = np.load(other / "train_images.npy")
+    images[0, 0] = 255 - images[0, 0]
+    np.save(other / "train_images.npy", images)
+    assert_refused_in_process(simclr_main, "--data-dir", other, "--save-dir", save, "--feature-save-dir",
+                              tmp_path / "features", *SMALL, "--resume",
+                              text=f"--resume: --data-dir {other} holds other data than the run of {save}/last.pt",
+                              roots=[save, tmp_path], capsys=capsys)
+
+
 def test_output_folders_inside_an_input_or_each_other_or_over_a_users_file_are_refused_at_start(prepared, tmp_path,
                                                                                                   capsys):
     """Refused before training, writing nothing: --save-dir inside --data-dir, --save-dir inside
