@@ -52,7 +52,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     in float32 and float64, the same values bit for bit (under bf16 autocast the sum is rounded once more).
     On CPU oneDNN computes the bias gradient of a transposed convolution slower than its weight gradient; as
     a broadcast add, the bias gets its gradient from torch's sum over (N, H, W), and the Omniglot decoder's
-    forward and backward take 20-26 % less time (docs/performance.md, "Part 2")."""
+    forward and backward take about a quarter less time (docs/performance.md, "Part 2")."""
 
     def forward(self, x):
         """(N, C_in, H, W) -> (N, C_out, H', W')."""
