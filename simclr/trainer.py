@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from metagmvae import distributed
 from metagmvae.folders import OutputFolder, canonical_json
-from metagmvae.runfiles import UserError, build_model, check_finite_result, load_checkpoint, rng_state
+from metagmvae.runfiles import (UserError, build_model, check_distinct_classes, check_finite_result, load_checkpoint,
+                               rng_state)
 from metagmvae.training import (TrainingDiverged, prepare_folder, read_resume_state, restore_training, run_config,
                                 run_folder)
 
@@ -164,12 +165,13 @@ def export_features(model, data_dir, feature_dir, checkpoint, batch_size, device
     """Write <split>_features.npy (N, F) float32, <split>_labels.npy (N,) int64 and manifest.json.
 
     Rows are class-major in CSV order, as the image arrays. Every split is encoded and checked (features
-    that tell no image apart are refused) before the first write; the files are renamed into place
-    together. Returns the manifest.
+    that tell no image apart, a class whose features are another's: check_distinct_classes, as
+    mimgnet/main.py would refuse them) before the first write; the files are renamed into place together.
+    Returns the manifest.
     """
     manifest = {"checkpoint": str(checkpoint), "data_dir": str(data_dir), "transform": EXPORT_TRANSFORM,
                 "splits": {}}
-    encoded = {}
+    encoded, by_class = {}, {}  # by_class: {features file name: (C, I, F) view}
     for split in SPLITS:
         images, labels, names = load_split(data_dir, split)
         features = encode(model, images, batch_size, device)
@@ -179,8 +181,10 @@ def export_features(model, data_dir, feature_dir, checkpoint, batch_size, device
         encoded[split] = features, labels.numpy()
         manifest["feature_size"] = features.shape[1]
         features_name, labels_name = feature_names(split)
+        by_class[features_name] = features.reshape(len(names), -1, features.shape[1])
         manifest["splits"][split] = {"features": features_name, "labels": labels_name, "classes": names,
                                      "per_class": len(images) // len(names), "count": len(images)}
+    check_distinct_classes(by_class, f"the features of {data_dir}")
     with OutputFolder(feature_dir, FEATURES_KIND, "--feature-save-dir") as folder, ExitStack() as stack:
         # the files are renamed into place on exit, in reverse order: the manifest last
         manifest_file = stack.enter_context(folder.writing(FEATURES_MANIFEST))

@@ -247,6 +247,21 @@ def test_resume_on_other_images_is_refused_before_writing(prepared, trained, tmp
                               roots=[save, tmp_path], capsys=capsys)
 
 
+def test_export_of_a_class_in_two_splits_is_refused_before_writing(prepared, trained, tmp_path, capsys):
+    """A test class whose images are a validation class's gives the same features: refused at export, as
+    mimgnet/main.py would refuse the features."""
+    save, _, _ = trained
+    data = shutil.copytree(prepared[0], tmp_path / "data")
+    test = np.load(data / "test_images.npy")
+    test[0] = np.load(data / "val_images.npy")[0]
+    np.save(data / "test_images.npy", test)
+    assert_refused_in_process(simclr_main, "--data-dir", data, "--feature-save-dir", tmp_path / "features",
+                              "--export-only", "--checkpoint", save / "last.pt", "--batch-size", "7",
+                              text=f"the features of {data}: class 0 of test_features.npy is class 0 of "
+                                   "val_features.npy", roots=[tmp_path], capsys=capsys)
+    assert not (tmp_path / "features").exists()
+
+
 def test_output_folders_inside_an_input_or_each_other_or_over_a_users_file_are_refused_at_start(prepared, tmp_path,
                                                                                                   capsys):
     """Refused before training, writing nothing: --save-dir inside --data-dir, --save-dir inside
