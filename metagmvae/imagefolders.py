@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 
 from .cli import FLOAT_BYTES, MIN_WAY, HelpFormatter, check_positive, check_seed
 from .clustering import adjusted_rand_index, cluster_set, kmeans, normalized_mutual_info, restart_streams
+from .copies import COPIES, near_copies
 from .distributed import resolve_device
 from .episodes import GROUPING_EM, GROUPING_KMEANS, GROUPING_NOISE, STREAM_BYTES, EpisodeRandom
 from .evaluation import MIN_EPISODES, mean_confidence_interval
@@ -188,22 +189,28 @@ def check_distinct(items, where):
 
 def check_pictures_differ(folder, class_dirs, support, support_files, query, query_files):
     """Refuse an episode whose support classes (class_dirs; support: one (n, ...) tensor per class, their
-    files support_files) share a picture as the model reads it (the same picture under two labels), or
-    with a query (query (Nq, ...), its files query_files) that is a support picture (its prediction would be
-    read off its own copy)."""
-    seen = {}  # picture bytes -> (class folder, file) of its first support image
-    for class_dir, images, files in zip(class_dirs, support, support_files):
-        for image, file in zip(images, files):
-            other_dir, other_file = seen.setdefault(image.numpy().tobytes(), (class_dir, file))
-            if other_dir != class_dir:
-                raise UserError(f"{folder}: support classes {other_dir.name!r} and {class_dir.name!r} hold the same "
-                                f"picture as the model reads it ({other_file.name} and {file.name}); one picture "
-                                "cannot belong to two classes")
-    for image, file in zip(query, query_files):
-        original = seen.get(image.numpy().tobytes())
-        if original is not None:
-            raise UserError(f"{folder}: query {file} is the support picture {original[1].relative_to(folder)} as "
-                            "the model reads it; a query must not be a copy of a support image")
+    files support_files) share a picture as the model reads it, or copies of one (copies.near_copies: noise
+    added, re-encoded): the same picture under two labels; or with a query (query (Nq, ...), its files
+    query_files) that is a support picture or a copy of one (its prediction would be read off its copy)."""
+    pictures = torch.cat([*support, query])
+    ids, near = near_copies(np.ascontiguousarray(pictures.reshape(len(pictures), -1).numpy(), dtype=np.float32))
+    owners = [(class_dir, file) for class_dir, files in zip(class_dirs, support_files) for file in files]
+    support_ids = ids[:len(owners)]
+    near_codes = np.concatenate([near[:, 0] * len(ids) + near[:, 1], near[:, 1] * len(ids) + near[:, 0]])
+    copied = (ids[:, None] == support_ids) | np.isin(ids[:, None] * len(ids) + support_ids, near_codes)  # (N, S)
+    classes = np.repeat(np.arange(len(support)), [len(images) for images in support])
+    shared = np.argwhere(np.tril(copied[:len(owners)] & (classes[:, None] != classes[None]), -1))
+    if len(shared):
+        (class_dir, file), (other_dir, other_file) = owners[shared[0, 0]], owners[shared[0, 1]]
+        raise UserError(f"{folder}: support classes {other_dir.name!r} and {class_dir.name!r} hold the same "
+                        f"picture as the model reads it ({other_file.name} and {file.name}: {COPIES}); one "
+                        "picture cannot belong to two classes")
+    copies = np.argwhere(copied[len(owners):])
+    if len(copies):
+        query_index, original = copies[0]
+        raise UserError(f"{folder}: query {query_files[query_index]} is the support picture "
+                        f"{owners[original][1].relative_to(folder)} as the model reads it ({COPIES}); a query must "
+                        "not be a copy of a support image")
 
 
 def load_episode(folder, load_image):

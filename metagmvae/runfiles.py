@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .copies import COPIES, near_copies
 from .startup import end_quiet_ctrl_c
 
 
@@ -194,34 +195,49 @@ def check_classes_hold_their_own_items(splits, data_dir):
     """Refuse a class (in splits, as check_distinct_classes) of which half the items or more are copies:
     of each other (one drawing repeated: its queries are scored against copies of its support items), or
     of items of one other class (part of another split's class: test accuracy on classes already seen).
-    Items are compared by their bytes; a few shared items, as real datasets hold, are allowed."""
+    Copies are equal items or near-copies (copies.near_copies: noise added, rescaled); a few shared items,
+    as real datasets hold, are allowed."""
     names = [(name, index) for name, classes in splits.items() for index in range(len(classes))]
     sizes = np.array([c.shape[1] for c in splits.values() for _ in range(len(c))])  # items per class
     rows = np.concatenate([np.ascontiguousarray(c, dtype=np.float32).reshape(len(c) * c.shape[1], -1)
                            for c in splits.values()])  # (all items, P), class after class
-    owner = np.repeat(np.arange(len(names)), sizes)  # the class of each item
-    _, picture = np.unique(rows.view(np.dtype((np.void, rows.shape[1] * 4))).ravel(), return_inverse=True)
-    held = np.unique(np.stack([owner, picture.ravel()], 1), axis=0)  # (class, picture) pairs, each once
-    distinct = np.bincount(held[:, 0], minlength=len(names))  # distinct pictures per class
+    ids, near = near_copies(rows)
+    held = np.unique(np.stack([np.repeat(np.arange(len(names)), sizes), ids], 1), axis=0)  # (class, item id)
+    within = _class_links(held, near[:, ::-1])  # (class, id, class): a copy of an item with a smaller id
+    copied = np.unique(within[within[:, 0] == within[:, 2], :2], axis=0)[:, 0]
+    distinct = np.bincount(held[:, 0], minlength=len(names)) - np.bincount(copied, minlength=len(names))
     repeated = np.flatnonzero(2 * distinct <= sizes)
     if len(repeated):
         name, index = names[repeated[0]]
         raise UserError(f"{data_dir}: class {index} of {name} holds {distinct[repeated[0]]} different items among "
-                        f"its {sizes[repeated[0]]}: the others are copies, and a query would be scored against a "
-                        "copy of its support item")
-    held = held[np.bincount(held[:, 1])[held[:, 1]] > 1]  # only the pictures that several classes hold
-    order = np.argsort(held[:, 1], kind="stable")
-    by_picture = np.split(held[order, 0], np.flatnonzero(np.diff(held[order, 1])) + 1) if len(held) else []
-    shared = [(a, b) for classes in by_picture for a in classes for b in classes if a != b]
-    if shared:
-        pairs, counts = np.unique(np.array(shared), axis=0, return_counts=True)
+                        f"its {sizes[repeated[0]]}: the others are copies ({COPIES}), and a query would be scored "
+                        "against a copy of its support item")
+    shared_ids = np.flatnonzero(np.bincount(held[:, 1]) > 1)  # items that several classes hold
+    links = _class_links(held, np.concatenate([np.stack([shared_ids, shared_ids], 1), near, near[:, ::-1]]))
+    links = np.unique(links[links[:, 0] != links[:, 2]], axis=0)  # (class, id, other class), each once
+    if len(links):
+        pairs, counts = np.unique(links[:, [0, 2]], axis=0, return_counts=True)  # items of a class in another
         mostly = np.flatnonzero(2 * counts > distinct[pairs[:, 0]])
         if len(mostly):
             pick = mostly[np.argmax(pairs[mostly, 0])]  # the later class holds the earlier one's items
             (first, second), count = pairs[pick], counts[pick]
             (name, index), (other, other_index) = names[first], names[second]
             raise UserError(f"{data_dir}: {count} of the {distinct[first]} items of class {index} of {name} are "
-                            f"items of class {other_index} of {other}; every class must be a different one")
+                            f"items of class {other_index} of {other} or copies of them ({COPIES}); every class "
+                            "must be a different one")
+
+
+def _class_links(held, links):
+    """(class, id, other class) for each link (id, other id) of item ids (k, 2), each class that holds the
+    id and each other class that holds the other id.  held: (class, id) pairs (h, 2)."""
+    by_id = held[np.argsort(held[:, 1], kind="stable")]
+    for side in (0, 1):  # expand each link over the classes holding its first id, then its second
+        start = np.searchsorted(by_id[:, 1], links[:, side])
+        count = np.searchsorted(by_id[:, 1], links[:, side], side="right") - start
+        link = np.repeat(np.arange(len(links)), count)
+        holder = by_id[start[link] + np.arange(len(link)) - np.repeat(np.cumsum(count) - count, count), 0]
+        links = np.concatenate([links[link], holder[:, None]], 1)
+    return links[:, [2, 0, 3]]
 
 
 def _same_items(a, b, tolerance):

@@ -374,12 +374,19 @@ SAME_CLASS = "(the same 20 items, in any order, up to 0.0001 of the largest valu
     ("test", "class 3 of test.npy is class 1 of test.npy"),  # one class twice
     ("val, 19 drawings of each class", "19 of the 19 items of class 7 of test.npy are items of class 7 of val.npy"),
     ("test, one drawing per class repeated", "class 0 of test.npy holds 1 different items among its 20"),
+    ("val, noise added", "20 of the 20 items of class 7 of test.npy are items of class 7 of val.npy or copies of "
+                         "them (equal, or closer than 0.1 of their distance from the median item and than 0.15 of "
+                         "the median distance from an item to its 5th nearest)"),
+    ("val, 15 drawings of each class, scaled", "15 of the 15 items of class 7 of test.npy are items of class 7"),
+    ("test, one drawing per class repeated with noise", "class 0 of test.npy holds 1 different items among its 20"),
 ])
 def test_a_class_in_two_places_is_refused(omniglot_data, nan_checkpoints, tmp_path, capsys, source, text):
     """Test accuracy on validation classes, or an episode with two equal classes, measures nothing, in
     training and with --eval-only: also when the copy's drawings are in another order and its values moved
-    by float rounding, and when it holds only part of each class.  Queries that are copies of their
-    support drawing measure nothing either."""
+    by float rounding, noise or a scale, and when it holds only part of each class.  Queries that are copies
+    of their support drawing measure nothing either."""
+    noise = np.random.default_rng(1).uniform(-0.02, 0.02, (8, 20, 28, 28, 1)).astype(np.float32)
+
     def replace(test):
         if source == "val":
             return np.load(omniglot_data / "val.npy")
@@ -387,8 +394,13 @@ def test_a_class_in_two_places_is_refused(omniglot_data, nan_checkpoints, tmp_pa
             return np.load(omniglot_data / "val.npy")[:, ::-1] * np.float32(1 - 1e-6)
         if source.startswith("val, 19"):
             return np.load(omniglot_data / "val.npy")[:, :19].copy()
+        if source == "val, noise added":
+            return np.clip(np.load(omniglot_data / "val.npy") + noise, 0, 1)
+        if source.startswith("val, 15"):
+            return np.load(omniglot_data / "val.npy")[:, 5:] * np.float32(0.99)
         if source.startswith("test, one drawing"):
-            return np.repeat(test[:, :1], test.shape[1], axis=1)
+            repeated = np.repeat(test[:, :1], test.shape[1], axis=1)
+            return np.clip(repeated + noise, 0, 1) if source.endswith("noise") else repeated
         test = test.copy()
         test[3] = test[1]
         return test

@@ -113,6 +113,12 @@ def test_train_and_test_end_to_end(tmp_path):
      "test_features.npy: all 240 rows are the same feature vector; nothing tells the items apart"),
     (lambda d: [shutil.copyfile(d / f"train_{kind}.npy", d / f"test_{kind}.npy") for kind in ("features", "labels")],
      "class 0 of test_features.npy is class 0 of train_features.npy (the same 40 items, in any order"),
+    (lambda d: [np.save(d / "test_features.npy", np.load(d / "val_features.npy") * np.float32(1.001)),
+                shutil.copyfile(d / "val_labels.npy", d / "test_labels.npy")],
+     "40 of the 40 items of class 5 of test_features.npy are items of class 5 of val_features.npy or copies"),
+    (lambda d: np.save(d / "test_features.npy", np.load(d / "val_features.npy")
+                       + np.random.default_rng(1).uniform(0, 0.05, (6 * 40, 16)).astype(np.float32)),
+     "40 of the 40 items of class 5 of test_features.npy are items of class 5 of val_features.npy or copies"),
     (lambda d: (d / "train_labels.npy").unlink(), "label-free features must be the authors' train file"),
     (lambda d: np.save(d / "val_labels.npy", np.arange(6 * 40) % 6), "not class-major"),
     (lambda d: (d / "test_features.npy").unlink(), "test_features.npy not found"),

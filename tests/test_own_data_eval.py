@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -345,11 +346,12 @@ def test_images_of_many_pixels_print_no_pillow_warning(tmp_path, monkeypatch, re
 
 def write_drawing_episode(folder, way, shot=1, query=1):
     """An Omniglot episode of `way` classes (c0, c1, ...): class k's drawings have their stroke at 3k pixels,
-    each drawing i of it a dot row lower; `shot` support and `query` labelled query PNGs per class."""
+    each drawing i of it with a square of ink of its own at the bottom (no drawing is a near-copy of
+    another); `shot` support and `query` labelled query PNGs per class."""
     for k in range(way):
         for i in range(shot + query):
             ink = drawing(shift=3 * k)
-            ink[50, 4 + 2 * i] = 1
+            ink[48:52, 2 + 6 * i:6 + 6 * i] = 1
             part = folder / ("support" if i < shot else "query") / f"c{k}"
             part.mkdir(parents=True, exist_ok=True)
             Image.fromarray(on_white(ink)).save(part / f"{i}.png")
@@ -368,6 +370,23 @@ def test_refuses_an_episode_whose_support_classes_share_a_picture(models, tmp_pa
     shutil.copytree(root / "ep1" / "support" / "c0", root / "ep1" / "support" / "c2")
     assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root),
                               text=f"{root / 'ep1'}: support classes 'c0' and 'c2' hold the same picture",
+                              roots=[root, models], capsys=capsys)
+
+
+@pytest.mark.parametrize("copy, text", [
+    ("query/c1/1.jpg", "query c1/1.jpg is the support picture support/c1/0.png as the model reads it (equal, or "
+                       "closer than 0.1 of their distance from the median item and than 0.15 of the median "
+                       "distance from an item to its 5th nearest)"),
+    ("support/c2/0.jpg", "support classes 'c1' and 'c2' hold the same picture as the model reads it (0.png and 0.jpg"),
+])
+def test_refuses_an_episode_with_a_support_picture_saved_again_as_jpeg(models, tmp_path, capsys, copy, text):
+    """A JPEG of a support picture differs from it in most pixels, a little: a near-copy, as a query of its
+    class or as the support picture of another class."""
+    root = tmp_path / "episodes"
+    write_drawing_episode(root / "ep0", 3)
+    (root / "ep0" / Path(copy).with_suffix(".png")).unlink()
+    Image.open(root / "ep0" / "support" / "c1" / "0.png").convert("RGB").save(root / "ep0" / copy, quality=90)
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root), text=f"{root / 'ep0'}: {text}",
                               roots=[root, models], capsys=capsys)
 
 

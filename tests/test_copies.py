@@ -1,0 +1,67 @@
+"""metagmvae/copies.py: which items are near-copies of one another, found without comparing all pairs."""
+import numpy as np
+
+from metagmvae.copies import (CENTRE_SAMPLE, NEAR_COPY_DISTANCE, NEIGHBOUR_FRACTION, NEIGHBOUR_RANK, NEIGHBOUR_SAMPLE,
+                               near_copies)
+from metagmvae.runfiles import check_classes_hold_their_own_items
+
+
+def all_near_pairs(rows):
+    """The pairs of rows (i < j, all distinct) within NEAR_COPY_DISTANCE of their distance from the median row
+    (at least the median distance) and within NEIGHBOUR_FRACTION of the median distance from a row to its
+    NEIGHBOUR_RANK-th nearest: every pair compared."""
+    centered = rows.astype(np.float64) - np.median(rows[::max(1, len(rows) // CENTRE_SAMPLE)], axis=0)
+    norms = np.linalg.norm(centered, axis=1)
+    norms = np.maximum(norms, np.median(norms))
+    distances = np.linalg.norm(centered[:, None] - centered[None], axis=-1)
+    picked = np.arange(0, len(rows), max(1, len(rows) // NEIGHBOUR_SAMPLE))[:NEIGHBOUR_SAMPLE]
+    neighbour = np.median(np.sort(distances[picked], axis=1)[:, NEIGHBOUR_RANK])  # column 0: the row itself
+    close = distances <= np.minimum(NEAR_COPY_DISTANCE * np.maximum(norms[:, None], norms[None]),
+                                    NEIGHBOUR_FRACTION * neighbour)
+    i, j = np.nonzero(np.triu(close, 1))
+    return set(zip(i.tolist(), j.tolist()))
+
+
+def test_finds_every_near_copy_that_comparing_all_pairs_finds():
+    """Dense non-negative features (a common offset, as SimCLR's), 300 of them copied with noise of 1 to 9 %
+    of their distance from the median item, 100 more with 11 to 30 % (not copies)."""
+    rng = np.random.default_rng(0)
+    items = np.maximum(rng.normal(1.0, 0.3, (1600, 64)), 0)
+    originals = rng.choice(len(items), 400, replace=False)
+    spread = np.linalg.norm(items[originals] - np.median(items, axis=0), axis=1, keepdims=True)
+    noise = rng.normal(size=(400, 64))
+    fraction = np.concatenate([rng.uniform(0.01, 0.09, 300), rng.uniform(0.11, 0.3, 100)])[:, None]
+    rows = np.concatenate([items, items[originals] + noise / np.linalg.norm(noise, axis=1, keepdims=True)
+                           * fraction * spread]).astype(np.float32)
+    ids, pairs = near_copies(rows)
+    assert len(np.unique(ids)) == len(rows)  # no two rows equal byte for byte
+    expected = all_near_pairs(rows)
+    assert {tuple(pair) for pair in pairs.tolist()} == {tuple(sorted((ids[i], ids[j]))) for i, j in expected}
+    assert {(int(originals[k]), len(items) + k) for k in range(300)} <= expected  # the planted copies
+    assert len(expected) < 330  # and few others
+
+
+def test_equal_items_share_an_id_and_copies_are_not_chained():
+    """a, b = a + 6 % and c = b + 6 % of their distance from the median: a and c are 12 % apart, no copies."""
+    rng = np.random.default_rng(1)
+    rows = rng.random((200, 32)).astype(np.float32)
+    step = rng.normal(size=32)
+    step *= 0.06 * np.linalg.norm(rows[0] - np.median(rows, axis=0)) / np.linalg.norm(step)
+    rows = np.concatenate([rows, rows[:1] + step, rows[:1] + 2 * step, rows[5:6]]).astype(np.float32)
+    ids, pairs = near_copies(rows)
+    assert ids[202] == ids[5] and len(np.unique(ids)) == 202
+    a, b, c = ids[[0, 200, 201]]
+    assert {tuple(p) for p in pairs.tolist()} == {tuple(sorted((a, b))), tuple(sorted((b, c)))}
+
+
+def test_features_of_few_values_lie_close_to_others_without_being_copies():
+    """Items of two values on a grid, as the authors' feature files read in tests (class, row): each lies
+    within a tenth of its distance from the median of several others, but is a copy of none; one planted copy
+    (a hundredth of a step away) is found."""
+    grid = np.stack(np.meshgrid(np.arange(36), np.arange(600), indexing="ij"), -1).astype(np.float32)  # (36, 600, 2)
+    splits = {"val_features.npy": grid[:16], "test_features.npy": grid[16:]}
+    _, pairs = near_copies(grid.reshape(-1, 2))
+    assert len(pairs) == 0
+    check_classes_hold_their_own_items(splits, "D")
+    ids, pairs = near_copies(np.concatenate([grid.reshape(-1, 2), [[3, 7.01]]]).astype(np.float32))
+    assert pairs.tolist() == [sorted([ids[3 * 600 + 7], ids[-1]])]
