@@ -54,7 +54,7 @@ def near_copies(rows):
     norms = np.sqrt(np.einsum("ij,ij->i", centered, centered, dtype=np.float64))  # (m,)
     lengths = np.maximum(norms, np.median(norms))  # no item nearer the centre than the median one
     pairs = _candidate_pairs(centered, lengths)
-    limit = NEIGHBOUR_FRACTION * neighbour_distance(centered, norms)
+    limit = NEIGHBOUR_FRACTION * _neighbour_distance(centered, norms)
     close = [np.empty((0, 2), np.int64)]
     for chunk in np.array_split(pairs, max(1, -(-len(pairs) // PAIR_CHUNK))):
         distances = np.sqrt(np.square(centered[chunk[:, 0]] - centered[chunk[:, 1]], dtype=np.float64).sum(1))
@@ -63,7 +63,7 @@ def near_copies(rows):
     return ids.ravel(), np.concatenate(close)
 
 
-def neighbour_distance(centered, norms):
+def _neighbour_distance(centered, norms):
     """The median distance from an item to its NEIGHBOUR_RANK-th nearest other item (or farthest, where
     fewer), over NEIGHBOUR_SAMPLE evenly spaced items of the distinct centred items (m, P) of norms (m,)."""
     if len(centered) < 2:

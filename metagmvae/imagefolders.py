@@ -13,8 +13,9 @@ loop, a FIFO or a device, and a folder or an image outside the layout (a folder 
 beside class or episode folders, an episode folder other than support/ and query/).
 Each image becomes an array through the caller's load_image(path), which raises UserError on a file it cannot
 decode; every image of an episode must give the same shape. Two support classes holding the same picture (as
-load_image gives it) are refused, and so are labelled episodes of different ways in one folder (their mean would
-mix chance levels). Every command opens its image files with open_image: upright, 8 bits per channel.
+load_image gives it, or near-copies of it: copies.py) are refused, and so are labelled episodes of different
+ways in one folder (their mean would mix chance levels). Every command opens its image files with open_image:
+upright, 8 bits per channel.
 """
 import argparse
 import csv
@@ -205,9 +206,9 @@ def check_pictures_differ(folder, class_dirs, support, support_files, query, que
         raise UserError(f"{folder}: support classes {other_dir.name!r} and {class_dir.name!r} hold the same "
                         f"picture as the model reads it ({other_file.name} and {file.name}: {COPIES}); one "
                         "picture cannot belong to two classes")
-    copies = np.argwhere(copied[len(owners):])
-    if len(copies):
-        query_index, original = copies[0]
+    query_copies = np.argwhere(copied[len(owners):])
+    if len(query_copies):
+        query_index, original = query_copies[0]
         raise UserError(f"{folder}: query {query_files[query_index]} is the support picture "
                         f"{owners[original][1].relative_to(folder)} as the model reads it ({COPIES}); a query must "
                         "not be a copy of a support image")
