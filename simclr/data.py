@@ -11,6 +11,7 @@ from metagmvae.runfiles import UserError, check_regular_file, load_npy
 
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (84, 84, 3)
+THUMBNAIL_BLOCK = 4  # images are compared as the means of 4 x 4 pixel blocks: 21 x 21 x 3 values
 
 
 def _build_hint(data_dir):
@@ -59,6 +60,18 @@ def check_split(data_dir, split):
     shape = load_image_array(data_dir, split, mmap_mode="r").shape[:2]
     _check_names(data_dir, split, load_class_names(data_dir, split), shape[0])
     return shape
+
+
+def thumbnails(array):
+    """(C, I, 84, 84, 3) uint8 images -> (C, I, 21, 21, 3) float32 means of THUMBNAIL_BLOCK-square pixel
+    blocks, class by class (no float copy of all the images: 5 GB for Mini-ImageNet).  Exact: the block
+    sums fit uint16; summed over rows, then over columns (contiguous slabs, 4x faster than one mean)."""
+    side, block = IMAGE_SHAPE[0] // THUMBNAIL_BLOCK, THUMBNAIL_BLOCK
+
+    def block_means(images):  # (I, 84, 84, 3) -> (I, 21, 21, 3)
+        rows = images.reshape(len(images), side, block, -1).sum(2, dtype=np.uint16)  # (I, 21, 84 * 3)
+        return rows.reshape(len(images), side, side, block, 3).sum(3, dtype=np.uint16) / np.float32(block ** 2)
+    return np.stack([block_means(images) for images in array])
 
 
 def load_split(data_dir, split):

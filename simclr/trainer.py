@@ -20,7 +20,7 @@ from metagmvae.training import (TrainingDiverged, prepare_folder, read_resume_st
                                 run_folder)
 
 from .augment import eval_transform, two_views
-from .data import SPLITS, check_split, load_split
+from .data import SPLITS, THUMBNAIL_BLOCK, check_split, load_image_array, load_split, thumbnails
 from .loss import nt_xent
 from .model import SimCLR
 
@@ -201,9 +201,14 @@ def load_model(path, device):
 
 
 def check_data(data_dir):
-    """Validate every split before any work, so that a bad file fails now rather than after training."""
+    """Validate every split before any work, so that a bad file fails now rather than after training: its
+    array and class names, and no class in two places (check_distinct_classes on the images' thumbnails:
+    a class copied into another split, in part or saved again with other bytes, as export would find it)."""
     for split in SPLITS:
         check_split(data_dir, split)
+    check_distinct_classes({f"{split}_images.npy": thumbnails(load_image_array(data_dir, split, mmap_mode="r"))
+                            for split in SPLITS}, f"{data_dir} (images compared as {THUMBNAIL_BLOCK}x"
+                                                  f"{THUMBNAIL_BLOCK}-pixel block means)")
 
 
 def pretrain(args, device):

@@ -157,10 +157,11 @@ def omniglot_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def simclr_data(tmp_path_factory):
-    """The smallest data simclr/main.py --export-only accepts: one class of two blank images per split."""
+    """The smallest data simclr/main.py --export-only accepts: one class of two random images per split."""
     folder = tmp_path_factory.mktemp("imgnet")
+    rng = np.random.default_rng(0)
     for split in ("train", "val", "test"):
-        np.save(folder / f"{split}_images.npy", np.zeros((1, 2, 84, 84, 3), np.uint8))
+        np.save(folder / f"{split}_images.npy", rng.integers(0, 256, (1, 2, 84, 84, 3), np.uint8))
     manifest = {"splits": {split: {"classes": [f"n0{i}"]} for i, split in enumerate(("train", "val", "test"))}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder

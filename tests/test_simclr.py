@@ -1,6 +1,7 @@
-"""SimCLR augmentations, encoder and NT-Xent loss against their definitions."""
+"""SimCLR augmentations, encoder, NT-Xent loss and the data check's thumbnails, against their definitions."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +10,7 @@ from simclr.augment import (IMAGENET_MEAN, IMAGENET_STD, JITTER_OPS, AugmentPara
                             adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, eval_transform,
                             hflip, hsv_to_rgb, normalize, random_resized_crop_params, resize, resized_crop,
                             rgb_to_grayscale, rgb_to_hsv, to_float, two_views)
+from simclr.data import thumbnails
 from simclr.loss import nt_xent
 from simclr.model import SimCLR
 
@@ -284,3 +286,9 @@ def test_encoder_parameter_count_and_shapes():
     torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
     nt_xent(z, model(x.flip(-1))).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_thumbnails_are_the_exact_means_of_4x4_pixel_blocks():
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 84, 84, 3), np.uint8)
+    means = images.reshape(2, 3, 21, 4, 21, 4, 3).mean((3, 5))  # float64
+    assert thumbnails(images).dtype == np.float32 and np.array_equal(thumbnails(images), means.astype(np.float32))

@@ -5,6 +5,7 @@ The images come from data/synthetic_mimgnet.py (each class a shape and a texture
 goes under tmp_path.
 """
 import csv
+import io
 import json
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from data.prepare_mimgnet import load_image, prepare_mimgnet, read_split_csv
 from data.synthetic_mimgnet import write_dataset
@@ -20,7 +22,7 @@ from metagmvae.folders import RECORD, OutputFolder, RunDir
 from metagmvae.runfiles import UserError, load_checkpoint
 from simclr.data import load_split
 from simclr.main import main as simclr_main
-from simclr.trainer import FEATURES_KIND
+from simclr.trainer import FEATURES_KIND, export_features, load_model
 
 from .conftest import REPO_ROOT, torchrun
 from .test_hostile_inputs import assert_refused_in_process
@@ -247,18 +249,46 @@ def test_resume_on_other_images_is_refused_before_writing(prepared, trained, tmp
                               roots=[save, tmp_path], capsys=capsys)
 
 
-def test_export_of_a_class_in_two_splits_is_refused_before_writing(prepared, trained, tmp_path, capsys):
-    """A test class whose images are a validation class's gives the same features: refused at export, as
-    mimgnet/main.py would refuse the features."""
+@pytest.mark.parametrize("change", ["copied", "saved again as JPEG"])
+def test_a_class_in_two_splits_is_refused_before_training(prepared, trained, tmp_path, capsys, change):
+    """A test class whose images are a validation class's (byte for byte, or each saved again as JPEG):
+    training and --export-only refuse it at start, comparing the images' 4x4-pixel block means, before
+    SimCLR trains for hours on data whose features mimgnet/main.py would refuse."""
+    save, _, _ = trained
+    data = shutil.copytree(prepared[0], tmp_path / "data")
+    test, val = np.load(data / "test_images.npy"), np.load(data / "val_images.npy")
+    test[0] = val[0] if change == "copied" else [jpeg_copy(image) for image in val[0]]
+    np.save(data / "test_images.npy", test)
+    text = f"{data} (images compared as 4x4-pixel block means): "
+    text += ("class 0 of test_images.npy is class 0 of val_images.npy" if change == "copied" else
+             f"{PER_CLASS} of the {PER_CLASS} items of class 0 of test_images.npy are items of class 0 of "
+             "val_images.npy or copies of them")
+    features = tmp_path / "features"
+    assert_refused_in_process(simclr_main, "--data-dir", data, "--feature-save-dir", features, "--export-only",
+                              "--checkpoint", save / "last.pt", "--batch-size", "7", text=text, roots=[tmp_path],
+                              capsys=capsys)
+    assert_refused_in_process(simclr_main, "--data-dir", data, "--save-dir", tmp_path / "run", "--feature-save-dir",
+                              features, *SMALL, text=text, roots=[tmp_path], capsys=capsys)
+    assert not features.exists() and not (tmp_path / "run").exists()
+
+
+def jpeg_copy(image):
+    """(84, 84, 3) uint8 -> the same image after a round trip through JPEG at quality 90."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=90)
+    return np.asarray(Image.open(buffer))
+
+
+def test_export_refuses_features_of_a_class_in_two_splits_before_writing(prepared, trained, tmp_path):
+    """Export checks the features too (images that differ can still encode alike), before its first write."""
     save, _, _ = trained
     data = shutil.copytree(prepared[0], tmp_path / "data")
     test = np.load(data / "test_images.npy")
     test[0] = np.load(data / "val_images.npy")[0]
     np.save(data / "test_images.npy", test)
-    assert_refused_in_process(simclr_main, "--data-dir", data, "--feature-save-dir", tmp_path / "features",
-                              "--export-only", "--checkpoint", save / "last.pt", "--batch-size", "7",
-                              text=f"the features of {data}: class 0 of test_features.npy is class 0 of "
-                                   "val_features.npy", roots=[tmp_path], capsys=capsys)
+    with pytest.raises(UserError, match=f"the features of {data}: class 0 of test_features.npy is class 0 of "
+                                        "val_features.npy"):
+        export_features(load_model(save / "last.pt", "cpu"), data, tmp_path / "features", save / "last.pt", 7, "cpu")
     assert not (tmp_path / "features").exists()
 
 
