@@ -24,7 +24,9 @@ tables are candidates.  A pair with |u1 - u2| = 0.1 (a near-copy at the limit, i
 no key with probability 2e-4; 0.2 (the limit's worst geometry) 0.06.  The checks count copies per class,
 so a class copied in part is found all the same.  Within one key, each item is paired with its
 BUCKET_WINDOW next items along one more random direction, which bounds the work when many items share a key.
-The directions are drawn from a fixed seed: the same data give the same answer.
+Candidates whose projections put them twice a near-copy's largest distance apart are dropped; the others
+are compared in full.  Items equal byte for byte are found first, by a hash of their words.  The
+directions are drawn from a fixed seed: the same data give the same answer.
 """
 import numpy as np
 
@@ -40,6 +42,7 @@ CELLS_PER_KEY = 16
 TABLES = 16
 BUCKET_WINDOW = 16
 PAIR_CHUNK = 8192  # pairs compared at a time
+ROW_CHUNK = 4096  # rows hashed and compared at a time
 
 
 def near_copies(rows):
@@ -47,51 +50,88 @@ def near_copies(rows):
     items equal byte for byte); pairs (k, 2) int64, the pairs (a, b), a < b, of those numbers whose items
     are near-copies.  Copies are related directly, not through chains: in few dimensions many items have
     a close neighbour, and a chain of them would join every item to every other."""
-    _, first, ids = np.unique(rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel(),
-                              return_index=True, return_inverse=True)
-    distinct = rows[first]  # (m, P)
-    centered = distinct - np.median(distinct[::max(1, len(distinct) // CENTRE_SAMPLE)], axis=0)
-    norms = np.sqrt(np.einsum("ij,ij->i", centered, centered, dtype=np.float64))  # (m,)
+    first, ids = _distinct_rows(rows)  # the distinct items are rows[first]
+    if len(first) < 2:
+        return ids, np.empty((0, 2), np.int64)
+    centre = np.median(rows[first[::max(1, len(first) // CENTRE_SAMPLE)]], axis=0)  # (P,)
+    picked = np.arange(0, len(first), max(1, len(first) // NEIGHBOUR_SAMPLE))[:NEIGHBOUR_SAMPLE]  # (S,)
+    rng = np.random.default_rng(0)
+    directions = rng.standard_normal((rows.shape[1], TABLES * CELLS_PER_KEY + 1), dtype=np.float32)  # (P, D)
+    sample = rows[first[picked]] - centre  # (S, P)
+    norms, products = _centred_products(rows, first, centre, np.concatenate([directions, sample.T], 1))
     lengths = np.maximum(norms, np.median(norms))  # no item nearer the centre than the median one
-    pairs = _candidate_pairs(centered, lengths)
-    limit = NEIGHBOUR_FRACTION * _neighbour_distance(centered, norms)
+    projections = products[:, :len(directions.T)] / lengths[:, None].astype(np.float32)  # g.u: (m, D)
+    pairs = _candidate_pairs(projections, rng)
+    limit = NEIGHBOUR_FRACTION * _neighbour_distance(norms, picked, products[:, len(directions.T):])
     close = [np.empty((0, 2), np.int64)]
     for chunk in np.array_split(pairs, max(1, -(-len(pairs) // PAIR_CHUNK))):
-        distances = np.sqrt(np.square(centered[chunk[:, 0]] - centered[chunk[:, 1]], dtype=np.float64).sum(1))
+        # |u1 - u2|^2 is the mean square of the projections' differences (+-9 %); a near-copy's is at most
+        # (2 NEAR_COPY_DISTANCE)^2: pairs beyond 4 times that are not compared in full
+        estimates = np.square(projections[chunk[:, 0]] - projections[chunk[:, 1]]).mean(1)
+        chunk = chunk[estimates <= 4 * (2 * NEAR_COPY_DISTANCE) ** 2]
+        differences = rows[first[chunk[:, 0]]] - rows[first[chunk[:, 1]]]  # centring cancels
+        distances = np.sqrt(np.square(differences, dtype=np.float64).sum(1))
         scales = np.minimum(NEAR_COPY_DISTANCE * np.maximum(lengths[chunk[:, 0]], lengths[chunk[:, 1]]), limit)
         close.append(chunk[distances <= scales])
-    return ids.ravel(), np.concatenate(close)
+    return ids, np.concatenate(close)
 
 
-def _neighbour_distance(centered, norms):
+def _centred_products(rows, first, centre, weights):
+    """The distinct items rows[first] (m of them) less the centre (P,): their norms (m,) float64 and
+    products with weights (P, K) -> (m, K) float32, ROW_CHUNK items at a time (no centred copy of all the
+    items, whose fresh pages cost more than the products)."""
+    norms = np.empty(len(first))
+    products = np.empty((len(first), weights.shape[1]), np.float32)
+    for start in range(0, len(first), ROW_CHUNK):
+        block = rows[first[start:start + ROW_CHUNK]] - centre
+        norms[start:start + ROW_CHUNK] = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
+        products[start:start + ROW_CHUNK] = block @ weights
+    return norms, products
+
+
+def _distinct_rows(rows):
+    """rows (n, P) float32 -> (first, ids): first (m,) the index of each distinct row's first occurrence,
+    ids (n,) int64 the distinct row of each row; rows share one when they are equal byte for byte.  Rows
+    are grouped by a 64-bit hash of their words (an eighth of the time of sorting 130,000 rows' bytes); where
+    two rows of one group differ (a hash collision, about n^2 / 2^65 likely) their bytes are sorted."""
+    words = rows.view(np.uint32)
+    _, first, ids = np.unique(_row_hashes(words), return_index=True, return_inverse=True)
+    chunks = range(0, len(words), ROW_CHUNK)
+    if all(np.array_equal(words[i:i + ROW_CHUNK], words[first[ids[i:i + ROW_CHUNK]]]) for i in chunks):
+        return first, ids.ravel()
+    _, first, ids = np.unique(words.view(np.dtype((np.void, words.shape[1] * 4))).ravel(), return_index=True,
+                              return_inverse=True)
+    return first, ids.ravel()
+
+
+def _row_hashes(words):
+    """(n, P) uint32 -> (n,) uint64: the sum of the words times odd random multipliers, modulo 2^64."""
+    multipliers = np.random.default_rng(0).integers(1, 2 ** 63, words.shape[1], dtype=np.uint64) | np.uint64(1)
+    return np.concatenate([np.empty(0, np.uint64), *((words[i:i + ROW_CHUNK] * multipliers).sum(1, dtype=np.uint64)
+                                                     for i in range(0, len(words), ROW_CHUNK))])
+
+
+def _neighbour_distance(norms, picked, products):
     """The median distance from an item to its NEIGHBOUR_RANK-th nearest other item (or farthest, where
-    fewer), over NEIGHBOUR_SAMPLE evenly spaced items of the distinct centred items (m, P) of norms (m,)."""
-    if len(centered) < 2:
-        return 0.0
-    picked = np.arange(0, len(centered), max(1, len(centered) // NEIGHBOUR_SAMPLE))[:NEIGHBOUR_SAMPLE]
-    squared = (norms[picked, None] ** 2 + norms[None] ** 2
-               - 2 * (centered[picked] @ centered.T).astype(np.float64))  # (picked, m)
+    fewer), over the items `picked` (S,) of the m centred items of norms (m,), from their products (m, S)."""
+    squared = norms[picked, None] ** 2 + norms[None] ** 2 - 2 * products.T.astype(np.float64)  # (S, m)
     squared[np.arange(len(picked)), picked] = np.inf
-    rank = min(NEIGHBOUR_RANK, len(centered) - 1) - 1
+    rank = min(NEIGHBOUR_RANK, len(norms) - 1) - 1
     return float(np.median(np.sqrt(np.maximum(np.partition(squared, rank, axis=1)[:, rank], 0))))
 
 
-def _candidate_pairs(centered, lengths):
-    """(pairs, 2) int64 index pairs (i < j, each once) of the centred items (m, P), divided by their
-    lengths (m,), that share a key in some table."""
-    if len(centered) < 2:
-        return np.empty((0, 2), np.int64)
-    rng = np.random.default_rng(0)
-    directions = rng.standard_normal((centered.shape[1], TABLES * CELLS_PER_KEY + 1), dtype=np.float32)
-    projections = centered @ directions / np.maximum(lengths, np.finfo(np.float32).tiny)[:, None].astype(np.float32)
+def _candidate_pairs(projections, rng):
+    """(pairs, 2) int64 index pairs (i < j, each once) of the items whose projections (m, TABLES *
+    CELLS_PER_KEY + 1) on random directions (the last orders the items of one key) share a key in some
+    table; rng draws the cells' offsets and the keys' hash."""
     offsets = rng.random(TABLES * CELLS_PER_KEY, dtype=np.float32)
-    cells = np.floor(projections[:, :-1] / CELL_WIDTH + offsets).astype(np.int64)
     multipliers = rng.integers(1, 2 ** 62, CELLS_PER_KEY) | 1  # a key hashes its cells (int64 wraps)
-    keys = (cells.reshape(len(centered), TABLES, CELLS_PER_KEY) * multipliers).sum(2)  # (m, TABLES)
     found = [np.empty((0, 2), np.int64)]
     for table in range(TABLES):
-        order = np.lexsort((projections[:, -1], keys[:, table]))
-        key = keys[order, table]
+        cells = slice(table * CELLS_PER_KEY, (table + 1) * CELLS_PER_KEY)
+        keys = (np.floor(projections[:, cells] / CELL_WIDTH + offsets[cells]).astype(np.int64) * multipliers).sum(1)
+        order = np.lexsort((projections[:, -1], keys))
+        key = keys[order]
         for step in range(1, BUCKET_WINDOW + 1):
             same = np.flatnonzero(key[:-step] == key[step:])
             found.append(np.stack([order[same], order[same + step]], 1))

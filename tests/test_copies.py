@@ -1,6 +1,7 @@
 """metagmvae/copies.py: which items are near-copies of one another, found without comparing all pairs."""
 import numpy as np
 
+from metagmvae import copies
 from metagmvae.copies import (CENTRE_SAMPLE, NEAR_COPY_DISTANCE, NEIGHBOUR_FRACTION, NEIGHBOUR_RANK, NEIGHBOUR_SAMPLE,
                                near_copies)
 from metagmvae.runfiles import check_classes_hold_their_own_items
@@ -65,3 +66,17 @@ def test_features_of_few_values_lie_close_to_others_without_being_copies():
     check_classes_hold_their_own_items(splits, "D")
     ids, pairs = near_copies(np.concatenate([grid.reshape(-1, 2), [[3, 7.01]]]).astype(np.float32))
     assert pairs.tolist() == [sorted([ids[3 * 600 + 7], ids[-1]])]
+
+
+def same_partition(a, b):
+    return len(np.unique(a)) == len(np.unique(b)) == len(np.unique(np.stack([a, b], 1), axis=0))
+
+
+def test_rows_equal_byte_for_byte_share_an_id_also_where_their_hashes_collide(monkeypatch):
+    rows = np.random.default_rng(2).integers(0, 3, (300, 5)).astype(np.float32)  # many rows repeated
+    rows[0, 0] = -0.0  # equal to 0.0, not byte for byte
+    _, by_bytes = np.unique(rows.view(np.dtype((np.void, 20))).ravel(), return_inverse=True)
+    assert len(np.unique(by_bytes)) < 250
+    assert same_partition(near_copies(rows)[0], by_bytes.ravel())
+    monkeypatch.setattr(copies, "_row_hashes", lambda words: np.zeros(len(words), np.uint64))  # all collide
+    assert same_partition(near_copies(rows)[0], by_bytes.ravel())
