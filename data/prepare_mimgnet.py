@@ -6,7 +6,9 @@ written as uint8 (classes, per_class, 84, 84, 3): classes in the order they firs
 images in CSV order within a class. manifest.json lists the class names (synsets), the per-class count,
 the source CSVs and any skipped image (docs/method.md). Images are opened upright in 8 bits
 (metagmvae/imagefolders.py open_image). A class or an image file listed in two splits, and a class whose files
-are those of another class under other names, are refused before anything is decoded.
+are those of another class under other names, are refused before anything is decoded; a class whose images are
+another's as the arrays hold them (saved again as other bytes: copies or near-copies of their 4x4-pixel block
+means, metagmvae/copies.py) once every split is decoded, before any file is written.
 
     python data/prepare_mimgnet.py      # reads data/imgnet/{images/,train.csv,...}, writes data/imgnet/arrays
     python data/prepare_mimgnet.py --images DIR --splits DIR --out data/imgnet/arrays --skip-bad
@@ -31,7 +33,8 @@ from tqdm import tqdm  # noqa: E402
 from metagmvae.cli import HelpFormatter  # noqa: E402
 from metagmvae.folders import OutputFolder, canonical_json, check_outside_inputs  # noqa: E402
 from metagmvae.imagefolders import open_image  # noqa: E402
-from metagmvae.runfiles import UserError, check_regular_file, exit_on_user_error  # noqa: E402
+from metagmvae.runfiles import UserError, check_distinct_classes, check_regular_file, exit_on_user_error  # noqa: E402
+from simclr.data import THUMBNAIL_BLOCK, thumbnails  # noqa: E402
 
 DEFAULT_SOURCE = Path(__file__).resolve().parent / "imgnet"  # images/ and the split CSVs
 DEFAULT_OUT = DEFAULT_SOURCE / "arrays"
@@ -206,17 +209,21 @@ def prepare_mimgnet(images_dir, splits_dir, out, skip_bad=False):
     check_distinct_contents(images_dir, csvs)
     manifest = {"images": str(images_dir.resolve()), "preprocessing": PREPROCESSING, "image_size": IMAGE_SIZE,
                 "splits": {}}
+    thumbnails_of = {}  # {file name: (C, I, 21, 21, 3) block means}, compared once every split is read
     with OutputFolder(out, BUILD_KIND, "--out") as folder, ExitStack() as stack:
         # the files are renamed into place on exit, in reverse order: the manifest last
         manifest_file = stack.enter_context(folder.writing("manifest.json"))
         for split, classes in csvs.items():
             array, skipped = load_split(images_dir, split, classes, skip_bad)
             np.save(stack.enter_context(folder.writing(f"{split}_images.npy")), array)
+            thumbnails_of[f"{split}_images.npy"] = thumbnails(array)
             manifest["splits"][split] = {
                 "file": f"{split}_images.npy", "csv": str(csv_paths[split].resolve()), "shape": list(array.shape),
                 "classes": list(classes), "per_class": counts[split], "skipped": skipped,
             }
             del array  # keep one split in memory at a time
+        check_distinct_classes(thumbnails_of, f"the build for {out} (images compared as {THUMBNAIL_BLOCK}x"
+                                              f"{THUMBNAIL_BLOCK}-pixel block means)")
         manifest_file.write(canonical_json(manifest))
     return manifest
 

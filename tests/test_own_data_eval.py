@@ -467,3 +467,19 @@ def test_prepare_mimgnet_refuses_an_image_copied_into_another_class(tmp_path, ca
                               text=f"class {test} of test.csv holds the images of class {val} of val.csv (the same "
                                    "2 files, byte for byte, under other names)", roots=[root], capsys=capsys)
     assert not (tmp_path / "arrays").exists()
+
+
+def test_prepare_mimgnet_refuses_a_class_saved_again_as_another_class(tmp_path, capsys):
+    """The test class's files are the val class's images saved again as JPEG (other bytes): the arrays hold
+    near-copies, refused once decoded, before any file is written."""
+    root = tmp_path / "imgnet"
+    layout = write_dataset(root, {"train": 1, "val": 1, "test": 1}, 2, (30, 40), seed=0)
+    (val, _, _), (test, _, _) = layout["val"][0], layout["test"][0]
+    for i in (1, 2):
+        Image.open(root / "images" / f"{val}{i:08d}.jpg").save(root / "images" / f"{test}{i:08d}.jpg", quality=80)
+    assert_refused_in_process(prepare_mimgnet_script.main, "--images", root / "images", "--splits", root, "--out",
+                              tmp_path / "arrays",
+                              text=f"the build for {tmp_path / 'arrays'} (images compared as 4x4-pixel block means): "
+                                   "2 of the 2 items of class 0 of test_images.npy are items of class 0 of "
+                                   "val_images.npy or copies of them", roots=[root], capsys=capsys)
+    assert not (tmp_path / "arrays").exists()
