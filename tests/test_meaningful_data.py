@@ -74,12 +74,16 @@ def test_prepare_mimgnet_refuses_a_fifo_as_split_csv_or_image(split_csvs):
     assert_refused_by_process("data/prepare_mimgnet.py", *args, text="b2.jpg is a FIFO (named pipe)",
                               roots=[split_csvs])
     assert not (split_csvs / "out").exists()
-    # --skip-bad replaces it as an unreadable image, instead of blocking on it
+    # --skip-bad replaces it as an unreadable image, instead of blocking on it (by the class's next image: a
+    # third one, since a class of two would then hold one picture twice, which the build refuses)
+    Image.new("RGB", (8, 8), (250, 20, 30)).save(split_csvs / "images" / "b3.jpg")
+    with open(split_csvs / "val.csv", "a") as f:
+        f.write("b3.jpg,nb\n")
     result = subprocess.run([sys.executable, "data/prepare_mimgnet.py", *map(str, args), "--skip-bad"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     [skipped] = json.loads((split_csvs / "out" / "manifest.json").read_text())["splits"]["val"]["skipped"]
-    assert skipped["file"] == "b2.jpg" and "is a FIFO" in skipped["reason"] and skipped["replaced_by"] == "b1.jpg"
+    assert skipped["file"] == "b2.jpg" and "is a FIFO" in skipped["reason"] and skipped["replaced_by"] == "b3.jpg"
 
 
 # ---- python -m metagmvae.report: values, not only types
