@@ -56,13 +56,14 @@ def near_copies(rows):
     centre = np.median(rows[first[::max(1, len(first) // CENTRE_SAMPLE)]], axis=0)  # (P,)
     picked = np.arange(0, len(first), max(1, len(first) // NEIGHBOUR_SAMPLE))[:NEIGHBOUR_SAMPLE]  # (S,)
     rng = np.random.default_rng(0)
-    directions = rng.standard_normal((rows.shape[1], TABLES * CELLS_PER_KEY + 1), dtype=np.float32)  # (P, D)
+    dims = TABLES * CELLS_PER_KEY + 1  # D projections
+    directions = rng.standard_normal((rows.shape[1], dims), dtype=np.float32)  # (P, D)
     sample = rows[first[picked]] - centre  # (S, P)
     norms, products = _centred_products(rows, first, centre, np.concatenate([directions, sample.T], 1))
     lengths = np.maximum(norms, np.median(norms))  # no item nearer the centre than the median one
-    projections = products[:, :len(directions.T)] / lengths[:, None].astype(np.float32)  # g.u: (m, D)
+    projections = products[:, :dims] / lengths[:, None].astype(np.float32)  # g.u: (m, D)
     pairs = _candidate_pairs(projections, rng)
-    limit = NEIGHBOUR_FRACTION * _neighbour_distance(norms, picked, products[:, len(directions.T):])
+    limit = NEIGHBOUR_FRACTION * _neighbour_distance(norms, picked, products[:, dims:])
     close = [np.empty((0, 2), np.int64)]
     for chunk in np.array_split(pairs, max(1, -(-len(pairs) // PAIR_CHUNK))):
         # |u1 - u2|^2 is the mean square of the projections' differences (+-9 %); a near-copy's is at most
