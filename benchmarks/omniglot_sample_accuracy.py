@@ -14,6 +14,7 @@ Without --zips the two zips are downloaded from the official Omniglot repository
 """
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from data.prepare_omniglot import SAMPLE_ARCHIVES, URL_BASE, build_omniglot, dow
 from metagmvae.episodes import make_eval_set  # noqa: E402
 from metagmvae.evaluation import nearest_class_mean_accuracies, summarize  # noqa: E402
 from metagmvae.folders import OutputFolder  # noqa: E402
+from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 from omniglot.dataset import load_split  # noqa: E402
 
 TRAIN_FLAGS = ["--way", "5", "--sample-size", "100", "--batch-size", "1", "--train-mc-sample-size", "8",
@@ -72,8 +74,13 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    with OutputFolder(args.out, "Omniglot sample benchmark", "--out") as folder:  # the runs in it are its own
-        folder.claim()
+    stages = [args.out / f"run-{steps}" for steps in (args.steps_a, args.steps_b) if steps]
+    with exit_on_user_error(p.prog), OutputFolder(args.out, "Omniglot sample benchmark", "--out") as folder:
+        earlier = [stage.name for stage in stages if os.path.lexists(stage)]
+        if earlier:  # its files may be the user's by now: never deleted here
+            raise UserError(f"--out {args.out} holds {', '.join(earlier)} of an earlier run: delete or move it "
+                            "yourself, or choose another --out")
+        folder.claim()  # the runs in it are its own
         sources = args.zips or download_archives(URL_BASE, args.out / "downloads", SAMPLE_ARCHIVES)
         data_dir = args.out / "data"
         build_omniglot(sources, data_dir, seed=0)
@@ -81,9 +88,6 @@ def main():
         baseline = {f"5way-{shot}shot": summarize(nearest_class_mean_accuracies(
             make_eval_set(test, 5, shot, 15, args.test_episodes, args.seed, "test"))) for shot in (1, 5)}
 
-        stages = [args.out / f"run-{steps}" for steps in (args.steps_a, args.steps_b) if steps]
-        for stale in stages:
-            shutil.rmtree(stale, ignore_errors=True)
         common = [sys.executable, "omniglot/main.py", "--data-dir", data_dir, *TRAIN_FLAGS, "--seed", args.seed,
                   "--select-by", args.select_by]
         run([*common, "--save-dir", stages[0], "--train-iters", args.steps_a])

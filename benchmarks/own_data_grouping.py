@@ -32,6 +32,7 @@ from benchmarks.mimgnet_synthetic import run, shown  # noqa: E402
 from mimgnet import cluster as mimgnet_cluster  # noqa: E402
 from omniglot import cluster as omniglot_cluster  # noqa: E402
 from metagmvae.folders import OutputFolder  # noqa: E402
+from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 from omniglot.dataset import load_split  # noqa: E402
 
 ROTATIONS = 4  # test.npy class 4c + r is character c rotated by 90r degrees (data/omniglot_build.py)
@@ -88,7 +89,6 @@ def omniglot_draws(args, data_dir, checkpoint, commands):
         results[way] = []
         for draw in range(args.draws):
             folder = args.out / "folders" / f"omniglot-{way}way-draw{draw}"
-            shutil.rmtree(folder, ignore_errors=True)
             for c in rng.permutation(len(test))[:way]:
                 (folder / f"character{c:03d}").mkdir(parents=True)
                 for i, drawing in enumerate(test[c]):
@@ -147,7 +147,6 @@ def mimgnet_draws(args, data, encoder, checkpoint, commands):
     results = []
     for draw in range(args.draws):
         folder = args.out / "folders" / f"mimgnet-{MIMGNET_WAY}way-draw{draw}"
-        shutil.rmtree(folder, ignore_errors=True)
         for c in rng.permutation(len(synsets))[:MIMGNET_WAY]:
             (folder / synsets[c]).mkdir(parents=True)
             for name in classes[synsets[c]][:args.drawings]:
@@ -181,8 +180,12 @@ def main(argv=None):
     args.out = args.out.resolve()
     timings, commands = {}, []
     start = time.perf_counter()
-    with OutputFolder(args.out, "own-data grouping benchmark", "--out") as folder:  # the draws' folders are its own
-        folder.claim()
+    with exit_on_user_error("own_data_grouping.py"), \
+            OutputFolder(args.out, "own-data grouping benchmark", "--out") as folder:
+        if (args.out / "folders").exists():  # its files may be the user's by now: never deleted here
+            raise UserError(f"--out {args.out} holds folders/ of an earlier run: delete or move it yourself, or "
+                            "choose another --out")
+        folder.claim()  # the draws' folders are its own
         data_dir, checkpoint = train_omniglot(args, timings, commands)
         mimgnet_data, encoder, mimgnet_checkpoint = train_mimgnet(args, timings, commands)
         grouping_start = time.perf_counter()

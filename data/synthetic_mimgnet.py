@@ -9,7 +9,9 @@ flip never turns one class into another; no two textures differ by frequency alo
 
 Writes <out>/images/<synset><index>.jpg (n0000000100000001.jpg: fake synset n00000001, image 1) and
 <out>/{train,val,test}.csv (header filename,label) as the Ravi & Larochelle split files; files of the
-same names are replaced. The class of every synset is printed.
+same names that this project wrote are replaced. A rebuild removes the split files first and writes them
+after the last image: a build stopped midway (a kill, a Ctrl-C) leaves no split file, so no later stage reads
+old and new images as one set. The class of every synset is printed.
 
     python data/synthetic_mimgnet.py --out data/synthetic && python data/prepare_mimgnet.py --out data/synthetic
 """
@@ -129,20 +131,28 @@ def write_dataset(out, num_classes, per_class, size, seed=0):
     """
     specs = iter(class_specs(sum(num_classes.values()), seed))
     layout, k = {}, 0
-    with OutputFolder(out, DATASET_KIND, "--out") as folder, folder.one_record_write():
-        for split in SPLITS:
-            layout[split], rows = [], []
-            for _ in range(num_classes[split]):
-                k += 1
-                synset, (shape, texture) = f"n{k:08d}", next(specs)
-                images = render_class(shape, texture, per_class, size, np.random.default_rng([seed, k]))
-                for i, image in enumerate(images, start=1):
-                    name = f"{synset}{i:08d}.jpg"
-                    with folder.writing(f"images/{name}") as f:
-                        Image.fromarray(image).save(f, format="JPEG", quality=JPEG_QUALITY)
-                    rows.append([name, synset])
-                layout[split].append((synset, shape, texture))
-            folder.write_text(f"{split}.csv", split_csv(rows))
+    with OutputFolder(out, DATASET_KIND, "--out") as folder:
+        split_files = [f"{split}.csv" for split in SPLITS]
+        for name in split_files:  # a split file of the user's is refused before any image is written
+            folder.check_replaceable(name)
+        for name in split_files:  # an earlier build's go first: a rebuild stopped midway leaves no split file
+            folder.remove(name)  # that lists its old and new images together
+        rows = {split: [] for split in SPLITS}  # the split files' rows [name, synset]
+        with folder.one_record_write():
+            for split in SPLITS:
+                layout[split] = []
+                for _ in range(num_classes[split]):
+                    k += 1
+                    synset, (shape, texture) = f"n{k:08d}", next(specs)
+                    images = render_class(shape, texture, per_class, size, np.random.default_rng([seed, k]))
+                    for i, image in enumerate(images, start=1):
+                        name = f"{synset}{i:08d}.jpg"
+                        with folder.writing(f"images/{name}") as f:
+                            Image.fromarray(image).save(f, format="JPEG", quality=JPEG_QUALITY)
+                        rows[split].append([name, synset])
+                    layout[split].append((synset, shape, texture))
+            for split in SPLITS:  # once every image is written
+                folder.write_text(f"{split}.csv", split_csv(rows[split]))
     return layout
 
 

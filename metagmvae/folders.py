@@ -5,8 +5,8 @@ predictions) is opened as an OutputFolder.  Before any other file, the folder ge
 folder it is ("Omniglot run", "SimCLR features", ...) and, for every file the project wrote there, its size
 and SHA-256.  A file is replaced or deleted only when the record lists it and its content still matches;
 every other file is the user's and stays as it is, whatever its name.  A folder that holds files but no
-record is refused (unless `adopt` proves its files ours: a run folder written before records existed), and
-so is a record of another kind or one that names anything outside the folder (at most one subfolder deep,
+record is refused, whatever the files are (copies of a run's files look like a run written before records
+existed: nothing tells them apart), and so is a record of another kind or one that names anything outside the folder (at most one subfolder deep,
 no "..", no absolute path).
 
 No write, replacement, deletion or lock follows a symbolic link: every operation is made relative to the
@@ -33,8 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runfiles import (DISK_FULL, OURS, UserError, check_writable_folder, checkpoint_bytes, checkpoint_kind,
-                       load_checkpoint, metric_number, name_list)
+from .runfiles import (DISK_FULL, UserError, check_writable_folder, checkpoint_bytes,
+                       metric_number, name_list, special_file_kind)
 
 RECORD = ".metagmvae-files.json"
 RECORD_FORMAT = 1
@@ -103,17 +103,16 @@ class OutputFolder:
     the folders entering created if they are still empty.
 
     kind: what the folder holds, stored in its record ("Omniglot run").  flag: the flag that named it, for
-    messages ("--save-dir").  adopt(folder) -> {name: {"size", "sha256"}} or None: for a folder of files
-    without a record, the files proven ours (None: not ours)."""
+    messages ("--save-dir")."""
 
-    def __init__(self, path, kind, flag, adopt=None):
-        self.path, self.kind, self.flag, self.adopt = Path(path), kind, flag, adopt
+    def __init__(self, path, kind, flag):
+        self.path, self.kind, self.flag = Path(path), kind, flag
         self.record, self._fd, self._lock_fd, self._deferred = None, None, None, False
         self._created = []  # the folders entering created, deepest first
 
     def __enter__(self):
         if self.path.is_symlink() and not self.path.exists():
-            raise UserError(f"cannot write to {self.flag} {self.path}: it is a broken symbolic link")
+            raise UserError(f"cannot write to {self.flag} {self.path}: it is {special_file_kind(self.path)}")
         self._created = [p for p in (self.path, *self.path.parents) if not os.path.lexists(p)]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -122,13 +121,13 @@ class OutputFolder:
             reason = "it is not a folder" if e.errno in (errno.EEXIST, errno.ENOTDIR) else e.strerror or e
             raise UserError(f"cannot write to {self.flag} {self.path}: {reason}") from None
         try:
-            adopted = self._check_claimable()
+            self._check_claimable()
             self._lock()
             if RECORD in self._entries():  # read under the lock: as the previous holder left it
                 self.record = self._read_record()
                 self._check_kind(self.record)
             else:  # written with the first file
-                self.record = {"format": RECORD_FORMAT, "kind": self.kind, "files": adopted or {}, "replacing": {},
+                self.record = {"format": RECORD_FORMAT, "kind": self.kind, "files": {}, "replacing": {},
                                "folders": [], "temporary": []}
         except BaseException:
             self._close()
@@ -250,21 +249,25 @@ class OutputFolder:
                 self.check_replaceable(name)
 
     def _check_claimable(self):
-        """Refuse a folder that holds files but no record (unless self.adopt proves them ours: returns them,
-        {name: digest}), a record of another kind, or a LOCK_FILE this project did not write."""
+        """Refuse a folder that holds files but no record, a record of another kind, or a LOCK_FILE this
+        project did not write."""
         names = [n for n in self._entries() if n != LOCK_FILE]
         if LOCK_FILE in self._entries() and not self._holds_a_pid(LOCK_FILE):
+            info = os.stat(LOCK_FILE, dir_fd=self._fd, follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                raise UserError(f"{self.flag} {self.path} holds a {LOCK_FILE} with {info.st_nlink} hard links (the folder "
+                                "copied with cp -al or hard links?): a lock shared with another folder would lock "
+                                f"both; delete {self.path / LOCK_FILE} (no process may be writing in the folder) "
+                                "and run again")
             raise UserError(f"{self.flag} {self.path} holds a {LOCK_FILE} that this project did not write; move "
                             f"it or choose another {self.flag}")
         if RECORD in names:
             self._check_kind(self._read_record())
-            return None
-        adopted = self.adopt(self) if names and self.adopt else None
-        if names and adopted is None:
+        elif names:
             raise UserError(f"{self.flag} {self.path} holds {name_list(names)} but no record of this project "
                             f"({RECORD}), so none of it was written here by this project and none of it will be "
-                            "replaced: choose a new or empty folder")
-        return adopted
+                            "replaced (copies of a run's files, or a run written before this project kept "
+                            "records, are not its to replace): choose a new or empty folder")
 
     def _check_kind(self, record):
         if record["kind"] != self.kind:
@@ -511,13 +514,22 @@ class FolderPath:
         return self.folder.writing(self.name)
 
 
+def resolved(path, flag):
+    """`path` made absolute with every symbolic link on it followed; a link loop on the way (which pathlib
+    reports as RuntimeError or OSError, by Python version) raises UserError naming `flag`."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as e:
+        raise UserError(f"{flag} {path}: its symbolic links cannot be followed ({e}): a link loop?") from None
+
+
 def check_outside_inputs(output, flag, inputs):
     """Refuse an output folder that is one of the `inputs` ((flag, folder) pairs: folders the command reads,
     or its other outputs), lies inside one or holds one (a run writes figures/ in its folder): nothing is
     written into a folder the user gives as input."""
-    output = Path(output).resolve()
+    output = resolved(output, flag)
     for input_flag, folder in inputs:
-        folder = Path(folder).resolve()
+        folder = resolved(folder, input_flag)
         if output == folder or folder in output.parents:
             where = "is" if output == folder else "lies inside"
             raise UserError(f"{flag} {output} {where} {input_flag} {folder}; the outputs go to a folder of their "
@@ -563,43 +575,17 @@ class RunDir:
         self.path, self.model, self.folder = Path(path), model, None
 
     @contextmanager
-    def opened(self, new_run=False):
-        """Hold the folder for the block (see OutputFolder); a folder of this model's run written before
-        records existed is adopted (its files proven ours listed in a new record), except by a new run
-        (new_run), which is refused there as in a run folder of ours."""
-        adopt = self._refuse_old_run if new_run else self._adopt
-        with OutputFolder(self.path, f"{self.model} run", "--save-dir", adopt=adopt) as self.folder:
+    def opened(self):
+        """Hold the folder for the block (see OutputFolder)."""
+        with OutputFolder(self.path, f"{self.model} run", "--save-dir") as self.folder:
             try:
                 yield self
             finally:
                 self.folder = None
 
     def check(self, names=()):
-        """OutputFolder.check of the run folder (an old run of ours counts as ours)."""
-        OutputFolder(self.path, f"{self.model} run", "--save-dir", adopt=self._proven_files).check(names)
-
-    def _proven_files(self, folder):
-        """{name: digest} of the run files in `folder` whose content proves them written by this project for
-        the run of its last.pt (see _proves), or None when last.pt is no run checkpoint of self.model."""
-        if not self._proves(folder, LAST_CHECKPOINT, run_config=None):
-            return None
-        run_config = load_checkpoint(folder.path / LAST_CHECKPOINT)["config"]
-        proven = [name for name in self._present_run_names(folder) if self._proves(folder, name, run_config)]
-        return {name: self._digest(folder, name) for name in proven}
-
-    def _refuse_old_run(self, folder):
-        if self._proven_files(folder) is not None:
-            raise UserError(f"{self.path} already holds a run (written before this project kept a record of its "
-                            "files); pass --resume to continue it, --overwrite to replace it (only the files the "
-                            "run wrote are removed), or choose another --save-dir")
-        return None
-
-    def _adopt(self, folder):
-        files = self._proven_files(folder)
-        if files is not None:
-            print(f"{self.path}: a run written before this project kept a record of its files; recorded as its "
-                  f"files: {', '.join(sorted(files))}")
-        return files
+        """OutputFolder.check of the run folder."""
+        OutputFolder(self.path, f"{self.model} run", "--save-dir").check(names)
 
     @staticmethod
     def _present_run_names(folder):
@@ -609,38 +595,6 @@ class RunDir:
         if f"{FIGURES}/" in folder.visible_entries():
             names += [f"{FIGURES}/{n}" for n in sorted(os.listdir(folder.path / FIGURES))]
         return [n for n in names if RUN_FILE_NAMES.fullmatch(n) and os.path.lexists(folder.path / n)]
-
-    def _proves(self, folder, name, run_config):
-        """Whether the content of `name` is what this project writes there for the run whose flags (the
-        config in its last.pt) are run_config: a run checkpoint of self.model, metrics.csv as a run writes
-        it, config.json of those flags, a results file of a run of those flags.  A figure proves nothing
-        (any PNG could be one) and stays the user's."""
-        path = folder.path / name
-        try:
-            if not stat.S_ISREG(os.lstat(path).st_mode):  # a link, a folder, a FIFO (reading one would wait)
-                return False
-            if name.endswith(".pt"):
-                state = load_checkpoint(path)
-                return checkpoint_kind(state) == (OURS, self.model) and isinstance(state.get("config"), dict)
-            data = path.read_bytes()
-            if name.endswith(".json"):
-                content = json.loads(data)
-                run_flags = content if name == CONFIG else isinstance(content, dict) and content.get("config")
-                return canonical_json(content) == data and run_flags == run_config
-            if name.endswith(".csv"):
-                with io.StringIO(data.decode(), newline="") as f:
-                    return metrics_table(list(csv.DictReader(f))).encode() == data
-            return False
-        except (OSError, UserError, ValueError, UnicodeDecodeError, csv.Error, RecursionError):
-            return False
-
-    @staticmethod
-    def _digest(folder, name):
-        fd = os.open(folder.path / name, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            return file_digest(fd)
-        finally:
-            os.close(fd)
 
     def check_resumable(self):
         """Refuse --resume unless the folder has a last.pt, saying what to do instead."""

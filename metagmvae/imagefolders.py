@@ -188,21 +188,33 @@ def check_distinct(items, where):
                         "tells them apart")
 
 
+def copies_of_labelled(pictures, num_labelled):
+    """copied (N, L): whether picture n of `pictures` (N, ...) is labelled picture l (the first num_labelled)
+    or a copy of it (copies.near_copies: equal, noise added, re-encoded)."""
+    ids, near = near_copies(np.ascontiguousarray(pictures.reshape(len(pictures), -1).numpy(), dtype=np.float32))
+    labelled_ids = ids[:num_labelled]
+    near_codes = np.concatenate([near[:, 0] * len(ids) + near[:, 1], near[:, 1] * len(ids) + near[:, 0]])
+    return (ids[:, None] == labelled_ids) | np.isin(ids[:, None] * len(ids) + labelled_ids, near_codes)
+
+
+def shared_picture(copied, classes):
+    """The first pair (i, j), j < i, of labelled pictures of two classes (classes (L,)) that copied (L, L)
+    (copies_of_labelled) says are one picture; None when every picture has one class."""
+    shared = np.argwhere(np.tril(copied & (classes[:, None] != classes[None]), -1))
+    return tuple(shared[0]) if len(shared) else None
+
+
 def check_pictures_differ(folder, class_dirs, support, support_files, query, query_files):
     """Refuse an episode whose support classes (class_dirs; support: one (n, ...) tensor per class, their
     files support_files) share a picture as the model reads it, or copies of one (copies.near_copies: noise
     added, re-encoded): the same picture under two labels; or with a query (query (Nq, ...), its files
     query_files) that is a support picture or a copy of one (its prediction would be read off its copy)."""
-    pictures = torch.cat([*support, query])
-    ids, near = near_copies(np.ascontiguousarray(pictures.reshape(len(pictures), -1).numpy(), dtype=np.float32))
     owners = [(class_dir, file) for class_dir, files in zip(class_dirs, support_files) for file in files]
-    support_ids = ids[:len(owners)]
-    near_codes = np.concatenate([near[:, 0] * len(ids) + near[:, 1], near[:, 1] * len(ids) + near[:, 0]])
-    copied = (ids[:, None] == support_ids) | np.isin(ids[:, None] * len(ids) + support_ids, near_codes)  # (N, S)
+    copied = copies_of_labelled(torch.cat([*support, query]), len(owners))  # (N, Ns)
     classes = np.repeat(np.arange(len(support)), [len(images) for images in support])
-    shared = np.argwhere(np.tril(copied[:len(owners)] & (classes[:, None] != classes[None]), -1))
-    if len(shared):
-        (class_dir, file), (other_dir, other_file) = owners[shared[0, 0]], owners[shared[0, 1]]
+    shared = shared_picture(copied[:len(owners)], classes)
+    if shared is not None:
+        (class_dir, file), (other_dir, other_file) = owners[shared[0]], owners[shared[1]]
         raise UserError(f"{folder}: support classes {other_dir.name!r} and {class_dir.name!r} hold the same "
                         f"picture as the model reads it ({other_file.name} and {file.name}: {COPIES}); one "
                         "picture cannot belong to two classes")
@@ -398,7 +410,7 @@ def episodes_parser(description, checkpoint_help):
 def output_folder(args, input_flag, suffix):
     """--out, or <input>-<suffix> beside the input folder (args.images, args.episodes); the input is never
     written into."""
-    source = getattr(args, input_flag.lstrip("-")).resolve()  # "." has no name
+    source = Path(os.path.abspath(getattr(args, input_flag.lstrip("-"))))  # "." has no name; a link is not followed
     return args.out or source.parent / f"{source.name}-{suffix}"
 
 
@@ -499,6 +511,19 @@ def folder_classes(root, files):
     return torch.tensor([names.index(p) for p in parents])
 
 
+def check_folders_share_no_picture(root, files, items, classes):
+    """Refuse class folders (classes (N,) of items (N, ...) read from files below root) that hold one picture
+    as the model reads it, or copies of one, under two names: scored against such folders, a grouping is
+    marked wrong for the picture whichever cluster it takes."""
+    shared = shared_picture(copies_of_labelled(items.cpu(), len(items)), classes.numpy())
+    if shared is not None:
+        first, second = (files[i].relative_to(root) for i in sorted(shared))
+        raise UserError(f"--images {root}: the class folders {first.parent.as_posix()!r} and "
+                        f"{second.parent.as_posix()!r} hold the same picture as the model reads it ({first.name} and "
+                        f"{second.name}: {COPIES}); the scores against the folders would mean nothing: give each "
+                        "picture one class folder, or put the images in one folder to group them unscored")
+
+
 def partition_scores(classes, partitions):
     """{name: {"ari", "nmi"}}: the ARI and NMI of each {name: labels (N,)} against the class folders (N,)."""
     return {name: {"ari": adjusted_rand_index(classes, labels), "nmi": normalized_mutual_info(classes, labels)}
@@ -552,6 +577,7 @@ def group_folder(args, files, items, model, baseline_features, baseline_name):
     classes = folder_classes(args.images, files)
     scores = None
     if classes is not None:
+        check_folders_share_no_picture(args.images, files, items, classes)
         baseline, _, _ = kmeans(baseline_features, args.clusters, restart_streams(args.seed, GROUPING_KMEANS,
                                                                                  args.restarts))
         scores = partition_scores(classes, {f"Meta-GMVAE (EM, {args.restarts} restarts)": cluster,

@@ -292,6 +292,7 @@ def load_checkpoint(path):
     path = Path(path)
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a directory; {CHECKPOINT_EXPECTED}")
+    check_regular_file(path, "checkpoint ")
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
     if not path.is_file():

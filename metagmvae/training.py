@@ -253,7 +253,7 @@ def load_model(path, model_class, convert_reference, name, device):
 
 
 @contextmanager
-def run_folder(save_dir, model, resume, overwrite, progress="step"):
+def run_folder(save_dir, model, resume, progress="step"):
     """The run folder (a RunDir) of a training process of `model` ("Omniglot"), opened for the block: a
     second process on it is refused naming this one (rank 0 holds the lock; folders.py says which folders
     and files a run may write).  A Ctrl-C or a diverged loss inside the block ends in one line (from rank 0)
@@ -264,7 +264,7 @@ def run_folder(save_dir, model, resume, overwrite, progress="step"):
     def open_folder():
         if resume:
             run.check_resumable()
-        stack.enter_context(run.opened(new_run=not (resume or overwrite)))
+        stack.enter_context(run.opened())
 
     with ExitStack() as stack:
         distributed.from_main(open_folder)

@@ -64,7 +64,7 @@ def train(args, device):
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     objective = Objective(args.way, args.train_mc_sample_size, args.unsupervised_em_iters, args.fix_pi)
 
-    with run_folder(args.save_dir, MODEL_NAME, args.resume, args.overwrite) as run:  # held; Ctrl-C names the checkpoint
+    with run_folder(args.save_dir, MODEL_NAME, args.resume) as run:  # held; Ctrl-C names the checkpoint
         log = start_run(run, model, optimizer, config, args.resume, args.overwrite,
                         RESUME_INVARIANT_FLAGS + ("hidden_size",), MODEL_NAME)
         trained = distributed.wrap_for_training(model, device)  # DDP under torchrun, `model` itself otherwise

@@ -184,7 +184,12 @@ def export_features(model, data_dir, feature_dir, checkpoint, batch_size, device
         by_class[features_name] = features.reshape(len(names), -1, features.shape[1])
         manifest["splits"][split] = {"features": features_name, "labels": labels_name, "classes": names,
                                      "per_class": len(images) // len(names), "count": len(images)}
-    check_distinct_classes(by_class, f"the features of {data_dir}")
+    try:
+        check_distinct_classes(by_class, f"the features of {data_dir}")
+    except UserError as e:  # check_data found the images of every class distinct: the encoder merges them
+        raise UserError(f"{checkpoint} encodes images of different classes alike ({e}); their images differ "
+                        "(compared before training and export), so the encoder tells them apart too little: "
+                        "damaged weights, or an encoder trained into collapse") from None
     with OutputFolder(feature_dir, FEATURES_KIND, "--feature-save-dir") as folder, ExitStack() as stack:
         # the files are renamed into place on exit, in reverse order: the manifest last
         manifest_file = stack.enter_context(folder.writing(FEATURES_MANIFEST))
@@ -226,7 +231,7 @@ def pretrain(args, device):
     distributed.check_batch_divides(args.batch_size)
     model, optimizer, scheduler = make_training(args, device)
     rngs = (torch.Generator().manual_seed(2 * args.seed), torch.Generator().manual_seed(2 * args.seed + 1))
-    with run_folder(args.save_dir, MODEL_NAME, args.resume, args.overwrite, progress="epoch") as run:
+    with run_folder(args.save_dir, MODEL_NAME, args.resume, progress="epoch") as run:
         start = resume_training(run, model, optimizer, scheduler, rngs, config) if args.resume else (0, 0.0, [])
         prepare_folder(run, config, args.resume, args.overwrite)
         fit(model, optimizer, scheduler, rngs, images=images, batches=batches, run=run, start=start, args=args,

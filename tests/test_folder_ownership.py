@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from metagmvae.folders import LOCK_FILE, RECORD, OutputFolder, canonical_json
+from metagmvae.folders import LOCK_FILE, RECORD, OutputFolder
 from mimgnet import main as mimgnet_main
 from omniglot import draw_figures, evaluate
 from omniglot import main as omniglot_main
@@ -210,42 +210,21 @@ def test_a_damaged_record_leaves_the_folder_alone(omniglot_data, run_copy, capsy
             text="cannot read the record of what this project wrote here", roots=[run_copy], capsys=capsys)
 
 
-def test_a_run_written_before_records_is_adopted_by_its_checkpoint(omniglot_data, run_copy, tmp_path, capsys):
-    """Only files whose content proves them the run's are adopted: its checkpoints, metrics.csv, config.json
-    and results.json of the flags in last.pt.  Figures prove nothing (any PNG could be one): a run that would
-    replace them is refused until they are moved."""
-    (run_copy / RECORD).unlink()
-    (run_copy / "notes.txt").write_text("mine\n")
-    torch.save({"weights": torch.zeros(2)}, run_copy / "best_mine.pt")
-    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY,
-            text="already holds a run (written before this project kept a record of its files)", roots=[run_copy],
-            capsys=capsys)
-    mine = {p: snapshot(run_copy)[p] for p in (run_copy / "notes.txt", run_copy / "best_mine.pt")}
-    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY, "--overwrite",
-            text="holds figures/curves.png, figures/mixture.png, figures/reconstructions.png, "
-                 "figures/test_episode.png, which a run writes, but this project did not write them",
-            roots=[], capsys=capsys)
-    shutil.move(run_copy / "figures", tmp_path / "old_figures")
-    capsys.readouterr()
-    train(omniglot_data, run_copy, "--overwrite")
-    out = capsys.readouterr().out
-    assert "recorded as its files: best_1shot.pt, best_5shot.pt, config.json, last.pt, metrics.csv, results.json\n" \
-        in out
-    assert {p: p.read_bytes() for p in mine} == mine
-    with OutputFolder(run_copy, "Omniglot run", "--save-dir") as folder:
-        assert folder.owns("last.pt") and not folder.owns("best_mine.pt") and not folder.owns("notes.txt")
-
-
-def test_files_of_another_run_in_a_run_from_before_records_are_not_adopted(omniglot_data, run_copy, tmp_path, capsys):
-    """A hand-written config.json, or results.json of another run, is formatted as ours but not of this run."""
-    (run_copy / RECORD).unlink()
-    shutil.rmtree(run_copy / "figures")
-    (run_copy / "config.json").write_bytes(canonical_json({"seed": 5}))
-    results = json.loads((run_copy / "results.json").read_text())
-    (run_copy / "results.json").write_bytes(canonical_json({**results, "config": {"seed": 5}}))
-    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", run_copy, *TINY, "--overwrite",
-            text="holds config.json, results.json, which a run writes, but this project did not write them",
-            roots=[run_copy], capsys=capsys)
+def test_copies_of_a_runs_files_without_its_record_are_the_users(omniglot_data, run_copy, tmp_path, capsys):
+    """The files of a run copied with cp (no record) are byte for byte what a run writes, config.json with the
+    data's digest included: no content proves them written there by this project, so --overwrite, --resume
+    and --eval-only --save-dir refuse the folder and every file stays."""
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    for name in ("last.pt", "best_1shot.pt", "metrics.csv", "config.json", "results.json"):
+        shutil.copy(run_copy / name, copied / name)
+    (copied / "notes.txt").write_text("mine\n")
+    text = f"--save-dir {copied} holds best_1shot.pt, config.json, last.pt, metrics.csv, notes.txt, results.json but no record"
+    for flags in (["--overwrite"], ["--resume", "--train-iters", "4"]):
+        refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", copied, *TINY, *flags, text=text,
+                roots=[copied], capsys=capsys)
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--eval-only", "--checkpoint", run_copy / "last.pt",
+            "--save-dir", copied, *OMNIGLOT_FLAGS, text=text, roots=[copied], capsys=capsys)
 
 
 def test_a_plain_run_where_a_stopped_run_left_files_asks_for_overwrite(omniglot_data, run_copy, capsys):
@@ -326,7 +305,9 @@ def test_a_lock_file_that_is_a_hard_link_or_another_tools_lock_is_not_ours(omnig
     linked.mkdir()
     (linked / LOCK_FILE).hardlink_to(pin)
     refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", linked, *TINY,
-            text=f"holds a {LOCK_FILE} that this project did not write", roots=[tmp_path], capsys=capsys)
+            text=f"holds a {LOCK_FILE} with 2 hard links (the folder copied with cp -al or hard links?): a lock "
+                 f"shared with another folder would lock both; delete {linked / LOCK_FILE}", roots=[tmp_path],
+            capsys=capsys)
     other = tmp_path / "other"
     other.mkdir()
     (other / ".lock").write_text("1234\n")
@@ -370,3 +351,36 @@ def test_overwrite_that_cannot_remove_a_file_stops_with_one_line(omniglot_data, 
             text=f"cannot remove {run_copy / 'last.pt'}, which this project wrote: Operation not permitted",
             roots=[], capsys=capsys)
     assert (run_copy / "last.pt").exists()
+
+
+def test_a_symbolic_link_loop_as_any_folder_is_refused_in_one_line(omniglot_data, tmp_path, capsys):
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    loop = tmp_path / "loop_a"
+    refuse = dict(roots=[tmp_path], capsys=capsys)
+    for flag, args in (("--save-dir", ["--data-dir", omniglot_data, "--save-dir", loop]),
+                       ("--data-dir", ["--data-dir", loop, "--save-dir", tmp_path / "run"])):
+        refused(omniglot_main.main, *args, *TINY, text=f"{flag} {loop}: its symbolic links cannot be followed", **refuse)
+    refused(evaluate.main, "--checkpoint", tmp_path / "x.pt", "--episodes", loop,
+            text=f"--episodes {loop}: its symbolic links cannot be followed", **refuse)
+    refused(draw_figures.main, "--checkpoint", loop, "--data-dir", omniglot_data, "--out", tmp_path / "figures",
+            text=f"checkpoint {loop} is a symbolic link loop", **refuse)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "figures").exists()
+
+
+def test_a_benchmark_rerun_deletes_no_earlier_run_folder(tmp_path):
+    """The sample-accuracy benchmark refuses an --out that still holds the run folder of an earlier run (a file
+    of the user's may be in it by now) instead of deleting it."""
+    out = tmp_path / "bench"
+    with OutputFolder(out, "Omniglot sample benchmark", "--out") as folder:
+        folder.claim()
+    (out / "run-3").mkdir()
+    (out / "run-3" / "my_analysis.txt").write_text("mine\n")
+    before = snapshot(tmp_path)
+    result = subprocess.run([sys.executable, "benchmarks/omniglot_sample_accuracy.py", "--out", str(out), "--zips",
+                             str(tmp_path / "missing.zip"), "--steps-a", "3", "--steps-b", "0"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr == (f"omniglot_sample_accuracy.py: error: --out {out} holds run-3 "
+                                                        "of an earlier run: delete or move it yourself, or choose "
+                                                        "another --out\n"), result.stderr
+    assert snapshot(tmp_path) == before

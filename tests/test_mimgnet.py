@@ -149,7 +149,7 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path):
                              for k, v in second["test"].items()}
 
 
-def test_resume_on_other_features_is_refused_before_writing(tmp_path):
+def test_resume_on_other_features_or_another_shot_is_refused_before_writing(tmp_path):
     data = write_features(tmp_path / "features")
     common = [*SMALL, "--freq-iters", "2", "--save-dir", tmp_path / "run"]
     first = run_main("--data-dir", data, *common, "--train-iters", "2")
@@ -160,6 +160,10 @@ def test_resume_on_other_features_is_refused_before_writing(tmp_path):
     files = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     refused = run_main("--data-dir", other, *common, "--train-iters", "4", "--resume")
     assert refused.returncode == 2 and f"--resume: --data-dir {other} holds other data than the run" in refused.stderr
+    # --shot picks the validation score that selects best_*.pt: a resumed run keeps it
+    refused = run_main("--data-dir", data, *common, "--train-iters", "4", "--resume", "--shot", "5")
+    assert refused.returncode == 2 and "--resume with different settings than the saved run: --shot 5 (saved 1)" \
+        in refused.stderr, refused.stderr
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == files
 
 

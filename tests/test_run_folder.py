@@ -288,10 +288,7 @@ def truncate_last(run):
 
 
 def reshape_last(run):
-    (run / RECORD).unlink()  # a run from before records: its last.pt is read (else the record refuses it)
-    state = load_checkpoint(run / "last.pt")
-    state["model"]["decoder.0.weight"] = torch.zeros(3)
-    torch.save(state, run / "last.pt")
+    edit_last(run, lambda state: state["model"].__setitem__("decoder.0.weight", torch.zeros(3)))
     return "last.pt: weights do not fit the Omniglot model (other shapes: decoder.0.weight)"
 
 
@@ -317,13 +314,15 @@ def test_the_advice_for_a_damaged_last_pt_resumes_the_run(omniglot_data, run_cop
 
 
 def edit_last(run, edit, keep_record=False):
-    """Change the run's last.pt with edit(state); unless keep_record, the folder becomes a run from before
-    records (whose last.pt --resume reads, as a run of ours)."""
+    """Change the run's last.pt with edit(state), written as the run's own (its record lists the new bytes,
+    so --resume reads it) unless keep_record (the record still lists the old bytes)."""
     state = load_checkpoint(run / "last.pt")
     edit(state)
-    torch.save(state, run / "last.pt")
-    if not keep_record:
-        (run / RECORD).unlink()
+    if keep_record:
+        torch.save(state, run / "last.pt")
+        return
+    with OutputFolder(run, "Omniglot run", "--save-dir") as folder, folder.writing("last.pt") as f:
+        torch.save(state, f)
 
 
 def set_group(key, value):

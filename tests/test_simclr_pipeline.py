@@ -21,6 +21,7 @@ from data.synthetic_mimgnet import write_dataset
 from metagmvae.folders import RECORD, OutputFolder, RunDir
 from metagmvae.runfiles import UserError, load_checkpoint
 from simclr.data import load_split
+from simclr import trainer as simclr_trainer
 from simclr.main import main as simclr_main
 from simclr.trainer import FEATURES_KIND, export_features, load_model
 
@@ -279,16 +280,27 @@ def jpeg_copy(image):
     return np.asarray(Image.open(buffer))
 
 
-def test_export_refuses_features_of_a_class_in_two_splits_before_writing(prepared, trained, tmp_path):
-    """Export checks the features too (images that differ can still encode alike), before its first write."""
+def test_export_refuses_an_encoder_that_merges_two_classes_before_writing(prepared, trained, tmp_path, monkeypatch):
+    """Export checks the features too (images that differ can still encode alike), before its first write, and
+    names the encoder: the images were found distinct before (check_data)."""
     save, _, _ = trained
-    data = shutil.copytree(prepared[0], tmp_path / "data")
-    test = np.load(data / "test_images.npy")
-    test[0] = np.load(data / "val_images.npy")[0]
-    np.save(data / "test_images.npy", test)
-    with pytest.raises(UserError, match=f"the features of {data}: class 0 of test_features.npy is class 0 of "
+    encoded = {}
+
+    def merging_encode(model, images, batch_size, device):  # test class 0 encoded as val class 0
+        features = real_encode(model, images, batch_size, device)
+        split = ("train", "val", "test")[len(encoded)]
+        encoded[split] = features
+        if split == "test":
+            per_class = len(features) // len(load_split(prepared[0], "test")[2])
+            features[:per_class] = encoded["val"][:per_class]
+        return features
+    real_encode = simclr_trainer.encode
+    monkeypatch.setattr(simclr_trainer, "encode", merging_encode)
+    with pytest.raises(UserError, match=f"{save / 'last.pt'} encodes images of different classes alike \\(the "
+                                        f"features of {prepared[0]}: class 0 of test_features.npy is class 0 of "
                                         "val_features.npy"):
-        export_features(load_model(save / "last.pt", "cpu"), data, tmp_path / "features", save / "last.pt", 7, "cpu")
+        export_features(load_model(save / "last.pt", "cpu"), prepared[0], tmp_path / "features", save / "last.pt", 7,
+                        "cpu")
     assert not (tmp_path / "features").exists()
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data import synthetic_mimgnet
 from data.synthetic_mimgnet import MAX_CLASSES, class_specs, main, render_class, write_dataset
 
 NUM_CLASSES = {"train": 3, "val": 2, "test": 2}
@@ -45,6 +46,29 @@ def test_layout_matches_the_mini_imagenet_split_files(tmp_path):
     assert sorted(listed) == sorted(p.name for p in (tmp_path / "images").iterdir())
     with Image.open(tmp_path / "images" / listed[0]) as im:
         assert im.format == "JPEG" and im.mode == "RGB" and im.size == (SIZE[1], SIZE[0])
+
+
+def test_a_rebuild_stopped_midway_leaves_no_split_file_of_old_and_new_images(tmp_path, monkeypatch):
+    """The split files go first and come back after the last image: a rebuild with another seed stopped at its
+    fourth class leaves images of both builds and no split file that would list them as one set."""
+    write_dataset(tmp_path, NUM_CLASSES, 3, SIZE, seed=0)
+    classes = []
+
+    def stopped_at_the_fourth_class(*args):
+        classes.append(args)
+        if len(classes) == 4:
+            raise KeyboardInterrupt
+        return render_class(*args)
+    monkeypatch.setattr(synthetic_mimgnet, "render_class", stopped_at_the_fourth_class)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(tmp_path, NUM_CLASSES, 3, SIZE, seed=1)
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".csv"]
+    assert len(list((tmp_path / "images").iterdir())) == 3 * sum(NUM_CLASSES.values())
+    monkeypatch.undo()
+    write_dataset(tmp_path, NUM_CLASSES, 3, SIZE, seed=1)  # the rebuild completes: the same bytes as a fresh one
+    write_dataset(tmp_path / "fresh", NUM_CLASSES, 3, SIZE, seed=1)
+    assert {k: v for k, v in files(tmp_path).items() if not k.startswith("fresh/") and not k.startswith(".")} == \
+        {k: v for k, v in files(tmp_path / "fresh").items() if not k.startswith(".")}
 
 
 def test_classes_differ_by_shape_and_by_texture_under_the_same_draws():
