@@ -2,8 +2,8 @@
 
 Each RUN_DIR is a run folder holding results.json (or eval_results.json, written by --eval-only), or one
 of those files itself. One row per test entry ("<way>way-<shot>shot") and per baseline entry, with the
-accuracy as mean +- 95% CI in %; the dataset is Omniglot when the config has hidden_size (or its
-data_dir names omniglot), else Mini-ImageNet.
+accuracy as mean +- 95% CI in %; the dataset is Omniglot when the config has hidden_size, Mini-ImageNet
+when it has shot (else as its data_dir says).  A | in a cell is escaped, a line break shown as \\x0a.
 """
 import argparse
 import json
@@ -134,9 +134,20 @@ def load_results(path):
 
 
 def dataset_name(config):
-    if "hidden_size" in config or "omniglot" in str(config.get("data_dir", "")).lower():
+    """Omniglot's runs save --hidden-size and Mini-ImageNet's --shot; a config with neither (written by
+    hand) is named by its data_dir."""
+    if "hidden_size" in config:
+        return "Omniglot"
+    if "shot" in config:
+        return "Mini-ImageNet"
+    if "omniglot" in str(config.get("data_dir", "")).lower():
         return "Omniglot"
     return "Mini-ImageNet" if config else "?"
+
+
+def table_cell(text):
+    """`text` as one Markdown table cell: | escaped, line breaks and other control characters as \\xNN."""
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c for c in text).replace("|", "\\|")
 
 
 def format_wall_time(seconds):
@@ -166,7 +177,7 @@ def table_rows(run, results):
 
 def markdown_table(rows):
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    return "\n".join(lines + ["| " + " | ".join(map(table_cell, row)) + " |" for row in rows])
 
 
 def main(argv=None):

@@ -6,8 +6,8 @@ background.
 (data/omniglot_build.py write_build).  Real Omniglot has a mean pixel of about 0.08 and its border pixels
 (the 108 of the 28x28 perimeter) average under 0.003 per file, under 0.22 in any one drawing; inverted
 (1 - x) drawings give about 0.92 and 1.0.  A drawing whose border pixels average above BORDER_LIMIT is
-drawn dark on light (omniglot/evaluate.py load_image inverts such an image; an array is refused), a file
-whose mean pixel is above MEAN_LIMIT is mostly ink, a drawing whose pixels are all equal holds no stroke,
+drawn dark on light, a file whose mean pixel is above MEAN_LIMIT, or a drawing whose mean pixel is above
+DRAWING_MEAN_LIMIT (inverted behind a dark border), is mostly ink, a drawing whose pixels are all equal holds no stroke,
 and a file whose drawings are all one image tells no class from another: each of these is refused, as
 every accuracy computed from it would be meaningless.
 """
@@ -23,6 +23,7 @@ SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (28, 28, 1)
 BORDER_LIMIT = 0.5  # mean of a drawing's border pixels: real Omniglot < 0.22, inverted about 1.0
 MEAN_LIMIT = 0.3  # mean pixel of a file: real Omniglot about 0.08, inverted about 0.92
+DRAWING_MEAN_LIMIT = 0.5  # mean pixel of one drawing: real Omniglot at most 0.2, inverted about 0.92
 INK_LIMIT = 0.5  # largest value of a file: real Omniglot and ours 1.0; scaled by 1/255 twice 0.004
 CONVENTION = "expected ink = 1 on a 0 background (Omniglot: mean pixel about 0.08)"
 
@@ -57,6 +58,12 @@ def check_drawings(array, where):
                         f"above {BORDER_LIMIT} on average; {found}): inverted ink? {CONVENTION}")
     if mean > MEAN_LIMIT:
         raise UserError(f"{where}: mostly ink (mean pixel above {MEAN_LIMIT}; {found}); {CONVENTION}")
+    inked = images.mean((-2, -1), dtype=np.float64) > DRAWING_MEAN_LIMIT  # (C, I)
+    if inked.any():
+        first = np.argwhere(inked)[0]
+        raise UserError(f"{where}: {inked.sum()} of {inked.size} drawings are mostly ink (mean pixel above "
+                        f"{DRAWING_MEAN_LIMIT}, the first class {first[0]} drawing {first[1]}; {found}): inverted "
+                        f"ink? {CONVENTION}")
     blank = np.ptp(images.reshape(*images.shape[:2], -1), axis=-1) == 0  # (C, I)
     if blank.any():
         first = np.argwhere(blank)[0]

@@ -7,10 +7,11 @@
 file that cannot be decoded (empty, damaged) is refused. Each image is converted like the
 training data: opened upright in 8 bits (imagefolders.open_image: EXIF orientation, 16-bit and float images by
 their scale), grayscale (transparency over white), resized to 28x28 with Lanczos filtering, float in [0, 1]
-with the paper at 0 and the ink up to 1: the paper level is the median of the border pixels, the ink what
-differs from it (darker when the image's mean is below the paper level, then (paper - x) / paper, else
-(x - paper) / (1 - paper)), so black ink on white gives 1 - x and light ink on black x; a blank image (all
-pixels equal), or an episode whose images are all one picture, is refused.
+with the paper at 0 and the ink up to 1: the paper level is the median of all pixels (ink covers the lesser
+part of a drawing; a frame or a dark edge does not decide it), the ink what differs from it (darker when the
+image's mean is below the paper level, then (paper - x) / paper, else (x - paper) / (1 - paper)), so black
+ink on white gives 1 - x and light ink on black x; a blank image (all pixels equal), or an episode whose images
+are all one picture, is refused.
 Support and queries are encoded as one set and labelled by the semi-supervised EM (model.predict).
 Prints each episode's accuracy and their mean with its 95% CI. An episode whose query images lie directly
 in query/ (no class folders) is predicted instead: one row (episode, file, predicted class, probability)
@@ -47,7 +48,7 @@ def load_image(path):
     small = np.asarray(gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS), dtype=np.float32) / 255.0
     if np.ptp(small) == 0:
         raise UserError(f"{path}: blank image (all pixels equal at 28x28 grayscale); expected a drawing")
-    paper = np.float32(np.median(np.concatenate([full[0], full[-1], full[:, 0], full[:, -1]])))
+    paper = np.float32(np.median(full))
     if full.mean(dtype=np.float64) < paper:  # dark ink; not blank, so paper > 0
         return np.clip((paper - small) / paper, 0, 1)
     return np.clip((small - paper) / (1 - paper), 0, 1)  # light ink; not blank, so paper < 1

@@ -245,6 +245,18 @@ def test_report_tables_runs_and_baselines(tmp_path, capsys):
     assert cells[3] == [str(mimgnet), "Mini-ImageNet", "Meta-GMVAE", "5", "20", "63.14 +- 0.71", "500", "-", "-"]
 
 
+def test_report_keeps_one_row_per_entry_whatever_the_names(tmp_path, capsys):
+    """A | or a line break in a run's name stays inside its cell, and a Mini-ImageNet run (it saves --shot)
+    whose data folder is named after omniglot is still a Mini-ImageNet run."""
+    entry = {"mean": 0.5, "ci95": 0.01, "episodes": 1000}
+    run = write_results(tmp_path / "a|b\nc", "results.json", {
+        "test": {"5way-1shot": entry}, "config": {"shot": 1, "data_dir": "/home/me/omniglot-paper/features"}})
+    report.main([str(run)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[2].count(" | ") == len(report.COLUMNS) - 1
+    assert lines[2].startswith(f"| {tmp_path}/a\\|b\\x0ac | Mini-ImageNet | Meta-GMVAE |"), lines[2]
+
+
 @pytest.mark.parametrize("content", [None, "{not json", '{"test": {"5way": {"mean": 1}}}'])
 def test_report_refuses_missing_or_malformed_results(tmp_path, capsys, content):
     run = tmp_path / "run"

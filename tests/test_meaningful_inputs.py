@@ -326,11 +326,20 @@ def copy_arrays(source, target, **replace):
     return target
 
 
+def inverted_inside_a_dark_border(drawings):
+    """1 - x with the border pixels left at 0: the border test passes, the drawing is still mostly ink."""
+    inverted = 1 - drawings
+    inverted[..., 0, :, :], inverted[..., -1, :, :], inverted[..., :, 0, :], inverted[..., :, -1, :] = 0, 0, 0, 0
+    return inverted
+
+
 @pytest.mark.parametrize("split, change, text", [
     ("test", lambda a: 1 - a, "test.npy: 160 of 160 drawings have a light background"),
     ("val", lambda a: np.concatenate([a[:4], 1 - a[4:]]), "val.npy: 80 of 160 drawings have a light background"),
     ("test", np.zeros_like, "test.npy: 160 of 160 drawings are blank"),
     ("test", lambda a: np.full_like(a, 0.4), "test.npy: mostly ink (mean pixel above 0.3"),
+    ("test", lambda a: np.concatenate([a[:6], inverted_inside_a_dark_border(a[6:])]),
+     "test.npy: 40 of 160 drawings are mostly ink (mean pixel above 0.5, the first class 6 drawing 0"),
     ("test", lambda a: a * 2 - 0.5, "test.npy has values in [-0.5, 1.5]; expected [0, 1] with ink = 1"),
     ("test", lambda a: a / 255, "test.npy: its strongest ink is 0.00392, below 0.5: values scaled down"),
     ("val", lambda a: a * 0.01, "val.npy: its strongest ink is 0.01, below 0.5: values scaled down"),

@@ -290,6 +290,26 @@ def test_cluster_refusals(omniglot_folder, photo_folder, checkpoints, tmp_path, 
     assert not out.exists() and snapshot(photo_folder)
 
 
+def test_class_folders_that_share_a_picture_are_refused_before_scoring(omniglot_folder, checkpoints, tmp_path, capsys):
+    """A class folder copied under another name (or one drawing saved again as JPEG in another folder): the
+    same picture under two classes makes the scores against the folders meaningless."""
+    images = shutil.copytree(omniglot_folder, tmp_path / "images")
+    shutil.copytree(images / "alphabet" / "character0", images / "alphabet" / "character0copy")
+    common = ["--checkpoint", checkpoints / "omniglot.pt", "--out", tmp_path / "out", "--device", "cpu", "--restarts",
+              "2", "--mc-sample-size", "2", "--clusters", "2"]
+    refuse = dict(roots=[images, checkpoints], capsys=capsys)
+    assert_refused_in_process(omniglot_cluster.main, *common, "--images", images,
+                              text=f"--images {images}: the class folders 'alphabet/character0' and "
+                                   "'alphabet/character0copy' hold the same picture as the model reads it (0.png and "
+                                   "0.png", **refuse)
+    shutil.rmtree(images / "alphabet" / "character0copy")
+    with Image.open(images / "alphabet" / "character0" / "1.png") as im:
+        im.convert("RGB").save(images / "alphabet" / "character1" / "resaved.jpg", quality=90)
+    assert_refused_in_process(omniglot_cluster.main, *common, "--images", images,
+                              text="'alphabet/character0' and 'alphabet/character1' hold the same picture", **refuse)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_image_or_folder_name_that_is_not_utf8_is_refused_naming_it(omniglot_folder, checkpoints, tmp_path,
                                                                       capsys):
     images = shutil.copytree(omniglot_folder, tmp_path / "images")

@@ -335,6 +335,20 @@ def test_drawings_on_any_paper_become_ink_on_a_zero_background(tmp_path):
     assert np.abs(grey - white).max() < 0.02  # Lanczos of 0/110 rounded to 8 bits
 
 
+def test_a_frame_or_dark_edge_around_a_drawing_does_not_invert_its_ink(tmp_path):
+    """The paper is the median pixel, not the border's: a black frame around black ink on white (a character
+    written in a box) leaves the paper white, so the stroke is ink 1 and the paper 0."""
+    ink = np.kron(drawing(), np.ones((4, 4), np.float32))  # 112 x 112
+    framed = on_white(ink)
+    framed[:3], framed[-3:], framed[:, :3], framed[:, -3:] = 0, 0, 0, 0
+    Image.fromarray(framed).save(tmp_path / "framed.png")
+    Image.fromarray(on_white(ink)).save(tmp_path / "plain.png")
+    converted, plain = (omniglot_evaluate.load_image(tmp_path / name) for name in ("framed.png", "plain.png"))
+    inside = (slice(3, -3), slice(3, -3))  # beyond the frame's Lanczos ringing at 28x28
+    assert np.abs(converted[inside] - plain[inside]).max() < 0.02
+    assert converted.mean() < 0.3 and converted[0].mean() > 0.25  # the frame is ink (blurred), the page is not
+
+
 def test_images_of_many_pixels_print_no_pillow_warning(tmp_path, monkeypatch, recwarn):
     Image.fromarray(on_white(drawing())).save(tmp_path / "big.png")  # 56 x 56 = 3136 pixels
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # Pillow warns above it, refuses above twice it
