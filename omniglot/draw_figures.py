@@ -17,6 +17,7 @@ from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.cli import check_positive, check_seed, check_way  # noqa: E402
 from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
+from metagmvae.imagefolders import remove_earlier_result  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 from omniglot.dataset import load_omniglot  # noqa: E402
 from omniglot.figures import FIGURE_NAMES, check_run_figures, read_metrics_table, write_run_figures  # noqa: E402
@@ -68,8 +69,11 @@ def main(argv=None):
             paths = write_run_figures(model, data, out, args.metrics, args.way, args.eval_way, args.sample_size,
                                       args.query, args.unsupervised_em_iters, args.semisupervised_em_iters,
                                       args.test_mc_sample_size, args.seed)
+            removed = remove_earlier_result(out, [Path(path).name for path in paths])  # curves.png of an earlier call
     for path in paths:
         print(path)
+    if removed:
+        print(f"removed the figures of the earlier call there that this one does not draw: {', '.join(removed)}")
 
 
 if __name__ == "__main__":

@@ -244,7 +244,13 @@ def test_draw_figures_writes_only_into_its_own_folder(omniglot_data, run_copy, t
     refused(draw_figures.main, *common, "--out", tmp_path / "a_file", text="a_file is not a folder", roots=[tmp_path],
             capsys=capsys)
     out = tmp_path / "figures"
-    draw_figures.main(list(map(str, [*common, "--out", out])))
+    draw_figures.main(list(map(str, [*common, "--out", out, "--metrics", run_copy / "metrics.csv"])))
+    (out / "notes.png").write_bytes((out / "curves.png").read_bytes())  # the user's copy of a figure
+    capsys.readouterr()
+    draw_figures.main(list(map(str, [*common, "--out", out])))  # no --metrics: no curves this time
+    assert ("removed the figures of the earlier call there that this one does not draw: curves.png"
+            in capsys.readouterr().out)
+    assert not (out / "curves.png").exists() and (out / "notes.png").exists()
     (out / "mixture.png").unlink()
     (out / "mixture.png").symlink_to(tmp_path / "a_file")
     refused(draw_figures.main, *common, "--out", out, text=f"{out / 'mixture.png'} was not written by this project",
