@@ -110,7 +110,14 @@ class OutputFolder:
         self.record, self._fd, self._lock_fd, self._deferred = None, None, None, False
         self._created = []  # the folders entering created, deepest first
 
+    def _check_tilde(self):
+        """Refuse a path whose first part starts with ~: "~/x" quoted reaches us unexpanded."""
+        if self.path.parts and self.path.parts[0].startswith("~"):
+            raise UserError(f"{self.flag} {self.path}: the shell did not expand its ~ (quoted?), so it would be a "
+                            f"folder named {self.path.parts[0]!r} here; write it unquoted, or ./{self.path} for that")
+
     def __enter__(self):
+        self._check_tilde()
         if self.path.is_symlink() and not self.path.exists():
             raise UserError(f"cannot write to {self.flag} {self.path}: it is {special_file_kind(self.path)}")
         self._created = [p for p in (self.path, *self.path.parents) if not os.path.lexists(p)]
@@ -126,6 +133,8 @@ class OutputFolder:
             if RECORD in self._entries():  # read under the lock: as the previous holder left it
                 self.record = self._read_record()
                 self._check_kind(self.record)
+                if self.record["temporary"]:  # left by a killed write
+                    self._remove_temporaries()
             else:  # written with the first file
                 self.record = {"format": RECORD_FORMAT, "kind": self.kind, "files": {}, "replacing": {},
                                "folders": [], "temporary": []}
@@ -240,6 +249,7 @@ class OutputFolder:
         """Refuse now, writing nothing, a folder that entering would refuse (a lock held by another process
         aside), or where one of `names` is a file this project may not replace: for commands that write their
         outputs only after long work."""
+        self._check_tilde()
         check_writable_folder(self.path, self.flag)
         if not self.path.is_dir():
             return
@@ -471,11 +481,12 @@ class OutputFolder:
         self._write_record()
         return True
 
-    def remove_recorded(self):
-        """Delete every file and leftover temporary file the record lists that still matches it, then the
-        subfolders made for them if empty; returns the names kept (the user's, or changed since written)."""
-        for name in sorted({*self.record["files"], *self.record["replacing"]}):
-            self.remove(name)
+    def _remove_temporaries(self):
+        """Delete the temporary files the record lists (a write killed before its rename left them; each was
+        listed before it was created, and only the lock holder writes here), then the entries of those gone.
+        A file that cannot be deleted (a read-only folder) keeps its entry; so do all if the record cannot
+        be written."""
+        left = []
         for tmp in self.record["temporary"]:
             fd, base = self._subfolder(tmp, create=False)
             try:
@@ -483,9 +494,23 @@ class OutputFolder:
                     os.unlink(base, dir_fd=fd)
             except FileNotFoundError:
                 pass
+            except OSError:
+                left.append(tmp)
             finally:
                 if fd not in (None, self._fd):
                     os.close(fd)
+        listed, self.record["temporary"] = self.record["temporary"], left
+        try:
+            self._write_record()
+        except OSError:
+            self.record["temporary"] = listed
+
+    def remove_recorded(self):
+        """Delete every file and leftover temporary file the record lists that still matches it, then the
+        subfolders made for them if empty; returns the names kept (the user's, or changed since written)."""
+        for name in sorted({*self.record["files"], *self.record["replacing"]}):
+            self.remove(name)
+        self._remove_temporaries()
         for folder in self.record["folders"]:
             try:
                 os.rmdir(folder, dir_fd=self._fd)

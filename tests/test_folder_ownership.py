@@ -331,18 +331,25 @@ def test_a_data_folder_inside_the_run_folder_is_refused(omniglot_data, run_copy,
 
 
 def test_a_killed_write_leaves_no_temporary_file_that_the_record_does_not_list(tmp_path):
-    """The temporary file is listed before it exists: a process killed while writing leaves one that
-    --overwrite (remove_recorded) removes."""
+    """The temporary file is listed before it exists: a process killed while writing leaves one that the
+    next command to open the folder removes (a user's file of a temporary-like name stays)."""
     script = ("import os, sys; from metagmvae.folders import OutputFolder\n"
-              "with OutputFolder(sys.argv[1], 'test', '--out') as folder, folder.writing('a.bin') as f:\n"
+              "with OutputFolder(sys.argv[1], 'test', '--out') as folder, folder.writing(sys.argv[2]) as f:\n"
               "    f.write(b'half'); f.flush(); os._exit(9)\n")
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], cwd=REPO_ROOT, check=False)
-    temporary = [p.name for p in (tmp_path / "out").glob(".*.tmp")]
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-c", script, str(out), "a.bin"], cwd=REPO_ROOT, check=False)
+    temporary = [p.name for p in out.glob(".*.tmp")]
     assert len(temporary) == 1
-    assert json.loads((tmp_path / "out" / RECORD).read_text())["temporary"] == temporary
-    with OutputFolder(tmp_path / "out", "test", "--out") as folder:
-        folder.remove_recorded()
-    assert not list((tmp_path / "out").glob(".*.tmp"))
+    assert json.loads((out / RECORD).read_text())["temporary"] == temporary
+    (out / ".b.bin.0123abcd.tmp").write_text("mine\n")
+    with OutputFolder(out, "test", "--out"):
+        pass
+    assert [p.name for p in out.glob(".*.tmp")] == [".b.bin.0123abcd.tmp"]
+    assert json.loads((out / RECORD).read_text())["temporary"] == []
+    subprocess.run([sys.executable, "-c", script, str(out), "a.bin"], cwd=REPO_ROOT, check=False)
+    with OutputFolder(out, "test", "--out") as folder:
+        folder.remove_recorded()  # --overwrite removes them too
+    assert [p.name for p in out.glob(".*.tmp")] == [".b.bin.0123abcd.tmp"]
 
 
 def test_overwrite_that_cannot_remove_a_file_stops_with_one_line(omniglot_data, run_copy, capsys, monkeypatch):
@@ -390,3 +397,12 @@ def test_a_benchmark_rerun_deletes_no_earlier_run_folder(tmp_path):
                                                         "of an earlier run: delete or move it yourself, or choose "
                                                         "another --out\n"), result.stderr
     assert snapshot(tmp_path) == before
+
+
+def test_an_output_path_with_an_unexpanded_tilde_is_refused(omniglot_data, tmp_path, capsys, monkeypatch):
+    """--save-dir "~/x" (quoted) is a folder named ~ in the working folder, not the home folder."""
+    monkeypatch.chdir(tmp_path)
+    refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", "~/x", *TINY,
+            text="--save-dir ~/x: the shell did not expand its ~ (quoted?), so it would be a folder named '~' here",
+            roots=[tmp_path], capsys=capsys)
+    assert not (tmp_path / "~").exists()
