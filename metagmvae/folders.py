@@ -6,8 +6,8 @@ folder it is ("Omniglot run", "SimCLR features", ...) and, for every file the pr
 and SHA-256.  A file is replaced or deleted only when the record lists it and its content still matches;
 every other file is the user's and stays as it is, whatever its name.  A folder that holds files but no
 record is refused, whatever the files are (copies of a run's files look like a run written before records
-existed: nothing tells them apart), and so is a record of another kind or one that names anything outside the folder (at most one subfolder deep,
-no "..", no absolute path).
+existed: nothing tells them apart), and so is a record of another kind or one that names anything outside
+the folder (at most one subfolder deep, no "..", no absolute path).
 
 No write, replacement, deletion or lock follows a symbolic link: every operation is made relative to the
 folder's descriptor with O_NOFOLLOW, and a link where the project would write is refused.  Only the process
@@ -265,10 +265,10 @@ class OutputFolder:
         if LOCK_FILE in self._entries() and not self._holds_a_pid(LOCK_FILE):
             info = os.stat(LOCK_FILE, dir_fd=self._fd, follow_symlinks=False)
             if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
-                raise UserError(f"{self.flag} {self.path} holds a {LOCK_FILE} with {info.st_nlink} hard links (the folder "
-                                "copied with cp -al or hard links?): a lock shared with another folder would lock "
-                                f"both; delete {self.path / LOCK_FILE} (no process may be writing in the folder) "
-                                "and run again")
+                raise UserError(f"{self.flag} {self.path} holds a {LOCK_FILE} with {info.st_nlink} hard links (the "
+                                "folder copied with cp -al or hard links?): a lock shared with another folder would "
+                                f"lock both; delete {self.path / LOCK_FILE} (no process may be writing in the "
+                                "folder) and run again")
             raise UserError(f"{self.flag} {self.path} holds a {LOCK_FILE} that this project did not write; move "
                             f"it or choose another {self.flag}")
         if RECORD in names:

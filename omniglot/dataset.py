@@ -7,9 +7,9 @@ background.
 (the 108 of the 28x28 perimeter) average under 0.003 per file, under 0.22 in any one drawing; inverted
 (1 - x) drawings give about 0.92 and 1.0.  A drawing whose border pixels average above BORDER_LIMIT is
 drawn dark on light, a file whose mean pixel is above MEAN_LIMIT, or a drawing whose mean pixel is above
-DRAWING_MEAN_LIMIT (inverted behind a dark border), is mostly ink, a drawing whose pixels are all equal holds no stroke,
-and a file whose drawings are all one image tells no class from another: each of these is refused, as
-every accuracy computed from it would be meaningless.
+DRAWING_MEAN_LIMIT (inverted behind a dark border), is mostly ink, a drawing whose pixels are all equal holds
+no stroke, and a file whose drawings are all one image tells no class from another: each of these is
+refused, as every accuracy computed from it would be meaningless.
 """
 import os
 from pathlib import Path

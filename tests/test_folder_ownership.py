@@ -219,7 +219,8 @@ def test_copies_of_a_runs_files_without_its_record_are_the_users(omniglot_data, 
     for name in ("last.pt", "best_1shot.pt", "metrics.csv", "config.json", "results.json"):
         shutil.copy(run_copy / name, copied / name)
     (copied / "notes.txt").write_text("mine\n")
-    text = f"--save-dir {copied} holds best_1shot.pt, config.json, last.pt, metrics.csv, notes.txt, results.json but no record"
+    text = (f"--save-dir {copied} holds best_1shot.pt, config.json, last.pt, metrics.csv, notes.txt, results.json "
+            "but no record")
     for flags in (["--overwrite"], ["--resume", "--train-iters", "4"]):
         refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", copied, *TINY, *flags, text=text,
                 roots=[copied], capsys=capsys)
@@ -373,7 +374,8 @@ def test_a_symbolic_link_loop_as_any_folder_is_refused_in_one_line(omniglot_data
     refuse = dict(roots=[tmp_path], capsys=capsys)
     for flag, args in (("--save-dir", ["--data-dir", omniglot_data, "--save-dir", loop]),
                        ("--data-dir", ["--data-dir", loop, "--save-dir", tmp_path / "run"])):
-        refused(omniglot_main.main, *args, *TINY, text=f"{flag} {loop}: its symbolic links cannot be followed", **refuse)
+        refused(omniglot_main.main, *args, *TINY, text=f"{flag} {loop}: its symbolic links cannot be followed",
+                **refuse)
     refused(evaluate.main, "--checkpoint", tmp_path / "x.pt", "--episodes", loop,
             text=f"--episodes {loop}: its symbolic links cannot be followed", **refuse)
     refused(draw_figures.main, "--checkpoint", loop, "--data-dir", omniglot_data, "--out", tmp_path / "figures",
