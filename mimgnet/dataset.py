@@ -15,6 +15,7 @@ SPLITS = ("train", "val", "test")
 # The authors' label-free feature files: Mini-ImageNet's classes per split (Ravi & Larochelle), 600 rows each.
 REFERENCE_CLASSES = {"train": 64, "val": 16, "test": 20}
 REFERENCE_PER_CLASS = 600
+SCALE_LIMIT = 10  # largest ratio of two splits' median feature norms
 
 
 def rows_per_class(labels, labels_path):
@@ -88,9 +89,24 @@ def check_manifest(data_dir, data):
                             f"{expected[split][0]} x {expected[split][1]}")
 
 
+def check_same_scale(data, data_dir):
+    """Refuse splits ({split: (C, I, F) tensor}) whose median feature norms differ by more than SCALE_LIMIT
+    times: one encoder gives every split features of one scale (SimCLR on Mini-ImageNet: within a few
+    percent), so a split rescaled, or encoded by another network, would be read by a model trained on
+    another scale and every accuracy on it would be meaningless."""
+    norms = {split: float(np.median(np.linalg.norm(array.reshape(-1, array.shape[-1]).double().numpy(), axis=1)))
+             for split, array in data.items()}
+    low, high = min(norms, key=norms.get), max(norms, key=norms.get)
+    if norms[high] > SCALE_LIMIT * norms[low]:
+        shown = ", ".join(f"{split} {norm:.3g}" for split, norm in norms.items())
+        raise UserError(f"{data_dir}: the features of {low} and {high} are on different scales (median row norms "
+                        f"{shown}: more than {SCALE_LIMIT}x apart); every split must come from one encoder, "
+                        "unscaled")
+
+
 def load_features(data_dir, splits=SPLITS):
-    """{split: (C, I, F) tensor}; every split must have the same feature size F and no class may appear
-    twice (check_distinct_classes).  Splits without a labels file are said (one line) to be read in the
+    """{split: (C, I, F) tensor}; every split must have the same feature size F and scale (check_same_scale),
+    and no class may appear twice (check_distinct_classes).  Splits without a labels file are said (one line) to be read in the
     authors' layout."""
     loaded = {split: load_split(data_dir, split) for split in splits}
     data = {split: array for split, (array, _) in loaded.items()}
@@ -98,6 +114,7 @@ def load_features(data_dir, splits=SPLITS):
     if len(set(sizes.values())) > 1:
         raise UserError(f"feature sizes differ between splits in {data_dir}: {sizes}")
     check_manifest(data_dir, data)
+    check_same_scale(data, data_dir)
     check_distinct_classes({f"{split}_features.npy": array for split, array in data.items()}, data_dir)
     label_free = [split for split, (_, labelled) in loaded.items() if not labelled]
     if label_free and distributed.is_main():

@@ -69,10 +69,10 @@ def test_features_load_class_major_and_the_reference_layout(tmp_path):
     reference = tmp_path / "reference"
     reference.mkdir()
     for i, (split, classes) in enumerate((("train", 64), ("val", 16), ("test", 20))):  # 600 rows per class
-        rows = np.arange(classes * 600 * 3, dtype=np.float32).reshape(-1, 3) + 1e6 * i  # other values per split
+        rows = np.arange(classes * 600 * 3, dtype=np.float32).reshape(-1, 3) + 1e6 * (i + 1)  # other per split
         np.save(reference / f"{split}_features.npy", rows)
     train = load_features(reference)["train"]
-    assert train.shape == (64, 600, 3) and train[1, 0, 0] == 600 * 3
+    assert train.shape == (64, 600, 3) and train[1, 0, 0] == 1e6 + 600 * 3
 
 
 def test_baselines_solve_separable_episodes(tmp_path):
@@ -119,6 +119,11 @@ def test_train_and_test_end_to_end(tmp_path):
     (lambda d: np.save(d / "test_features.npy", np.load(d / "val_features.npy")
                        + np.random.default_rng(1).uniform(0, 0.05, (6 * 40, 16)).astype(np.float32)),
      "40 of the 40 items of class 5 of test_features.npy are items of class 5 of val_features.npy or copies"),
+    (lambda d: np.save(d / "test_features.npy", np.load(d / "test_features.npy") * np.float32(1e-3)),
+     "the features of test and train are on different scales (median row norms train 9.9, val 9.61, test 0.00898: "
+     "more than 10x apart); every split must come from one encoder, unscaled"),
+    (lambda d: np.save(d / "test_features.npy", np.load(d / "test_features.npy") * np.float32(1e-20)),
+     "the features of test and train are on different scales"),  # not "the others are copies"
     (lambda d: (d / "train_labels.npy").unlink(), "label-free features must be the authors' train file"),
     (lambda d: np.save(d / "val_labels.npy", np.arange(6 * 40) % 6), "not class-major"),
     (lambda d: (d / "test_features.npy").unlink(), "test_features.npy not found"),
