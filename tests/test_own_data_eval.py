@@ -201,6 +201,10 @@ def test_unlabelled_queries_are_predicted_into_a_csv_beside_the_episodes(models,
     assert all(r[0] == "holiday" and r[2] in classes and 1 / WAY <= float(r[3]) <= 1 for r in rows)
     evaluate.main([*flags, "--episodes", str(root), "--out", str(tmp_path / "again")])
     assert (tmp_path / "again" / "predictions.csv").read_bytes() == predictions.read_bytes()  # seeded
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "trip").symlink_to(root)  # beside the path given, not beside the link's target
+    evaluate.main([*flags, "--episodes", str(tmp_path / "links" / "trip")])
+    assert (tmp_path / "links" / "trip-predictions" / "predictions.csv").read_bytes() == predictions.read_bytes()
 
 
 @pytest.fixture
