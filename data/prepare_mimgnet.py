@@ -33,8 +33,8 @@ from tqdm import tqdm  # noqa: E402
 from metagmvae.cli import HelpFormatter  # noqa: E402
 from metagmvae.folders import OutputFolder, canonical_json, check_outside_inputs  # noqa: E402
 from metagmvae.imagefolders import open_image  # noqa: E402
-from metagmvae.runfiles import UserError, check_distinct_classes, check_regular_file, exit_on_user_error  # noqa: E402
-from simclr.data import THUMBNAIL_BLOCK, thumbnails  # noqa: E402
+from metagmvae.runfiles import UserError, check_regular_file, exit_on_user_error  # noqa: E402
+from simclr.data import check_distinct_image_classes, thumbnails  # noqa: E402
 
 DEFAULT_SOURCE = Path(__file__).resolve().parent / "imgnet"  # images/ and the split CSVs
 DEFAULT_OUT = DEFAULT_SOURCE / "arrays"
@@ -222,8 +222,7 @@ def prepare_mimgnet(images_dir, splits_dir, out, skip_bad=False):
                 "classes": list(classes), "per_class": counts[split], "skipped": skipped,
             }
             del array  # keep one split in memory at a time
-        check_distinct_classes(thumbnails_of, f"the build for {out} (images compared as {THUMBNAIL_BLOCK}x"
-                                              f"{THUMBNAIL_BLOCK}-pixel block means)")
+        check_distinct_image_classes(thumbnails_of, f"the build for {out}")
         manifest_file.write(canonical_json(manifest))
     return manifest
 

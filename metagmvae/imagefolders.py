@@ -188,20 +188,9 @@ def check_distinct(items, where):
                         "tells them apart")
 
 
-def copies_of_labelled(pictures, num_labelled):
-    """copied (N, L): whether picture n of `pictures` (N, ...) is labelled picture l (the first num_labelled)
-    or a copy of it (copies.near_copies: equal, noise added, re-encoded)."""
-    ids, near = near_copies(np.ascontiguousarray(pictures.reshape(len(pictures), -1).numpy(), dtype=np.float32))
-    labelled_ids = ids[:num_labelled]
-    near_codes = np.concatenate([near[:, 0] * len(ids) + near[:, 1], near[:, 1] * len(ids) + near[:, 0]])
-    return (ids[:, None] == labelled_ids) | np.isin(ids[:, None] * len(ids) + labelled_ids, near_codes)
-
-
-def shared_picture(copied, classes):
-    """The first pair (i, j), j < i, of labelled pictures of two classes (classes (L,)) that copied (L, L)
-    (copies_of_labelled) says are one picture; None when every picture has one class."""
-    shared = np.argwhere(np.tril(copied & (classes[:, None] != classes[None]), -1))
-    return tuple(shared[0]) if len(shared) else None
+def near_copies_of(items):
+    """copies.near_copies of items (N, ...), a CPU tensor, as the model reads them: (ids (N,), pairs (k, 2))."""
+    return near_copies(np.ascontiguousarray(items.reshape(len(items), -1).numpy(), dtype=np.float32))
 
 
 def check_pictures_differ(folder, class_dirs, support, support_files, query, query_files):
@@ -209,12 +198,15 @@ def check_pictures_differ(folder, class_dirs, support, support_files, query, que
     files support_files) share a picture as the model reads it, or copies of one (copies.near_copies: noise
     added, re-encoded): the same picture under two labels; or with a query (query (Nq, ...), its files
     query_files) that is a support picture or a copy of one (its prediction would be read off its copy)."""
+    ids, near = near_copies_of(torch.cat([*support, query]))
     owners = [(class_dir, file) for class_dir, files in zip(class_dirs, support_files) for file in files]
-    copied = copies_of_labelled(torch.cat([*support, query]), len(owners))  # (N, Ns)
+    support_ids = ids[:len(owners)]
+    near_codes = np.concatenate([near[:, 0] * len(ids) + near[:, 1], near[:, 1] * len(ids) + near[:, 0]])
+    copied = (ids[:, None] == support_ids) | np.isin(ids[:, None] * len(ids) + support_ids, near_codes)  # (N, S)
     classes = np.repeat(np.arange(len(support)), [len(images) for images in support])
-    shared = shared_picture(copied[:len(owners)], classes)
-    if shared is not None:
-        (class_dir, file), (other_dir, other_file) = owners[shared[0]], owners[shared[1]]
+    shared = np.argwhere(np.tril(copied[:len(owners)] & (classes[:, None] != classes[None]), -1))
+    if len(shared):
+        (class_dir, file), (other_dir, other_file) = owners[shared[0, 0]], owners[shared[0, 1]]
         raise UserError(f"{folder}: support classes {other_dir.name!r} and {class_dir.name!r} hold the same "
                         f"picture as the model reads it ({other_file.name} and {file.name}: {COPIES}); one "
                         "picture cannot belong to two classes")
@@ -514,10 +506,18 @@ def folder_classes(root, files):
 def check_folders_share_no_picture(root, files, items, classes):
     """Refuse class folders (classes (N,) of items (N, ...) read from files below root) that hold one picture
     as the model reads it, or copies of one, under two names: scored against such folders, a grouping is
-    marked wrong for the picture whichever cluster it takes."""
-    shared = shared_picture(copies_of_labelled(items.cpu(), len(items)), classes.numpy())
-    if shared is not None:
-        first, second = (files[i].relative_to(root) for i in sorted(shared))
+    marked wrong for the picture whichever cluster it takes.  O(N): items of one id are compared where they
+    sit side by side in id order, near-copy ids through the first item holding each (one id held in two
+    classes is found by the first)."""
+    ids, near = near_copies_of(items.cpu())
+    classes = classes.numpy()
+    order = np.argsort(ids, kind="stable")
+    equal = np.stack([order[:-1], order[1:]], 1)[ids[order[:-1]] == ids[order[1:]]]
+    holder = np.unique(ids, return_index=True)[1]  # ids are 0 .. m - 1
+    pairs = np.sort(np.concatenate([equal, holder[near]]), 1)
+    shared = pairs[classes[pairs[:, 0]] != classes[pairs[:, 1]]]
+    if len(shared):
+        first, second = (files[i].relative_to(root) for i in shared[np.lexsort(shared.T[::-1])[0]])
         raise UserError(f"--images {root}: the class folders {first.parent.as_posix()!r} and "
                         f"{second.parent.as_posix()!r} hold the same picture as the model reads it ({first.name} and "
                         f"{second.name}: {COPIES}); the scores against the folders would mean nothing: give each "

@@ -292,11 +292,9 @@ def load_checkpoint(path):
     path = Path(path)
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a directory; {CHECKPOINT_EXPECTED}")
-    check_regular_file(path, "checkpoint ")
+    check_regular_file(path, "checkpoint ")  # a FIFO, device, socket, broken link or link loop
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} is not a regular file; {CHECKPOINT_EXPECTED}")
     try:
         with torch.serialization.safe_globals(_NUMPY_SCALAR_TYPES), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols of files it then reads or refuses

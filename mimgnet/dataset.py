@@ -106,8 +106,8 @@ def check_same_scale(data, data_dir):
 
 def load_features(data_dir, splits=SPLITS):
     """{split: (C, I, F) tensor}; every split must have the same feature size F and scale (check_same_scale),
-    and no class may appear twice (check_distinct_classes).  Splits without a labels file are said (one line) to be read in the
-    authors' layout."""
+    and no class may appear twice (check_distinct_classes).  Splits without a labels file are said (one line)
+    to be read in the authors' layout."""
     loaded = {split: load_split(data_dir, split) for split in splits}
     data = {split: array for split, (array, _) in loaded.items()}
     sizes = {split: array.shape[-1] for split, array in data.items()}

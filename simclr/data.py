@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metagmvae.runfiles import UserError, check_regular_file, load_npy
+from metagmvae.runfiles import UserError, check_distinct_classes, check_regular_file, load_npy
 
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (84, 84, 3)
@@ -72,6 +72,13 @@ def thumbnails(array):
         rows = images.reshape(len(images), side, block, -1).sum(2, dtype=np.uint16)  # (I, 21, 84 * 3)
         return rows.reshape(len(images), side, side, block, 3).sum(3, dtype=np.uint16) / np.float32(block ** 2)
     return np.stack([block_means(images) for images in array])
+
+
+def check_distinct_image_classes(thumbnails_by_file, where):
+    """check_distinct_classes on images compared as their thumbnails ({file name: (C, I, 21, 21, 3)}), which
+    its messages say after `where`."""
+    check_distinct_classes(thumbnails_by_file, f"{where} (images compared as {THUMBNAIL_BLOCK}x{THUMBNAIL_BLOCK}"
+                                               "-pixel block means)")
 
 
 def load_split(data_dir, split):

@@ -20,7 +20,7 @@ from metagmvae.training import (TrainingDiverged, prepare_folder, read_resume_st
                                 run_folder)
 
 from .augment import eval_transform, two_views
-from .data import SPLITS, THUMBNAIL_BLOCK, check_split, load_image_array, load_split, thumbnails
+from .data import SPLITS, check_distinct_image_classes, check_split, load_image_array, load_split, thumbnails
 from .loss import nt_xent
 from .model import SimCLR
 
@@ -211,9 +211,8 @@ def check_data(data_dir):
     a class copied into another split, in part or saved again with other bytes, as export would find it)."""
     for split in SPLITS:
         check_split(data_dir, split)
-    check_distinct_classes({f"{split}_images.npy": thumbnails(load_image_array(data_dir, split, mmap_mode="r"))
-                            for split in SPLITS}, f"{data_dir} (images compared as {THUMBNAIL_BLOCK}x"
-                                                  f"{THUMBNAIL_BLOCK}-pixel block means)")
+    check_distinct_image_classes({f"{split}_images.npy": thumbnails(load_image_array(data_dir, split, mmap_mode="r"))
+                                  for split in SPLITS}, str(data_dir))
 
 
 def pretrain(args, device):
