@@ -523,15 +523,18 @@ def peak_rss_of(reference, name, code):
 
 
 def profile(reference, quick):
-    """Top operators by self CPU time in three of our Omniglot training steps (reduced with --quick)."""
-    name = "Omniglot train step, reduced B=1 M=100 S=8" if quick else SLOW_CASE
-    run = SPEED_CASES[name](reference)[1]
-    run()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for _ in range(3):
-            run()
-    print(f"\nWhere the time goes: ours, {name}, 3 steps\n")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    """Top operators by self CPU time in three of our Omniglot training steps (reduced with --quick), then
+    in ten of our Omniglot predictions at S=32, there by operator and input shape (one row per layer)."""
+    step = "Omniglot train step, reduced B=1 M=100 S=8" if quick else SLOW_CASE
+    for name, calls, by_shape in (step, 3, False), ("Omniglot prediction, 4 episodes S=32", 10, True):
+        run = SPEED_CASES[name](reference)[1]
+        run()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=by_shape) as prof:
+            for _ in range(calls):
+                run()
+        print(f"\nWhere the time goes: ours, {name}, {calls} calls\n")
+        print(prof.key_averages(group_by_input_shape=by_shape).table(
+            sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40, max_shapes_column_width=60))
 
 
 def machine():
@@ -559,7 +562,7 @@ def main(argv=None):
                    help="skip the default Omniglot training step (tens of seconds per step on a CPU)")
     p.add_argument("--tolerance", type=float, default=1e-10, help="largest absolute difference accepted")
     p.add_argument("--profile", action="store_true",
-                   help="only profile our default Omniglot training step (reduced with --quick)")
+                   help="only profile our default Omniglot training step (reduced with --quick) and prediction")
     p.add_argument("--peak-rss-of", nargs=2, metavar=("CONFIGURATION", "CODE"), help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=["theirs", "ours"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -42,7 +42,8 @@ BUILD_KIND = "Mini-ImageNet arrays"  # the kind of folder --out is, in its recor
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 84
 HEADER = ["filename", "label"]
-PREPROCESSING = ("Pillow: Image.open -> upright (EXIF orientation), 8 bits per channel -> convert('RGB') -> "
+PREPROCESSING = ("Pillow: Image.open -> upright (EXIF orientation), 8 bits per channel, transparency over white -> "
+                 "convert('RGB') -> "
                  f"resize(({IMAGE_SIZE}, {IMAGE_SIZE}), Image.BILINEAR) (antialiased when shrinking; aspect ratio not "
                  "kept) -> uint8 (H, W, RGB)")
 

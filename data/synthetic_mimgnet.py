@@ -123,6 +123,11 @@ def split_csv(rows):
     return buffer.getvalue()
 
 
+def image_name(k, i):
+    """The file name of image i (from 1) of class k (from 1): synset n0000000k, then i in 8 digits."""
+    return f"n{k:08d}{i:08d}.jpg"
+
+
 def write_dataset(out, num_classes, per_class, size, seed=0):
     """Write <out>/images/*.jpg and <out>/<split>.csv; num_classes: {split: classes}; size: (H, W).
 
@@ -133,8 +138,9 @@ def write_dataset(out, num_classes, per_class, size, seed=0):
     layout, k = {}, 0
     with OutputFolder(out, DATASET_KIND, "--out") as folder:
         split_files = [f"{split}.csv" for split in SPLITS]
-        for name in split_files:  # a split file of the user's is refused before any image is written
-            folder.check_replaceable(name)
+        for name in [*split_files, *(f"images/{image_name(k, i)}" for k in range(1, sum(num_classes.values()) + 1)
+                                     for i in range(1, per_class + 1))]:
+            folder.check_replaceable(name)  # a file of the user's among them is refused before anything is removed
         for name in split_files:  # an earlier build's go first: a rebuild stopped midway leaves no split file
             folder.remove(name)  # that lists its old and new images together
         rows = {split: [] for split in SPLITS}  # the split files' rows [name, synset]
@@ -146,7 +152,7 @@ def write_dataset(out, num_classes, per_class, size, seed=0):
                     synset, (shape, texture) = f"n{k:08d}", next(specs)
                     images = render_class(shape, texture, per_class, size, np.random.default_rng([seed, k]))
                     for i, image in enumerate(images, start=1):
-                        name = f"{synset}{i:08d}.jpg"
+                        name = image_name(k, i)
                         with folder.writing(f"images/{name}") as f:
                             Image.fromarray(image).save(f, format="JPEG", quality=JPEG_QUALITY)
                         rows[split].append([name, synset])

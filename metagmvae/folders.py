@@ -64,6 +64,9 @@ def _read_pid(fd):
 
 
 TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # what `writing` names a file before its rename
+TEMPORARY_TARGET = re.compile(r"(^|/)\.(.+)\.[0-9a-f]{8}\.tmp$")  # the file a temporary of `writing` becomes
+RECORD_TEMPORARY = re.compile(re.escape(RECORD) + r"\.[0-9a-f]{8}\.tmp")  # what _write_record writes first
+MAX_RECORD_BYTES = 1 << 28  # a record file larger than this is not read as one
 
 
 def _inside_name(name, depth):
@@ -130,6 +133,8 @@ class OutputFolder:
         try:
             self._check_claimable()
             self._lock()
+            for name in self._record_temporaries():  # a record write killed before its rename: the old record holds
+                os.unlink(name, dir_fd=self._fd)  # (each record write precedes the file changes it lists)
             if RECORD in self._entries():  # read under the lock: as the previous holder left it
                 self.record = self._read_record()
                 self._check_kind(self.record)
@@ -139,6 +144,8 @@ class OutputFolder:
                 self.record = {"format": RECORD_FORMAT, "kind": self.kind, "files": {}, "replacing": {},
                                "folders": [], "temporary": []}
         except BaseException:
+            if self._lock_fd is not None:
+                os.unlink(LOCK_FILE, dir_fd=self._fd)  # while still held
             self._close()
             self._remove_created_if_empty()
             raise
@@ -202,7 +209,7 @@ class OutputFolder:
         """Write self.record to RECORD through a temporary file (unless deferred: see one_record_write)."""
         if self._deferred:
             return
-        tmp = f"{RECORD}.{secrets.token_hex(4)}.tmp"
+        tmp = f"{RECORD}.{secrets.token_hex(4)}.tmp"  # RECORD_TEMPORARY
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=self._fd)
         try:
             os.write(fd, (json.dumps(self.record, indent=1, sort_keys=True) + "\n").encode())
@@ -261,7 +268,7 @@ class OutputFolder:
     def _check_claimable(self):
         """Refuse a folder that holds files but no record, a record of another kind, or a LOCK_FILE this
         project did not write."""
-        names = [n for n in self._entries() if n != LOCK_FILE]
+        names = [n for n in self._entries() if n != LOCK_FILE and n not in self._record_temporaries()]
         if LOCK_FILE in self._entries() and not self._holds_a_pid(LOCK_FILE):
             info = os.stat(LOCK_FILE, dir_fd=self._fd, follow_symlinks=False)
             if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
@@ -269,8 +276,8 @@ class OutputFolder:
                                 "folder copied with cp -al or hard links?): a lock shared with another folder would "
                                 f"lock both; delete {self.path / LOCK_FILE} (no process may be writing in the "
                                 "folder) and run again")
-            raise UserError(f"{self.flag} {self.path} holds a {LOCK_FILE} that this project did not write; move "
-                            f"it or choose another {self.flag}")
+            raise UserError(f"{self.flag} {self.path} holds a {LOCK_FILE} that this project did not write (not a "
+                            f"regular file, empty, or another text); move it or choose another {self.flag}")
         if RECORD in names:
             self._check_kind(self._read_record())
         elif names:
@@ -284,17 +291,41 @@ class OutputFolder:
             raise UserError(f"{self.flag} {self.path} holds files of another kind ({record['kind']}, says its "
                             f"{RECORD}), not of {self.kind}: choose another {self.flag}")
 
+    def _record_temporaries(self):
+        """Names of the temporary files of record writes killed before their rename (RECORD_TEMPORARY): each a
+        regular file of one link holding a whole record of this folder's kind, as _write_record writes it
+        before anything else happens to the file (a record being written is as much ours as RECORD itself)."""
+        found = []
+        for name in self._entries():
+            if not RECORD_TEMPORARY.fullmatch(name):
+                continue
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self._fd)
+            except OSError:
+                continue
+            try:
+                info = os.fstat(fd)
+                if stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and info.st_size <= MAX_RECORD_BYTES:
+                    record = json.loads(os.pread(fd, info.st_size, 0))
+                    if _valid_record(record) is None and record["kind"] == self.kind:
+                        found.append(name)
+            except (OSError, ValueError, RecursionError):
+                pass
+            finally:
+                os.close(fd)
+        return found
+
     def _holds_a_pid(self, name):
-        """Whether `name` is a regular file of one link holding nothing yet or LOCK_TEXT, as a lock file of
-        this project does."""
+        """Whether `name` is a regular file of one link holding LOCK_TEXT, as a lock file of this project does
+        (its holder writes it right after creating the file: an empty one is waited for up to PID_WAIT_S, then
+        counts as the user's)."""
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self._fd)
         except OSError:
             return False
         try:
-            text, info = os.pread(fd, 64, 0), os.fstat(fd)
-            return stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and (
-                not text or LOCK_TEXT.fullmatch(text.decode(errors="replace")) is not None)
+            info = os.fstat(fd)
+            return stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and _read_pid(fd) is not None
         finally:
             os.close(fd)
 
@@ -319,9 +350,13 @@ class OutputFolder:
             except FileNotFoundError:
                 current = False
             if current:  # else its holder removed the file as we opened it: lock the one now there
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"meta-gmvae PID {os.getpid()}\n".encode(), 0)
                 self._lock_fd = fd
+                try:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"meta-gmvae PID {os.getpid()}\n".encode(), 0)
+                except OSError as e:  # entering removes the lock file, and the folder if it created it
+                    reason = f"the disk is full ({e.strerror})" if e.errno in DISK_FULL else e.strerror or str(e)
+                    raise UserError(f"cannot lock {self.flag} {self.path}: {reason}") from None
                 return
             os.close(fd)
 
@@ -564,6 +599,21 @@ def check_outside_inputs(output, flag, inputs):
                             f"their own, which holds no input: choose another {flag}")
 
 
+def check_finished(path, flag):
+    """Refuse an input folder (`flag` names it) whose record lists writes that have not ended ("replacing",
+    "temporary"): a build or export killed midway, whose files may come from two runs of it, or one still
+    running.  A folder without a record (built by other code) is not checked."""
+    if not (Path(path) / RECORD).is_file():
+        return
+    with OutputFolder(path, None, flag).reading() as folder:
+        temporaries = [TEMPORARY_TARGET.sub(r"\1\2", name) for name in folder.record["temporary"]]
+        unfinished = sorted({*folder.record["replacing"], *temporaries})
+    if unfinished:
+        raise UserError(f"{flag} {path}: the command that wrote it has not finished (its record {RECORD} lists "
+                        f"writes that never ended: {name_list(unfinished)}), so its files may come from two runs "
+                        "of it: if it was stopped, run it again")
+
+
 # ---- the run folder
 
 CONFIG, METRICS, RESULTS, EVAL_RESULTS, LAST_CHECKPOINT = (
@@ -630,9 +680,14 @@ class RunDir:
                             + self.instead_of_last("run without --resume to start the run anew"))
 
     def instead_of_last(self, otherwise):
-        """The end of a message about an absent or unreadable last.pt: the best_*.pt checkpoints that could be
-        resumed from instead, if any, else `otherwise` (what to do)."""
-        best = sorted(p.name for p in self.path.glob("best_*.pt") if RUN_FILE_NAMES.fullmatch(p.name))
+        """The end of a message about an absent or unreadable last.pt: the best_*.pt checkpoints this run wrote
+        (in the record, unchanged) that could be resumed from instead, if any, else `otherwise` (what to do)."""
+        best = []
+        if (self.path / RECORD).is_file():
+            with OutputFolder(self.path, f"{self.model} run", "--save-dir").reading() as folder:
+                if folder.record["kind"] == folder.kind:  # a run of this model: its recorded best checkpoints
+                    best = sorted(n for n in folder.record["files"] if n.startswith("best_")
+                                  and RUN_FILE_NAMES.fullmatch(n) and folder.owns(n))
         if best:
             hold = "hold checkpoints" if len(best) > 1 else "holds a checkpoint"
             return f"; {name_list(best)} in {self.path} {hold} of this run: copy one to {LAST_CHECKPOINT} to resume"
@@ -646,21 +701,30 @@ class RunDir:
             LAST_CHECKPOINT, [n for n in folder.record["files"] if n.startswith("best_")])
 
     def prepare(self, config, resume=False, overwrite=False):
-        """Make the opened folder ready for training and write config.json; returns the names of the files kept
-        beside the files of a replaced run, as text ("" if no run was replaced).
+        """Make the opened folder ready for training and write config.json; returns what it removed, as a line
+        to print, or None.
 
         Every file of a run's names (RUN_FILE_NAMES) that is there must be ours (in the record, unchanged),
         or the run could not write it later.  Without resume, a folder whose record lists files of a run
         besides config.json (a run stopped before its first checkpoint) is refused unless overwrite; those
-        recorded files are then removed, nothing else."""
+        recorded files are then removed, nothing else.  With resume, results.json and eval_results.json are
+        removed: they describe checkpoints that the training now changes (a run stopped before its end would
+        leave numbers that no checkpoint there gave)."""
         folder = self.folder
         clashes = [n for n in self._present_run_names(folder) if not folder.owns(n)]
         if clashes:
             raise UserError(f"{self.path} holds {name_list(clashes)}, which a run writes, but this project did not "
                             f"write them (not in its record {RECORD}, changed since, or not a regular file): move "
                             "them or choose another --save-dir")
-        kept = None
-        if not resume:
+        note = None
+        if resume:
+            results = [n for n in (RESULTS, EVAL_RESULTS) if n in folder.record["files"]]
+            for name in results:
+                folder.remove(name)
+            if results:
+                note = (f"removed {name_list(results)} from {self.path}: the checkpoints they describe change as "
+                        "the run goes on (it writes its results again when it ends)")
+        else:
             earlier = [n for n in folder.record["files"] if n != CONFIG]
             if LAST_CHECKPOINT in earlier and not overwrite:
                 raise UserError(f"{self.path} already holds a run; pass --resume to continue it, --overwrite to "
@@ -670,8 +734,10 @@ class RunDir:
                                 "--overwrite to replace them, or choose another --save-dir")
             if earlier:
                 kept = name_list(folder.remove_recorded())
+                note = f"replaced the run in {self.path}" + (f"; kept the files this project did not write: {kept}"
+                                                             if kept else "")
         folder.write_json(CONFIG, config)
-        return kept
+        return note
 
     def earlier_config(self):
         """The config.json of the run in the folder if its record lists it unchanged, else None (reads only)."""

@@ -31,7 +31,7 @@ from PIL import Image, ImageOps
 
 from .cli import FLOAT_BYTES, MIN_WAY, HelpFormatter, check_positive, check_seed
 from .clustering import adjusted_rand_index, cluster_set, kmeans, normalized_mutual_info, restart_streams
-from .copies import COPIES, near_copies
+from .copies import COPIES, drawing_size, near_copies
 from .distributed import resolve_device
 from .episodes import GROUPING_EM, GROUPING_KMEANS, GROUPING_NOISE, STREAM_BYTES, EpisodeRandom
 from .evaluation import MIN_EPISODES, mean_confidence_interval
@@ -51,19 +51,27 @@ ENCODER_CHUNK = 256  # images per pass of the per-item encoder
 
 def open_image(source, origin):
     """The image of `source` (a path or a binary file; `origin` names it in errors) as a loaded Pillow image
-    with 8 bits per channel, upright (its EXIF orientation applied; Pillow's warning about images of many
-    pixels silenced, its error on images over its pixel limit refused).  16-bit and other integer images
-    (mode I;16, I) are divided by 257, float images (mode F) with values in [0, 1] multiplied by 255 and in
-    [0, 255] kept; other values of those modes raise UserError, as a file that cannot be decoded does."""
+    with 8 bits per channel and no transparency, upright (its EXIF orientation applied; Pillow's warning about
+    images of many pixels silenced, its error on images over its pixel limit refused).  A transparent image
+    is laid on white paper, as a viewer shows it.  16-bit and other integer images (mode I;16, I) are divided
+    by 257, float images (mode F) with values in [0, 1] multiplied by 255 and in [0, 255] kept; other values
+    of those modes, integer images whose values all lie in [0, 255] (8-bit values in a 16-bit file, nearly
+    black as 16 bits) and files of several frames (an animation, a multi-page TIFF) raise UserError, as a
+    file that cannot be decoded does."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as im:
+                frames = getattr(im, "n_frames", 1)
                 im = ImageOps.exif_transpose(im)  # a loaded copy
     except FileNotFoundError:
         raise UserError(f"{origin}: image not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{origin}: unreadable image ({e})") from None
+    if frames > 1:
+        raise UserError(f"{origin}: {frames} frames (an animation or a multi-page file); expected one picture")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        return Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA")).convert("RGB")
     if im.mode != "F" and not im.mode.startswith("I"):
         return im
     values = np.asarray(im, dtype=np.float64)  # (H, W)
@@ -74,6 +82,9 @@ def open_image(source, origin):
         if low < 0 or high > 65535:
             raise UserError(f"{origin}: integer image (mode {im.mode}) with values in [{low:.0f}, {high:.0f}]; "
                             "expected 16 bits, [0, 65535]")
+        if high <= 255:
+            raise UserError(f"{origin}: {im.mode} image with values in [{low:.0f}, {high:.0f}]: 8-bit values in a "
+                            "16-bit file? As 16 bits it is nearly black; save it with 8 bits")
         scale = 1 / 257
     elif low >= 0 and high <= 1:
         scale = 255
@@ -190,14 +201,17 @@ def check_distinct(items, where):
 
 def near_copies_of(items):
     """copies.near_copies of items (N, ...), a CPU tensor, as the model reads them: (ids (N,), pairs (k, 2))."""
-    return near_copies(np.ascontiguousarray(items.reshape(len(items), -1).numpy(), dtype=np.float32))
+    rows = np.ascontiguousarray(items.reshape(len(items), -1).numpy(), dtype=np.float32)
+    return near_copies(rows, drawing_size(items.shape[1:]))
 
 
-def check_pictures_differ(folder, class_dirs, support, support_files, query, query_files):
+def check_pictures_differ(folder, class_dirs, support, support_files, query, query_files, labelled):
     """Refuse an episode whose support classes (class_dirs; support: one (n, ...) tensor per class, their
     files support_files) share a picture as the model reads it, or copies of one (copies.near_copies: noise
-    added, re-encoded): the same picture under two labels; or with a query (query (Nq, ...), its files
-    query_files) that is a support picture or a copy of one (its prediction would be read off its copy)."""
+    added, re-encoded, a drawing moved or resized): the same picture under two labels; or with a query (query (Nq, ...),
+    its files query_files) that is a support picture or a copy of one (its prediction would be read off its
+    copy); or, when the queries are labelled, with two queries that are one picture (under two labels one
+    of them is wrong whatever the prediction; under one it is scored twice)."""
     ids, near = near_copies_of(torch.cat([*support, query]))
     owners = [(class_dir, file) for class_dir, files in zip(class_dirs, support_files) for file in files]
     support_ids = ids[:len(owners)]
@@ -216,6 +230,25 @@ def check_pictures_differ(folder, class_dirs, support, support_files, query, que
         raise UserError(f"{folder}: query {query_files[query_index]} is the support picture "
                         f"{owners[original][1].relative_to(folder)} as the model reads it ({COPIES}); a query must "
                         "not be a copy of a support image")
+    repeated = copy_pairs(ids[len(owners):], near) if labelled else []
+    if len(repeated):
+        first, second = repeated[0]
+        raise UserError(f"{folder}: queries {query_files[first]} and {query_files[second]} are one picture as the "
+                        f"model reads it ({COPIES}); each labelled query must be a picture of its own (under two "
+                        "labels one is wrong whatever the prediction, under one it is scored twice)")
+
+
+def copy_pairs(ids, near):
+    """Pairs (k, 2) of indices i < j of items (ids (N,) from near_copies, near its pairs of ids, which may name
+    ids of other items) that are one picture or near-copies, first pair first; O(N): items of one id pair up
+    where they sit side by side in id order, near-copy ids through the first item holding each, so every
+    group of copies yields a pair, not every pair of it."""
+    order = np.argsort(ids, kind="stable")
+    equal = np.stack([order[:-1], order[1:]], 1)[ids[order[:-1]] == ids[order[1:]]]
+    held, holder = np.unique(ids, return_index=True)
+    near = near[np.isin(near, held).all(1)]
+    pairs = np.sort(np.concatenate([equal, holder[np.searchsorted(held, near)]]), 1)
+    return pairs[np.lexsort(pairs.T[::-1])]
 
 
 def load_episode(folder, load_image):
@@ -259,7 +292,8 @@ def load_episode(folder, load_image):
     else:
         query, paths = load_images(query_dir, load_image)
         y_query, files = None, [p.name for p in paths]
-    check_pictures_differ(folder, class_dirs, support, support_files, query=query, query_files=files)
+    check_pictures_differ(folder, class_dirs, support, support_files, query=query, query_files=files,
+                          labelled=y_query is not None)
     support = torch.cat(support)
     check_distinct(torch.cat([support, query]), folder)
     return Episode(folder.name, classes, support, torch.tensor(y_support), query, y_query, files)
@@ -482,14 +516,22 @@ def find_images(root):
 
 
 def list_images(args):
-    """The image files of --images; none, more than --max-images or fewer than --clusters is an error."""
+    """The image files of --images; none, more than --max-images, no more than --clusters, or class folders of
+    one image each (nothing to score against) is an error."""
     files = find_images(args.images)
     if not files:
         raise UserError(f"--images {args.images}: no image files (.png, .jpg, ... that Pillow reads)")
     if len(files) > args.max_images:
         raise UserError(f"--images {args.images}: {len(files)} images, more than --max-images {args.max_images}")
-    if len(files) < args.clusters:
-        raise UserError(f"--images {args.images}: {len(files)} images, fewer than --clusters {args.clusters}")
+    if len(files) <= args.clusters:
+        raise UserError(f"--images {args.images}: {len(files)} images, fewer than --clusters {args.clusters} + 1 (a "
+                        "cluster per image groups nothing)")
+    classes = folder_classes(args.images, files)
+    if classes is not None and int(torch.bincount(classes).max()) < 2:
+        raise UserError(f"--images {args.images}: each of its {len(files)} class folders holds one image, so no two "
+                        "images share a class and scores against the folders would mean nothing (the adjusted Rand "
+                        "index is 0 for any grouping): put the images of a class in one folder, or all images in "
+                        "one folder to group them unscored")
     return files
 
 
@@ -506,18 +548,13 @@ def folder_classes(root, files):
 def check_folders_share_no_picture(root, files, items, classes):
     """Refuse class folders (classes (N,) of items (N, ...) read from files below root) that hold one picture
     as the model reads it, or copies of one, under two names: scored against such folders, a grouping is
-    marked wrong for the picture whichever cluster it takes.  O(N): items of one id are compared where they
-    sit side by side in id order, near-copy ids through the first item holding each (one id held in two
-    classes is found by the first)."""
-    ids, near = near_copies_of(items.cpu())
+    marked wrong for the picture whichever cluster it takes.  O(N) (copy_pairs; a group of copies held in two
+    classes yields a pair across them)."""
+    pairs = copy_pairs(*near_copies_of(items.cpu()))
     classes = classes.numpy()
-    order = np.argsort(ids, kind="stable")
-    equal = np.stack([order[:-1], order[1:]], 1)[ids[order[:-1]] == ids[order[1:]]]
-    holder = np.unique(ids, return_index=True)[1]  # ids are 0 .. m - 1
-    pairs = np.sort(np.concatenate([equal, holder[near]]), 1)
     shared = pairs[classes[pairs[:, 0]] != classes[pairs[:, 1]]]
     if len(shared):
-        first, second = (files[i].relative_to(root) for i in shared[np.lexsort(shared.T[::-1])[0]])
+        first, second = (files[i].relative_to(root) for i in shared[0])
         raise UserError(f"--images {root}: the class folders {first.parent.as_posix()!r} and "
                         f"{second.parent.as_posix()!r} hold the same picture as the model reads it ({first.name} and "
                         f"{second.name}: {COPIES}); the scores against the folders would mean nothing: give each "

@@ -59,6 +59,17 @@ def _shown(value):
     return shortened(value if isinstance(value, LongInteger) else json.dumps(value))
 
 
+class DuplicateKey(Exception):
+    """A key that a JSON object holds twice (json keeps the last value without a word)."""
+
+
+def _object_of_unique_keys(pairs):
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) < len(keys):
+        raise DuplicateKey(next(key for i, key in enumerate(keys) if key in keys[:i]))
+    return dict(pairs)
+
+
 def possible_ci95(mean, episodes):
     """The largest 95% half-width 1.96 * std / sqrt(E) (evaluation.mean_confidence_interval) of `episodes`
     accuracies in [0, 1] whose mean is `mean`: their variance is at most mean * (1 - mean)."""
@@ -83,8 +94,8 @@ ENTRY_FIELDS = {
 def check_results(results, path):
     """Refuse results whose fields the table reads have values that give no meaningful row (see RUN_FIELDS
     and ENTRY_FIELDS) or that no run writes: an entry of another way or shot than the config's --eval-way and
-    --eval-shots, a 95% CI wider than accuracies in [0, 1] of that mean allow.  Names the file and the
-    first bad field."""
+    --eval-shots or of another number of episodes than its --eval-episodes, a 95% CI wider than accuracies in
+    [0, 1] of that mean allow.  Names the file and the first bad field."""
     def refuse(field, expected):
         raise UserError(f"{path}: malformed {field}, expected {expected}")
 
@@ -113,6 +124,9 @@ def check_results(results, path):
             for field, (valid, expected) in ENTRY_FIELDS.items():
                 if not valid(res.get(field)):
                     refuse(f"{name}/{key}/{field} ({_shown(res.get(field))})", expected)
+            if config.get("eval_episodes", res["episodes"]) != res["episodes"]:
+                refuse(f"{name}/{key}/episodes ({_shown(res['episodes'])})",
+                       f"the --eval-episodes {_shown(config['eval_episodes'])} that its \"config\" tested")
             if res["ci95"] > possible_ci95(res["mean"], res["episodes"]) * (1 + 1e-9) + 1e-12:
                 refuse(f"{name}/{key}/ci95 ({_shown(res['ci95'])})",
                        f"at most {possible_ci95(res['mean'], res['episodes']):.4g}, the widest 95% CI of "
@@ -124,9 +138,12 @@ def load_results(path):
     naming the file."""
     check_regular_file(path)
     try:
-        results = json.loads(path.read_text(), parse_int=_json_int)
+        results = json.loads(path.read_text(), parse_int=_json_int, object_pairs_hook=_object_of_unique_keys)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: not a readable JSON file ({e})") from None
+    except DuplicateKey as e:
+        raise UserError(f"{path}: malformed results, the key {_shown(str(e))} twice in one object (which of its "
+                        "values would the table show?); a run writes each key once") from None
     except RecursionError:
         raise UserError(f"{path}: not a results file (JSON nested too deeply to read)") from None
     check_results(results, path)

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .copies import COPIES, near_copies
-from .startup import end_quiet_ctrl_c
+from .copies import COPIES, drawing_size, near_copies
+from .startup import end_quiet_ctrl_c, ignore_ctrl_c_from_now
 
 
 class UserError(Exception):
@@ -40,7 +40,8 @@ def exit_on_user_error(prog):
     """Turn a UserError raised inside the block into one line `prog: error: ...` (a message quoting a
     multi-line text, a file name with a newline say, is joined) and its exit code; a Ctrl-C that nothing
     inside turned into Interrupted becomes `prog: error: interrupted` and exit code 130 (before the block,
-    startup.quiet_ctrl_c says the same)."""
+    startup.quiet_ctrl_c says the same).  In a command, a Ctrl-C after the block is ignored
+    (startup.ignore_ctrl_c_from_now): the command's work is over."""
     end_quiet_ctrl_c()
     try:
         yield
@@ -50,6 +51,8 @@ def exit_on_user_error(prog):
     except KeyboardInterrupt:
         print(f"{prog}: error: interrupted", file=sys.stderr)
         sys.exit(Interrupted.exit_code)
+    finally:
+        ignore_ctrl_c_from_now()
 
 
 # ---- safe reads
@@ -195,13 +198,13 @@ def check_classes_hold_their_own_items(splits, data_dir):
     """Refuse a class (in splits, as check_distinct_classes) of which half the items or more are copies:
     of each other (one drawing repeated: its queries are scored against copies of its support items), or
     of items of one other class (part of another split's class: test accuracy on classes already seen).
-    Copies are equal items or near-copies (copies.near_copies: noise added, rescaled); a few shared items,
-    as real datasets hold, are allowed."""
+    Copies are equal items or near-copies (copies.near_copies: noise added, rescaled, drawings moved or
+    resized); a few shared items, as real datasets hold, are allowed."""
     names = [(name, index) for name, classes in splits.items() for index in range(len(classes))]
     sizes = np.array([c.shape[1] for c in splits.values() for _ in range(len(c))])  # items per class
     rows = np.concatenate([np.ascontiguousarray(c, dtype=np.float32).reshape(len(c) * c.shape[1], -1)
                            for c in splits.values()])  # (all items, P), class after class
-    ids, near = near_copies(rows)
+    ids, near = near_copies(rows, drawing_size(next(iter(splits.values())).shape[2:]))
     held = np.unique(np.stack([np.repeat(np.arange(len(names)), sizes), ids], 1), axis=0)  # (class, item id)
     within = _class_links(held, near[:, ::-1])  # (class, id, class): a copy of an item with a smaller id
     copied = np.unique(within[within[:, 0] == within[:, 2], :2], axis=0)[:, 0]

@@ -15,6 +15,7 @@ import sys
 
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as runfiles.Interrupted
 _handler = None  # the SIGINT handler quiet_ctrl_c installed, while installed
+_command = False  # whether quiet_ctrl_c took Ctrl-C over: this process runs an entry point as a command
 
 
 def quiet_ctrl_c(module_name, prog=None):
@@ -22,9 +23,10 @@ def quiet_ctrl_c(module_name, prog=None):
     test), turn a Ctrl-C into one line `prog: error: interrupted` (prog: default the script's file name, as
     argparse) and exit code 130 until end_quiet_ctrl_c.  A Ctrl-C that the shell ignores (a background job)
     stays ignored."""
-    global _handler
+    global _handler, _command
     if module_name != "__main__" or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return
+    _command = True
     message = f"{prog or os.path.basename(sys.argv[0])}: error: interrupted\n".encode()
 
     def interrupted(signum, frame):
@@ -41,3 +43,11 @@ def end_quiet_ctrl_c():
     if _handler is not None and signal.getsignal(signal.SIGINT) is _handler:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     _handler = None
+
+
+def ignore_ctrl_c_from_now():
+    """In a command (where quiet_ctrl_c took Ctrl-C over), ignore Ctrl-C from here on: call once its work is
+    done or refused, when what remains is Python's exit, whose handlers (torch's) would print a
+    KeyboardInterrupt traceback and exit 0."""
+    if _command:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -412,11 +412,10 @@ def restore_training(state, path, name, model, optimizer):
 
 
 def prepare_folder(run, config, resume, overwrite):
-    """RunDir.prepare by rank 0, which prints the files it kept beside those of a replaced run."""
-    kept = distributed.from_main(lambda: run.prepare(config, resume=resume, overwrite=overwrite))
-    if kept is not None and distributed.is_main():
-        print(f"replaced the run in {run.path}" + (f"; kept the files this project did not write: {kept}" if kept
-                                                   else ""))
+    """RunDir.prepare by rank 0, which prints what it removed (a replaced run, the results of a resumed one)."""
+    note = distributed.from_main(lambda: run.prepare(config, resume=resume, overwrite=overwrite))
+    if note is not None and distributed.is_main():
+        print(note)
 
 
 SELECTION_SHOT = re.compile(r"[1-9][0-9]*shot")  # val-acc's selection names: "<shot>shot"

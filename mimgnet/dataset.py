@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from metagmvae import distributed
+from metagmvae.folders import check_finished
 from metagmvae.runfiles import UserError, check_distinct_classes, check_regular_file, load_npy
 
 SPLITS = ("train", "val", "test")
@@ -107,7 +108,8 @@ def check_same_scale(data, data_dir):
 def load_features(data_dir, splits=SPLITS):
     """{split: (C, I, F) tensor}; every split must have the same feature size F and scale (check_same_scale),
     and no class may appear twice (check_distinct_classes).  Splits without a labels file are said (one line)
-    to be read in the authors' layout."""
+    to be read in the authors' layout.  An export that has not finished (folders.check_finished) is refused."""
+    check_finished(data_dir, "--data-dir")
     loaded = {split: load_split(data_dir, split) for split in splits}
     data = {split: array for split, (array, _) in loaded.items()}
     sizes = {split: array.shape[-1] for split, array in data.items()}

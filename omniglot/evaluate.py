@@ -5,8 +5,8 @@
 --episodes holds one folder per episode: <episode>/support/<class>/<image> and <episode>/query/<class>/<image>
 (any format Pillow reads; the folders are read by metagmvae/imagefolders.py, see docs/own-data.md); an image
 file that cannot be decoded (empty, damaged) is refused. Each image is converted like the
-training data: opened upright in 8 bits (imagefolders.open_image: EXIF orientation, 16-bit and float images by
-their scale), grayscale (transparency over white), resized to 28x28 with Lanczos filtering, float in [0, 1]
+training data: opened upright in 8 bits (imagefolders.open_image: EXIF orientation, transparency over white,
+16-bit and float images by their scale), grayscale, resized to 28x28 with Lanczos filtering, float in [0, 1]
 with the paper at 0 and the ink up to 1: the paper level is the median of all pixels (ink covers the lesser
 part of a drawing; a frame or a dark edge does not decide it), the ink what differs from it (darker when the
 image's mean is below the paper level, then (paper - x) / paper, else (x - paper) / (1 - paper)), so black
@@ -40,10 +40,7 @@ IMAGE_SUFFIXES = imagefolders.IMAGE_SUFFIXES  # also read as omniglot.evaluate.I
 
 def load_image(path):
     """An image file -> (28, 28) float32 in [0, 1], paper = 0, ink up to 1 (see the module docstring)."""
-    im = imagefolders.open_image(path, path)
-    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-    gray = im.convert("L")
+    gray = imagefolders.open_image(path, path).convert("L")
     full = np.asarray(gray, dtype=np.float32) / 255.0  # (H, W)
     small = np.asarray(gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS), dtype=np.float32) / 255.0
     if np.ptp(small) == 0:

@@ -12,6 +12,7 @@ from metagmvae.runfiles import UserError, check_distinct_classes, check_regular_
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (84, 84, 3)
 THUMBNAIL_BLOCK = 4  # images are compared as the means of 4 x 4 pixel blocks: 21 x 21 x 3 values
+MIN_BRIGHTEST_BLOCK = 16  # of 255: a split whose brightest pixel block is darker holds scaled-down values
 
 
 def _build_hint(data_dir):
@@ -72,6 +73,17 @@ def thumbnails(array):
         rows = images.reshape(len(images), side, block, -1).sum(2, dtype=np.uint16)  # (I, 21, 84 * 3)
         return rows.reshape(len(images), side, side, block, 3).sum(3, dtype=np.uint16) / np.float32(block ** 2)
     return np.stack([block_means(images) for images in array])
+
+
+def check_full_range(thumbnails_of_split, path):
+    """Refuse a split (its thumbnails (C, I, 21, 21, 3)) whose brightest pixel block averages below
+    MIN_BRIGHTEST_BLOCK of 255: images of values 0-1 (or otherwise scaled down) stored as uint8, which every
+    later step would read as nearly black."""
+    brightest = float(thumbnails_of_split.max())
+    if brightest < MIN_BRIGHTEST_BLOCK:
+        raise UserError(f"{path}: its brightest {THUMBNAIL_BLOCK}x{THUMBNAIL_BLOCK}-pixel block averages "
+                        f"{brightest:.3g} of 255: images of values 0-1, or scaled down, in uint8? Expected 8-bit "
+                        "images in 0-255")
 
 
 def check_distinct_image_classes(thumbnails_by_file, where):

@@ -7,20 +7,22 @@ images of every batch and NT-Xent uses the negatives of all processes (distribut
 import math
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from metagmvae import distributed
-from metagmvae.folders import OutputFolder, canonical_json
+from metagmvae.folders import OutputFolder, canonical_json, check_finished
 from metagmvae.runfiles import (UserError, build_model, check_distinct_classes, check_finite_result, load_checkpoint,
                                rng_state)
 from metagmvae.training import (TrainingDiverged, prepare_folder, read_resume_state, restore_training, run_config,
                                 run_folder)
 
 from .augment import eval_transform, two_views
-from .data import SPLITS, check_distinct_image_classes, check_split, load_image_array, load_split, thumbnails
+from .data import (SPLITS, check_distinct_image_classes, check_full_range, check_split, load_image_array, load_split,
+                   thumbnails)
 from .loss import nt_xent
 from .model import SimCLR
 
@@ -208,11 +210,15 @@ def load_model(path, device):
 def check_data(data_dir):
     """Validate every split before any work, so that a bad file fails now rather than after training: its
     array and class names, and no class in two places (check_distinct_classes on the images' thumbnails:
-    a class copied into another split, in part or saved again with other bytes, as export would find it)."""
+    a class copied into another split, in part or saved again with other bytes, as export would find it), and
+    values that use 0-255 (check_full_range); a build that has not finished (folders.check_finished) first."""
+    check_finished(data_dir, "--data-dir")
     for split in SPLITS:
         check_split(data_dir, split)
-    check_distinct_image_classes({f"{split}_images.npy": thumbnails(load_image_array(data_dir, split, mmap_mode="r"))
-                                  for split in SPLITS}, str(data_dir))
+    splits = {f"{split}_images.npy": thumbnails(load_image_array(data_dir, split, mmap_mode="r")) for split in SPLITS}
+    for name, split_thumbnails in splits.items():
+        check_full_range(split_thumbnails, Path(data_dir) / name)
+    check_distinct_image_classes(splits, str(data_dir))
 
 
 def pretrain(args, device):

@@ -95,6 +95,18 @@ def to_reference_state_dict(model, prefixes, way=5):
     return state
 
 
+def interrupted_at_call(function, n):
+    """`function` wrapped to raise KeyboardInterrupt (a Ctrl-C at that moment) at its n-th call."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return function(*args, **kwargs)
+    return wrapped
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

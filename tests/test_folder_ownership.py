@@ -1,6 +1,7 @@
 """A folder's files are the user's unless its record says otherwise (metagmvae/folders.py): a command writes,
 replaces and deletes only what it recorded, refuses a folder of the user's with one line (exit 2) leaving every
 file byte-identical, follows no symbolic link, and only reads its input folders."""
+import errno
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 from metagmvae.folders import LOCK_FILE, RECORD, OutputFolder
+from metagmvae.runfiles import UserError
 from mimgnet import main as mimgnet_main
 from omniglot import draw_figures, evaluate
 from omniglot import main as omniglot_main
@@ -103,10 +105,10 @@ def test_feature_export_into_the_data_folder_is_refused(simclr_data, tmp_path, c
             text=f"lies inside --data-dir {simclr_data}", roots=[simclr_data], capsys=capsys)
 
 
-def write_drawing(path, row):
-    """A 28x28 PNG: a dark bar at `row` on white."""
+def write_drawing(path, row, length):
+    """A 28x28 PNG: a dark bar at `row`, `length` pixels long, on white."""
     pixels = np.full((28, 28), 255, np.uint8)
-    pixels[row:row + 4, 4:24] = 0
+    pixels[row:row + 4, 4:4 + length] = 0
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
 
@@ -118,9 +120,9 @@ def unlabelled_episodes(tmp_path):
     model = OmniglotGMVAE(8, 4)
     torch.save({"model": model.state_dict(), "model_config": model.config}, tmp_path / "model.pt")
     episodes = tmp_path / "episodes"
-    for k, row in enumerate((4, 18)):
-        write_drawing(episodes / "ep" / "support" / f"class{k}" / "a.png", row)
-        write_drawing(episodes / "ep" / "query" / f"q{k}.png", row + 1)  # no query a copy of a support image
+    for k, (row, length) in enumerate(((4, 20), (18, 12))):  # bars of other lengths: not one bar moved
+        write_drawing(episodes / "ep" / "support" / f"class{k}" / "a.png", row, length)
+        write_drawing(episodes / "ep" / "query" / f"q{k}.png", row + 1, length - 4)  # no copy of a support image
     (episodes / "predictions.csv").write_text("my own notes\n")
     return tmp_path / "model.pt", episodes
 
@@ -320,6 +322,58 @@ def test_a_lock_file_that_is_a_hard_link_or_another_tools_lock_is_not_ours(omnig
     (other / ".lock").write_text("1234\n")
     refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", other, *TINY,
             text=f"--save-dir {other} holds .lock but no record of this project", roots=[tmp_path], capsys=capsys)
+
+
+def test_an_empty_lock_file_of_the_users_is_refused_and_kept(tmp_path, capsys):
+    """This project's lock file holds its holder's PID from the moment it locks: an empty one is the user's."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / LOCK_FILE).touch()
+    with pytest.raises(UserError, match=f"--out {folder} holds a {LOCK_FILE} that this project did not write"):
+        with OutputFolder(folder, "test", "--out"):
+            pass
+    assert [p.name for p in folder.iterdir()] == [LOCK_FILE]
+
+
+def test_a_record_write_killed_before_its_rename_blocks_no_later_command(tmp_path):
+    """Killed between writing a record's temporary file and renaming it (at the first record write: no record
+    yet; or at a later one), the folder opens as before and the temporary is gone; a user's file of that
+    name holding anything but a record of the folder's kind stays, and a folder of only such a file is the
+    user's."""
+    script = ("import os, sys; from metagmvae import folders\n"
+              "def killed(*args, **kwargs): os._exit(9)\n"
+              "os.replace = killed\n"
+              "with folders.OutputFolder(sys.argv[1], 'test', '--out') as folder:\n"
+              "    folder.write_text('a.txt', 'a') if sys.argv[2] == 'later' else folder.claim()\n")
+    for when in ("first", "later"):
+        out = tmp_path / when
+        if when == "later":
+            with OutputFolder(out, "test", "--out") as folder:
+                folder.write_text("b.txt", "b")
+        subprocess.run([sys.executable, "-c", script, str(out), when], cwd=REPO_ROOT, check=False)
+        assert len(list(out.glob(f"{RECORD}.*.tmp"))) == 1
+        with OutputFolder(out, "test", "--out") as folder:
+            folder.write_text("c.txt", "c")
+        assert not list(out.glob("*.tmp")) and (out / "c.txt").read_text() == "c"
+        expected = ["c.txt"] if when == "first" else ["b.txt", "c.txt"]
+        assert sorted(json.loads((out / RECORD).read_text())["files"]) == expected
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / f"{RECORD}.0123abcd.tmp").write_text('{"format": 1, "kind": "another kind"}\n')
+    with pytest.raises(UserError, match=f"holds {RECORD}.0123abcd.tmp but no record of this project"):
+        with OutputFolder(users, "test", "--out"):
+            pass
+    assert [p.name for p in users.iterdir()] == [f"{RECORD}.0123abcd.tmp"]
+
+
+def test_a_full_disk_when_the_lock_is_taken_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch):
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(UserError, match=f"cannot lock --out {tmp_path / 'new' / 'out'}: the disk is full"):
+        with OutputFolder(tmp_path / "new" / "out", "test", "--out"):
+            pass
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_data_folder_inside_the_run_folder_is_refused(omniglot_data, run_copy, capsys):

@@ -311,11 +311,11 @@ def test_prepare_mimgnet_refuses_csv_names_outside_images(tmp_path, capsys):
 def episode(tmp_path):
     """An episodes folder with one 2-way episode of one support and one query image per class."""
     root = tmp_path / "episodes"
-    for shift, part in enumerate(("support", "query")):  # the query drawn a pixel lower: not a support copy
+    for query, part in enumerate(("support", "query")):  # the query's line shorter: not a support copy
         for k, name in enumerate(("a", "b")):
             (root / "e1" / part / name).mkdir(parents=True)
             image = Image.new("L", (28, 28), 255)
-            ImageDraw.Draw(image).line((4 + 10 * k, 4 + shift, 24 - 10 * k, 24 + shift), fill=0, width=3)
+            ImageDraw.Draw(image).line((4 + 10 * k, 4 + 4 * query, 24 - 10 * k, 24 - 4 * query), fill=0, width=3)
             image.save(root / "e1" / part / name / "1.png")
     return root
 

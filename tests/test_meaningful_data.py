@@ -129,6 +129,11 @@ def with_entry(**fields):
     ("test/5way-1shot/ci95 (0.9), expected at most 0.1379, the widest 95% CI of 2 accuracies in [0, 1] with mean 0.01",
      with_entry(mean=0.01, ci95=0.9, episodes=2)),
     ("test/5way-1shot/ci95 (0.01), expected at most 0", with_entry(mean=1.0, ci95=0.01)),
+    ("test/5way-1shot/episodes (1000), expected the --eval-episodes 20 that its \"config\" tested",
+     {**with_entry(episodes=1000), "config": {"eval_episodes": 20}}),
+    ('malformed results, the key "5way-1shot" twice in one object',
+     json.dumps(GOOD_RESULTS).replace('"test": {', '"test": {"5way-1shot": {"mean": 0.9, "ci95": 0.01, '
+                                                  '"episodes": 1000}, ')),
 ])
 def test_report_refuses_values_that_make_no_row(tmp_path, capsys, text, results):
     path = tmp_path / "results.json"

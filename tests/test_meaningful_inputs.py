@@ -84,15 +84,17 @@ def test_mimgnet_eval_only_refuses_nan_weights(nan_checkpoints, tmp_path, capsys
 
 @pytest.fixture
 def episodes(tmp_path):
-    """An episodes folder with one 2-way episode (two drawings per class and part; the query drawings drawn
-    one pixel lower than the support ones, so that no query is a copy of a support image)."""
+    """An episodes folder with one 2-way episode (two drawings per class and part, each with a dot of its own;
+    the query drawings' lines shorter than the support ones, so that no query is a copy of another image)."""
     root = tmp_path / "episodes"
-    for shift, part in enumerate(("support", "query")):
+    for query, part in enumerate(("support", "query")):
         for k, name in enumerate(("a", "b")):
             (root / "e1" / part / name).mkdir(parents=True)
             for i in range(2):
                 image = Image.new("L", (28, 28), 255)
-                ImageDraw.Draw(image).line((4 + 10 * k, 4 + shift, 24 - 10 * k, 24 + shift), fill=0, width=3)
+                draw = ImageDraw.Draw(image)
+                draw.line((4 + 10 * k, 4 + 4 * query, 24 - 10 * k, 24 - 4 * query), fill=0, width=3)
+                draw.rectangle((2 + 6 * i, 24, 4 + 6 * i, 26), fill=0)
                 image.save(root / "e1" / part / name / f"{i}.png")
     return root
 
@@ -209,6 +211,20 @@ def test_an_encoder_that_gives_every_image_one_feature_vector_exports_nothing(si
                               "--export-only", "--device", "cpu", "--checkpoint", tmp_path / "simclr.pt",
                               text="simclr.pt encodes every image of the train split to the same features",
                               roots=[simclr_data], capsys=capsys)
+    assert not (tmp_path / "features").exists()
+
+
+def test_images_of_values_0_to_1_in_uint8_are_refused_as_such(simclr_data, tmp_path, capsys):
+    """Images scaled to [0, 1] and stored as uint8 (0 and 1 only) read as nearly black to every later step."""
+    data = shutil.copytree(simclr_data, tmp_path / "data")
+    np.save(data / "test_images.npy", np.load(data / "test_images.npy") // 128)
+    model = SimCLR(hidden_size=4)
+    torch.save({"model": model.state_dict(), "model_config": {"hidden_size": 4, "image_size": 84}},
+               tmp_path / "simclr.pt")
+    assert_refused_in_process(simclr_main.main, "--data-dir", data, "--feature-save-dir", tmp_path / "features",
+                              "--export-only", "--device", "cpu", "--checkpoint", tmp_path / "simclr.pt",
+                              text=f"{data / 'test_images.npy'}: its brightest 4x4-pixel block averages 1 of 255: "
+                                   "images of values 0-1, or scaled down, in uint8?", roots=[data], capsys=capsys)
     assert not (tmp_path / "features").exists()
 
 
@@ -385,15 +401,18 @@ SAME_CLASS = "(the same 20 items, in any order, up to 0.0001 of the largest valu
     ("test, one drawing per class repeated", "class 0 of test.npy holds 1 different items among its 20"),
     ("val, noise added", "20 of the 20 items of class 7 of test.npy are items of class 7 of val.npy or copies of "
                          "them (equal, or closer than 0.1 of their distance from the median item and than 0.15 of "
-                         "the median distance from an item to its 5th nearest)"),
+                         "the median distance from an item to its 5th nearest; drawings also once centred and "
+                         "blurred)"),
     ("val, 15 drawings of each class, scaled", "15 of the 15 items of class 7 of test.npy are items of class 7"),
+    ("val, moved a pixel down and two left", "20 of the 20 items of class 7 of test.npy are items of class 7 of "
+                                             "val.npy or copies of them"),
     ("test, one drawing per class repeated with noise", "class 0 of test.npy holds 1 different items among its 20"),
 ])
 def test_a_class_in_two_places_is_refused(omniglot_data, nan_checkpoints, tmp_path, capsys, source, text):
     """Test accuracy on validation classes, or an episode with two equal classes, measures nothing, in
     training and with --eval-only: also when the copy's drawings are in another order and its values moved
-    by float rounding, noise or a scale, and when it holds only part of each class.  Queries that are copies
-    of their support drawing measure nothing either."""
+    by float rounding, noise or a scale, its drawings moved by whole pixels, and when it holds only part of
+    each class.  Queries that are copies of their support drawing measure nothing either."""
     noise = np.random.default_rng(1).uniform(-0.02, 0.02, (8, 20, 28, 28, 1)).astype(np.float32)
 
     def replace(test):
@@ -407,6 +426,10 @@ def test_a_class_in_two_places_is_refused(omniglot_data, nan_checkpoints, tmp_pa
             return np.clip(np.load(omniglot_data / "val.npy") + noise, 0, 1)
         if source.startswith("val, 15"):
             return np.load(omniglot_data / "val.npy")[:, 5:] * np.float32(0.99)
+        if source.startswith("val, moved"):
+            moved = np.zeros_like(np.load(omniglot_data / "val.npy"))
+            moved[:, :, 1:, :-2] = np.load(omniglot_data / "val.npy")[:, :, :-1, 2:]
+            return moved
         if source.startswith("test, one drawing"):
             repeated = np.repeat(test[:, :1], test.shape[1], axis=1)
             return np.clip(repeated + noise, 0, 1) if source.endswith("noise") else repeated
@@ -490,7 +513,7 @@ def test_a_query_that_is_a_copy_of_a_support_image_is_refused(episodes, tmp_path
     torch.save({"model": model.state_dict(), "model_config": model.config}, checkpoint)
     shutil.copyfile(episodes / "e1" / "support" / "b" / "1.png", episodes / "e1" / "query" / "b" / "0.png")
     assert_refused_in_process(evaluate.main, "--checkpoint", checkpoint, "--episodes", episodes, "--device", "cpu",
-                              text=f"{episodes / 'e1'}: query b/0.png is the support picture support/b/0.png as the "
+                              text=f"{episodes / 'e1'}: query b/0.png is the support picture support/b/1.png as the "
                                    "model reads it", roots=[episodes], capsys=capsys)
     assert not list(tmp_path.glob("episodes-*"))
 
@@ -717,3 +740,19 @@ def test_ctrl_c_while_torch_imports_is_one_line(command, prog):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert stderr == f"{prog}: error: interrupted\n"
+
+
+def test_ctrl_c_after_a_command_has_done_its_work_is_ignored():
+    """Once exit_on_user_error's block has ended (the work done or refused), a Ctrl-C would only interrupt
+    Python's exit handlers, torch's among them: a traceback and exit code 0.  It is ignored."""
+    script = ("import os, signal, torch\n"
+              "from metagmvae.startup import quiet_ctrl_c\n"
+              "from metagmvae.runfiles import exit_on_user_error\n"
+              "quiet_ctrl_c('__main__', 'prog')\n"
+              "with exit_on_user_error('prog'):\n"
+              "    pass\n"
+              "os.kill(os.getpid(), signal.SIGINT)\n"
+              "print('exited normally')\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "exited normally\n", "")

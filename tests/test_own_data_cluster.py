@@ -310,6 +310,29 @@ def test_class_folders_that_share_a_picture_are_refused_before_scoring(omniglot_
     assert not (tmp_path / "out").exists()
 
 
+def test_groupings_that_cannot_mean_anything_are_refused(omniglot_folder, checkpoints, tmp_path, capsys):
+    """As many clusters as images (one per image), and class folders of one image each (no two images share a
+    class: the adjusted Rand index is 0 whatever the grouping)."""
+    common = ["--checkpoint", checkpoints / "omniglot.pt", "--out", tmp_path / "out", "--device", "cpu", "--restarts",
+              "2", "--mc-sample-size", "2"]
+    refuse = dict(roots=[omniglot_folder, checkpoints], capsys=capsys)
+    character = omniglot_folder / "alphabet" / "character0"
+    assert_refused_in_process(omniglot_cluster.main, *common, "--images", character, "--clusters", PER_CLASS,
+                              text=f"{PER_CLASS} images, fewer than --clusters {PER_CLASS} + 1 (a cluster per image "
+                                   "groups nothing)", **refuse)
+    singles = tmp_path / "singles"
+    for c in range(3):
+        (singles / f"c{c}").mkdir(parents=True)
+        shutil.copy(omniglot_folder / "alphabet" / f"character{c}" / "0.png", singles / f"c{c}")
+    assert_refused_in_process(omniglot_cluster.main, *common, "--images", singles, "--clusters", "2",
+                              text=f"--images {singles}: each of its 3 class folders holds one image, so no two "
+                                   "images share a class", roots=[singles, checkpoints], capsys=capsys)
+    shutil.copy(omniglot_folder / "alphabet" / "character0" / "1.png", singles / "c0")
+    capsys.readouterr()
+    assert omniglot_cluster.main([str(a) for a in [*common, "--images", singles, "--clusters", "2"]])["scores"]
+    assert "against the 3 class folders:" in capsys.readouterr().out
+
+
 def test_an_image_or_folder_name_that_is_not_utf8_is_refused_naming_it(omniglot_folder, checkpoints, tmp_path,
                                                                       capsys):
     images = shutil.copytree(omniglot_folder, tmp_path / "images")

@@ -318,6 +318,36 @@ def test_high_bit_depth_images_are_read_by_their_scale(tmp_path):
         omniglot_evaluate.load_image(tmp_path / "kilo.tif")
 
 
+def test_images_whose_pixels_would_be_misread_are_refused(tmp_path):
+    """8-bit values saved in a 16-bit file (as 16 bits nearly black: divided by 257 they would leave two grey
+    levels), and a file of several frames (which one is the picture?)."""
+    pixels = np.where(drawing() > 0, 77, 255).astype(np.uint8)
+    Image.fromarray(pixels.astype(np.uint16)).save(tmp_path / "8in16.png")
+    frames = [Image.fromarray(pixels), Image.fromarray(255 - pixels)]
+    frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    for load in (omniglot_evaluate.load_image, load_image):
+        with pytest.raises(UserError, match=r"8in16.png: I;16 image with values in \[77, 255\]: 8-bit values in a "
+                                            r"16-bit file\? As 16 bits it is nearly black; save it with 8 bits"):
+            load(tmp_path / "8in16.png")
+        for name in ("animated.gif", "pages.tif"):
+            with pytest.raises(UserError, match=rf"{name}: 2 frames \(an animation or a multi-page file\); expected "
+                                                "one picture"):
+                load(tmp_path / name)
+
+
+def test_a_transparent_image_is_read_as_a_viewer_shows_it_on_white(tmp_path):
+    """Both commands: what the alpha channel hides is not read (a photo's hidden pixels, a drawing's ink)."""
+    ink = drawing()
+    rgba = np.zeros((*ink.shape, 4), np.uint8)  # hidden: black everywhere
+    rgba[..., 3] = np.where(ink > 0, 255, 0)  # shown: the ink, in black; the rest transparent
+    Image.fromarray(rgba).save(tmp_path / "transparent.png")
+    Image.fromarray(on_white(ink)).convert("RGB").save(tmp_path / "white.png")
+    assert np.array_equal(load_image(tmp_path / "transparent.png"), load_image(tmp_path / "white.png"))
+    assert np.array_equal(omniglot_evaluate.load_image(tmp_path / "transparent.png"),
+                          omniglot_evaluate.load_image(tmp_path / "white.png"))
+
+
 def old_conversion(path):
     """What omniglot/evaluate.py gave an 8-bit grayscale drawing on clean white or black paper: x at 28x28 on
     [0, 1], inverted (1 - x) on white."""
@@ -394,7 +424,7 @@ def test_refuses_an_episode_whose_support_classes_share_a_picture(models, tmp_pa
 @pytest.mark.parametrize("copy, text", [
     ("query/c1/1.jpg", "query c1/1.jpg is the support picture support/c1/0.png as the model reads it (equal, or "
                        "closer than 0.1 of their distance from the median item and than 0.15 of the median "
-                       "distance from an item to its 5th nearest)"),
+                       "distance from an item to its 5th nearest; drawings also once centred and blurred)"),
     ("support/c2/0.jpg", "support classes 'c1' and 'c2' hold the same picture as the model reads it (0.png and 0.jpg"),
 ])
 def test_refuses_an_episode_with_a_support_picture_saved_again_as_jpeg(models, tmp_path, capsys, copy, text):
@@ -406,6 +436,50 @@ def test_refuses_an_episode_with_a_support_picture_saved_again_as_jpeg(models, t
     Image.open(root / "ep0" / "support" / "c1" / "0.png").convert("RGB").save(root / "ep0" / copy, quality=90)
     assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root), text=f"{root / 'ep0'}: {text}",
                               roots=[root, models], capsys=capsys)
+
+
+@pytest.mark.parametrize("change", ["moved", "enlarged", "shrunk"])
+def test_refuses_an_episode_with_a_query_that_is_a_support_picture_moved_or_resized(models, tmp_path, capsys, change):
+    """A support picture moved by a few pixels, enlarged ten times (nearest) or shrunk to half (Lanczos), saved
+    as a query of its class: the same drawing."""
+    root = tmp_path / "episodes"
+    write_drawing_episode(root / "ep0", 3)
+    support = Image.open(root / "ep0" / "support" / "c1" / "0.png").convert("L")
+    if change == "moved":
+        copy = Image.new("L", (56, 56), 255)
+        copy.paste(support.crop((0, 0, 52, 54)), (4, 2))
+    else:
+        copy = support.resize((560, 560), Image.NEAREST) if change == "enlarged" else support.resize((28, 28),
+                                                                                                    Image.LANCZOS)
+    copy.save(root / "ep0" / "query" / "c1" / "1.png")
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root),
+                              text=f"{root / 'ep0'}: query c1/1.png is the support picture support/c1/0.png as the "
+                                   "model reads it", roots=[root, models], capsys=capsys)
+
+
+def test_refuses_labelled_queries_that_are_one_picture_and_predicts_unlabelled_ones(models, tmp_path, capsys):
+    """One query picture under two labels (one of them wrong whatever the prediction) or twice under one label
+    (scored twice) is refused; unlabelled queries may repeat (each gets its row)."""
+    root = tmp_path / "episodes"
+    write_drawing_episode(root / "ep0", 3, query=2)
+    query = root / "ep0" / "query"
+    shutil.copy(query / "c0" / "1.png", query / "c2" / "9.png")
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root),
+                              text=f"{root / 'ep0'}: queries c0/1.png and c2/9.png are one picture as the model reads "
+                                   "it", roots=[root, models], capsys=capsys)
+    shutil.move(query / "c2" / "9.png", query / "c0" / "9.png")
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root),
+                              text=f"{root / 'ep0'}: queries c0/1.png and c0/9.png are one picture",
+                              roots=[root, models], capsys=capsys)
+    class_folders = [folder for folder in query.iterdir() if folder.is_dir()]
+    for path in sorted(query.glob("*/*.png")):
+        shutil.move(path, query / f"{path.parent.name}-{path.name}")
+    for folder in class_folders:
+        folder.rmdir()
+    out = tmp_path / "predictions"
+    omniglot_evaluate.main([str(a) for a in [*omniglot_flags(models, root), "--out", out]])
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert {"c0-1.png", "c0-9.png"} <= {row["file"] for row in rows}
 
 
 def test_refuses_labelled_episodes_of_different_ways(models, tmp_path, capsys):

@@ -24,6 +24,7 @@ from data.omniglot_build import BUILD_KIND, REFERENCE_SPLIT, split_characters, s
 from data.prepare_omniglot import Drawing, build_omniglot, collect_characters, download_archives, load_character
 from metagmvae.folders import RECORD, OutputFolder
 from metagmvae.runfiles import UserError
+from omniglot.dataset import load_omniglot
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "data" / "prepare_omniglot.py"
@@ -351,3 +352,30 @@ def test_downloads_kept_in_out_after_a_failed_build_serve_the_rerun(server, tmp_
     assert result.returncode == 0, result.stderr
     assert len(requests) == served  # the downloads were reused
     assert load(out)["train"].shape[1:] == (20, 28, 28, 1)
+
+
+def test_a_build_killed_between_its_renames_is_refused_until_built_again(tmp_path):
+    """Killed after renaming test.npy of a rebuild with another seed (val.npy, train.npy and the manifest still
+    of the earlier build): the record lists writes that never ended, and the arrays are refused as data until
+    the build is run again."""
+    script = ("import os, runpy, sys\n"
+              "real = os.replace\n"
+              "def replace(src, dst, **kwargs):\n"
+              "    if dst == 'val.npy': os._exit(9)\n"
+              "    real(src, dst, **kwargs)\n"
+              "os.replace = replace\n"
+              "sys.argv = ['data/prepare_omniglot.py', *sys.argv[1:]]\n"
+              "runpy.run_path('data/prepare_omniglot.py', run_name='__main__')\n")
+    out = tmp_path / "omniglot"
+    build = [sys.executable, "data/prepare_omniglot.py", "--synthetic", "--characters", "24", "--out", str(out)]
+    subprocess.run(build, cwd=REPO_ROOT, check=True, capture_output=True)
+    before = (out / "train.npy").read_bytes()
+    killed = subprocess.run([sys.executable, "-c", script, *build[2:], "--seed", "1"], cwd=REPO_ROOT,
+                            capture_output=True)
+    assert killed.returncode == 9 and (out / "train.npy").read_bytes() == before
+    with pytest.raises(UserError, match=rf"--data-dir {out}: the command that wrote it has not finished \(its "
+                                        rf"record {RECORD} lists writes that never ended: manifest.json, train.npy, "
+                                        r"val.npy\)"):
+        load_omniglot(out)
+    subprocess.run([*build, "--seed", "1"], cwd=REPO_ROOT, check=True, capture_output=True)
+    assert set(load_omniglot(out)) == {"train", "val", "test"}

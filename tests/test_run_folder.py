@@ -17,14 +17,14 @@ import torch
 
 from metagmvae.folders import LOCK_FILE, RECORD, OutputFolder
 from metagmvae.runfiles import UserError, load_checkpoint
-from metagmvae.training import TrainingDiverged
+from metagmvae.training import TrainingDiverged, save_after_validation
 from mimgnet import main as mimgnet_main
 from omniglot import main as omniglot_main
 from omniglot import trainer as omniglot_trainer
 from omniglot.model import OmniglotGMVAE
 from simclr import main as simclr_main
 
-from .conftest import REPO_ROOT, torchrun
+from .conftest import REPO_ROOT, interrupted_at_call, torchrun
 from .test_hostile_inputs import (OMNIGLOT_FLAGS, assert_refused, assert_refused_in_process, check_refusal,
                                   snapshot)
 from .test_reliability import write_features
@@ -287,12 +287,21 @@ def truncate_last(run):
             "checkpoints of this run: copy one to last.pt to resume")
 
 
+def truncate_last_beside_foreign_checkpoints(run):
+    """best_5shot.pt changed since the run wrote it, best_9shot.pt copied in from elsewhere: neither is named."""
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:3000])
+    (run / "best_5shot.pt").write_bytes((run / "best_5shot.pt").read_bytes()[:3000])
+    shutil.copy(run / "best_1shot.pt", run / "best_9shot.pt")
+    return f"; best_1shot.pt in {run} holds a checkpoint of this run: copy one to last.pt to resume"
+
+
 def reshape_last(run):
     edit_last(run, lambda state: state["model"].__setitem__("decoder.0.weight", torch.zeros(3)))
     return "last.pt: weights do not fit the Omniglot model (other shapes: decoder.0.weight)"
 
 
-@pytest.mark.parametrize("damage", [damage_metrics, garble_metrics, cut_metrics, truncate_last, reshape_last])
+@pytest.mark.parametrize("damage", [damage_metrics, garble_metrics, cut_metrics, truncate_last,
+                                    truncate_last_beside_foreign_checkpoints, reshape_last])
 def test_resume_refuses_a_damaged_run_before_writing(omniglot_data, run_copy, capsys, damage):
     text = damage(run_copy)
     assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, run_copy, "--train-iters", "6",
@@ -384,6 +393,17 @@ def shifted_copy(data, folder):
     drawings[0, 0] = np.roll(drawings[0, 0], 1, axis=0)
     np.save(other / "train.npy", drawings)
     return other
+
+
+def test_resume_removes_the_results_of_the_runs_earlier_end(omniglot_data, run_copy, capsys, monkeypatch):
+    """A finished run continued to more steps and stopped before its end leaves no results.json: the numbers
+    of the earlier end were measured on checkpoints the continued run has replaced."""
+    monkeypatch.setattr(omniglot_trainer, "save_after_validation", interrupted_at_call(save_after_validation, 2))
+    code, out, _ = run_in_process(omniglot_main.main, train_args(omniglot_data, run_copy, "--train-iters", "8",
+                                                                 "--seed", "1", "--resume"), capsys)
+    assert code == 130
+    assert f"removed results.json from {run_copy}: the checkpoints they describe change" in out
+    assert not (run_copy / "results.json").exists() and load_checkpoint(run_copy / "last.pt")["step"] == 6
 
 
 def test_resume_on_other_data_is_refused_and_on_the_same_data_moved_goes_on(omniglot_data, run_copy, tmp_path,

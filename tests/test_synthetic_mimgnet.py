@@ -8,6 +8,9 @@ from PIL import Image
 
 from data import synthetic_mimgnet
 from data.synthetic_mimgnet import MAX_CLASSES, class_specs, main, render_class, write_dataset
+from metagmvae.runfiles import UserError
+
+from .conftest import interrupted_at_call
 
 NUM_CLASSES = {"train": 3, "val": 2, "test": 2}
 SIZE = (24, 40)
@@ -52,14 +55,7 @@ def test_a_rebuild_stopped_midway_leaves_no_split_file_of_old_and_new_images(tmp
     """The split files go first and come back after the last image: a rebuild with another seed stopped at its
     fourth class leaves images of both builds and no split file that would list them as one set."""
     write_dataset(tmp_path, NUM_CLASSES, 3, SIZE, seed=0)
-    classes = []
-
-    def stopped_at_the_fourth_class(*args):
-        classes.append(args)
-        if len(classes) == 4:
-            raise KeyboardInterrupt
-        return render_class(*args)
-    monkeypatch.setattr(synthetic_mimgnet, "render_class", stopped_at_the_fourth_class)
+    monkeypatch.setattr(synthetic_mimgnet, "render_class", interrupted_at_call(render_class, 4))
     with pytest.raises(KeyboardInterrupt):
         write_dataset(tmp_path, NUM_CLASSES, 3, SIZE, seed=1)
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".csv"]
@@ -94,6 +90,18 @@ def test_class_choice_is_a_seeded_permutation_of_all_pairs():
     assert class_specs(MAX_CLASSES, 0) != class_specs(MAX_CLASSES, 1)
     assert sorted(class_specs(MAX_CLASSES, 0)) == sorted(set(class_specs(MAX_CLASSES, 1)))
     assert class_specs(5, 2) == class_specs(MAX_CLASSES, 2)[:5]
+
+
+@pytest.mark.parametrize("name", ["images/n0000000400000002.jpg", "images/n0000000700000004.jpg"])
+def test_a_rebuild_refused_for_a_users_image_changes_nothing(tmp_path, name):
+    """A user's file where the rebuild would write an image (an edited image of the earlier build, or a file
+    under a name a larger build uses) is refused before any file is removed or rewritten."""
+    write_dataset(tmp_path, NUM_CLASSES, 3, SIZE, seed=0)
+    (tmp_path / name).write_bytes(b"the user's")
+    before = files(tmp_path)
+    with pytest.raises(UserError, match=f"{tmp_path / name} was not written by this project"):
+        write_dataset(tmp_path, NUM_CLASSES, 4, SIZE, seed=1)
+    assert files(tmp_path) == before
 
 
 def test_command_line_writes_and_refuses(tmp_path, capsys):
