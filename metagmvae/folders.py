@@ -119,8 +119,23 @@ class OutputFolder:
             raise UserError(f"{self.flag} {self.path}: the shell did not expand its ~ (quoted?), so it would be a "
                             f"folder named {self.path.parts[0]!r} here; write it unquoted, or ./{self.path} for that")
 
+    def _check_outside_runs(self):
+        """Refuse a folder inside a run folder of this project (a record of kind "... run" in a folder above):
+        the run writes there for hours, and another command's files there would stop it."""
+        for folder in resolved(self.path, self.flag).parents:
+            record = folder / RECORD
+            try:
+                kind = json.loads(record.read_bytes()).get("kind") if record.is_file() else None
+            except (OSError, ValueError, AttributeError, RecursionError):
+                continue
+            if isinstance(kind, str) and kind.endswith(" run"):
+                raise UserError(f"{self.flag} {self.path} lies inside {folder}, a run folder of this project "
+                                f"({kind}): its run writes there and would stop at files another command wrote; "
+                                "choose a folder outside it")
+
     def __enter__(self):
         self._check_tilde()
+        self._check_outside_runs()
         if self.path.is_symlink() and not self.path.exists():
             raise UserError(f"cannot write to {self.flag} {self.path}: it is {special_file_kind(self.path)}")
         self._created = [p for p in (self.path, *self.path.parents) if not os.path.lexists(p)]
@@ -257,6 +272,7 @@ class OutputFolder:
         aside), or where one of `names` is a file this project may not replace: for commands that write their
         outputs only after long work."""
         self._check_tilde()
+        self._check_outside_runs()
         check_writable_folder(self.path, self.flag)
         if not self.path.is_dir():
             return
@@ -676,18 +692,24 @@ class RunDir:
         if not self.path.is_dir():
             raise UserError(f"--resume: {self.path} does not exist; run without --resume to start a run there")
         if not self.last_checkpoint.is_file():
-            raise UserError(f"--resume: {self.path} holds no {LAST_CHECKPOINT} (the run wrote no checkpoint yet)"
+            unwritten = "" if self._recorded_best() else " (the run wrote no checkpoint yet)"
+            raise UserError(f"--resume: {self.path} holds no {LAST_CHECKPOINT}{unwritten}"
                             + self.instead_of_last("run without --resume to start the run anew"))
+
+    def _recorded_best(self):
+        """The best_*.pt checkpoints this run wrote (in the record, unchanged), sorted."""
+        if not (self.path / RECORD).is_file():
+            return []
+        with OutputFolder(self.path, f"{self.model} run", "--save-dir").reading() as folder:
+            if folder.record["kind"] != folder.kind:  # not a run of this model
+                return []
+            return sorted(n for n in folder.record["files"] if n.startswith("best_") and RUN_FILE_NAMES.fullmatch(n)
+                          and folder.owns(n))
 
     def instead_of_last(self, otherwise):
         """The end of a message about an absent or unreadable last.pt: the best_*.pt checkpoints this run wrote
-        (in the record, unchanged) that could be resumed from instead, if any, else `otherwise` (what to do)."""
-        best = []
-        if (self.path / RECORD).is_file():
-            with OutputFolder(self.path, f"{self.model} run", "--save-dir").reading() as folder:
-                if folder.record["kind"] == folder.kind:  # a run of this model: its recorded best checkpoints
-                    best = sorted(n for n in folder.record["files"] if n.startswith("best_")
-                                  and RUN_FILE_NAMES.fullmatch(n) and folder.owns(n))
+        (_recorded_best) that could be resumed from instead, if any, else `otherwise` (what to do)."""
+        best = self._recorded_best()
         if best:
             hold = "hold checkpoints" if len(best) > 1 else "holds a checkpoint"
             return f"; {name_list(best)} in {self.path} {hold} of this run: copy one to {LAST_CHECKPOINT} to resume"

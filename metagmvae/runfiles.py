@@ -469,8 +469,12 @@ def load_weights(model, state_dict, path, name, renamed=False):
 
 def new_model(model_class, config, settings, name):
     """model_class(**config), the settings named by `settings` (a checkpoint's model_config, or flags): a size
-    below 1 (torch builds empty layers from 0, with a warning) or any error while building it (more memory
-    than there is) is the settings', and raises UserError naming them and the model (`name`)."""
+    that is true or false (Python would take it as 1 or 0) or below 1 (torch builds empty layers from 0, with a
+    warning), or any error while building it (more memory than there is), is the settings', and raises
+    UserError naming them and the model (`name`)."""
+    booleans = [f"{key} {value}" for key, value in config.items() if isinstance(value, bool)]
+    if booleans:
+        raise UserError(f"{settings}: the {name} model needs whole numbers as sizes, not {', '.join(booleans)}")
     not_positive = [f"{key} {value}" for key, value in config.items() if isinstance(value, int) and value < 1]
     if not_positive:
         raise UserError(f"{settings}: the {name} model needs sizes of at least 1 ({', '.join(not_positive)})")

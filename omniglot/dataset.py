@@ -49,7 +49,7 @@ def check_drawings(array, where):
         raise UserError(f"{where} contains NaN or Inf (or values beyond float32's range)")
     low, high = array.min(), array.max()
     if low < 0 or high > 1:
-        raise UserError(f"{where} has values in [{low:.3g}, {high:.3g}]; expected [0, 1] with ink = 1")
+        raise UserError(f"{where} has values in [{low:.7g}, {high:.7g}]; expected [0, 1] with ink = 1")
     images = array[..., 0]  # (C, I, 28, 28)
     mean, borders = float(images.mean(dtype=np.float64)), border_means(images)  # borders: (C, I)
     found = f"mean pixel {mean:.3g}, border mean {borders.mean():.3g}"

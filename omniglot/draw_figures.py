@@ -17,10 +17,11 @@ from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.cli import check_positive, check_seed, check_way  # noqa: E402
 from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
-from metagmvae.imagefolders import remove_earlier_result  # noqa: E402
+from metagmvae.imagefolders import check_samples_fit, remove_earlier_result  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 from omniglot.dataset import load_omniglot  # noqa: E402
-from omniglot.figures import FIGURE_NAMES, check_run_figures, read_metrics_table, write_run_figures  # noqa: E402
+from omniglot.figures import (FIGURE_NAMES, FIGURE_QUERIES, check_run_figures, read_metrics_table,  # noqa: E402
+                              write_run_figures)
 from omniglot.model import load_model  # noqa: E402
 
 
@@ -35,9 +36,10 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="folder for the PNG files (a new folder, or one it wrote before)")
     p.add_argument("--metrics", help="a run's metrics.csv, for the learning curves")
     p.add_argument("--way", type=int, default=5, help="mixture components of the episode figure")
-    p.add_argument("--eval-way", type=int, default=5, help="classes of the test-episode figure")
+    p.add_argument("--eval-way", type=int, default=5, help="classes of the test-episode figure (of the val split)")
     p.add_argument("--sample-size", type=int, default=60, help="items of the episode figure (at most 60)")
-    p.add_argument("--query", type=int, default=3, help="queries per class of the test-episode figure")
+    p.add_argument("--query", type=int, default=3,
+                   help=f"queries per class of the test-episode figure (at most {FIGURE_QUERIES} are drawn)")
     p.add_argument("--unsupervised-em-iters", type=int, default=10, help="EM iterations of the episode figure")
     p.add_argument("--semisupervised-em-iters", type=int, default=10, help="EM iterations at prediction")
     p.add_argument("--test-mc-sample-size", type=int, default=32, help="MC samples at prediction")
@@ -63,6 +65,8 @@ def main(argv=None):
         out.check(FIGURE_NAMES)
         device = resolve_device(args.device)
         model = load_model(args.checkpoint, device)
+        check_samples_fit(args.eval_way * (1 + min(args.query, FIGURE_QUERIES)), args.test_mc_sample_size,
+                          model.config["latent_size"], "--test-mc-sample-size")
         data = load_omniglot(args.data_dir, ("train", "val"))
         check_run_figures(data, args.way, args.eval_way, args.sample_size, args.query)
         with out:

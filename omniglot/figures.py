@@ -9,9 +9,11 @@ A grid of R x C tiles is grid_size(R, C) pixels: GAP pixels around every tile, p
 each tile when the tiles carry text.
 """
 import csv
+import io
 import math
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -286,11 +288,44 @@ def check_run_figures(data, way, eval_way, sample_size, query):
     check_episodes_fit("val", data["val"], eval_way, min(query, FIGURE_QUERIES), [1])
 
 
+class DrawnFigures:
+    """Places for figures, `figures / "mixture.png"` as in a folder, that keep each PNG in memory until
+    write_all writes them into `folder` (an opened OutputFolder, or a FolderPath in one): a figure that cannot
+    be drawn (a degenerate model, too little memory) leaves the figures already there as they were."""
+
+    def __init__(self, folder):
+        self.folder, self.pngs = folder, {}
+
+    def __truediv__(self, name):
+        return DrawnFigure(self, name)
+
+    def write_all(self):
+        for name, png in self.pngs.items():
+            with (self.folder / name).writing() as f:
+                f.write(png)
+
+
+@dataclass
+class DrawnFigure:
+    figures: DrawnFigures
+    name: str
+
+    @property
+    def path(self):
+        return (self.figures.folder / self.name).path
+
+    @contextmanager
+    def writing(self):
+        buffer = io.BytesIO()
+        yield buffer
+        self.figures.pngs[self.name] = buffer.getvalue()
+
+
 def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_size, query, unsupervised_em_iters,
                       semisupervised_em_iters, mc_samples, seed):
     """All four figures of a run into `folder` (an opened OutputFolder, or a FolderPath in one), from fixed
     draws (seeded by `seed`) that leave the global RNG untouched, so a run with figures gives the same numbers
-    as one without.
+    as one without; none is written unless all are drawn (DrawnFigures).
 
     data: {"train": (C, I, 1, 28, 28), "val": ...}; the mixture figure fits `way` components to
     mixture_items(way, sample_size) training items, the test episode of the validation split is eval_way-way
@@ -298,13 +333,14 @@ def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_si
     Returns the paths written.
     """
     metrics = read_metrics_table(metrics_csv) if metrics_csv is not None and Path(metrics_csv).exists() else None
+    drawn = DrawnFigures(folder)  # every figure is drawn first, then all are written
     device = next(model.parameters()).device
     rng = EpisodeRandom([(seed, FIGURES)])  # one stream: the same items and episode at every validation
     train = data["train"].flatten(0, 1)
     with seeded_eval(model, device, seed):
-        paths = [save_reconstructions(model, train[rng.randint(len(train), 1, 16)[0]], folder / "reconstructions.png"),
+        paths = [save_reconstructions(model, train[rng.randint(len(train), 1, 16)[0]], drawn / "reconstructions.png"),
                  save_episode_mixture(model, train[rng.randint(len(train), 1, mixture_items(way, sample_size))[0]],
-                                      way, unsupervised_em_iters, folder / "mixture.png")]
+                                      way, unsupervised_em_iters, drawn / "mixture.png")]
         sampler = EpisodeSampler(data["val"], eval_way, 1, min(query, FIGURE_QUERIES))
         ep = sampler.gather(*sampler.sample_indices(rng))
         with _inference(model):
@@ -312,9 +348,10 @@ def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_si
                                   mc_samples, semisupervised_em_iters)
         check_finite_result(probs, "class probabilities")
         paths.append(save_test_episode(ep.support[0], ep.y_support[0], ep.query[0], ep.y_query[0],
-                                       probs.argmax(-1)[0].cpu(), folder / "test_episode.png"))
+                                       probs.argmax(-1)[0].cpu(), drawn / "test_episode.png"))
     if metrics is not None:
-        paths.append(save_learning_curves(metrics, folder / "curves.png"))
+        paths.append(save_learning_curves(metrics, drawn / "curves.png"))
+    drawn.write_all()
     return paths
 
 

@@ -55,7 +55,9 @@ def main(argv=None):
         if args.demo and not args.resume:  # a demo run replaces an earlier demo run, nothing else
             earlier = RunDir(args.save_dir, MODEL_NAME).earlier_config() or {}
             args.overwrite = args.overwrite or earlier.get("demo") is True
-        if args.demo and not (Path(args.data_dir) / "test.npy").exists():
+        # the demo builds its own data folder once; a --data-dir of the user's is only read
+        if args.demo and args.data_dir == str(DEMO_DATA_DIR) and not (DEMO_DATA_DIR / "test.npy").exists():
+            RunDir(args.save_dir, MODEL_NAME).check()  # a --save-dir that the run would refuse: before any write
             print(f"building {DEMO_CHARACTERS} procedural characters in {args.data_dir}")
             build_synthetic_omniglot(args.data_dir, DEMO_CHARACTERS, seed=0)
         with distributed.process_group(args.device, args.gpu_id) as device:

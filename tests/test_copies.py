@@ -145,9 +145,9 @@ def test_near_copies_as_given_still_count_for_drawings():
     assert {tuple(p) for p in pairs.tolist()} >= {tuple(sorted((ids[i], ids[100 + i]))) for i in range(30)}
 
 
-def test_centring_relates_few_drawings_of_one_real_class_and_no_real_class_is_refused(real_omniglot_sample):
-    """Centred, two drawings of a character of one straight stroke by two people can be near-copies: rare on the
-    real sample (at most one class in a hundred), and no class comes near the check's half."""
+def test_drawing_views_relate_few_drawings_of_one_real_class_and_no_real_class_is_refused(real_omniglot_sample):
+    """Scaled, centred and blurred, two drawings of a simple character by two people can be near-copies: rare on
+    the real sample (at most one class in a hundred), and no class comes near the check's half."""
     splits = {name: np.load(real_omniglot_sample / name) for name in ("train.npy", "val.npy", "test.npy")}
     rows = np.concatenate([s.reshape(-1, 28 * 28) for s in splits.values()])
     classes = np.repeat(np.arange(len(rows) // 20), 20)

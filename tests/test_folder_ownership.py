@@ -94,6 +94,25 @@ def test_demo_replaces_an_earlier_demo_run_only(omniglot_data, run_copy, tmp_pat
         assert json.loads((demo / "config.json").read_text())["seed"] == seed
 
 
+def test_demo_builds_only_its_own_data_folder_and_not_before_its_save_dir_passes(omniglot_data, tmp_path, capsys,
+                                                                                 tiny_demo, monkeypatch):
+    """A --data-dir given with --demo is an input, read only, even without its test.npy; the demo's own data
+    folder is built only once --save-dir has passed the run's checks."""
+    partial = shutil.copytree(omniglot_data, tmp_path / "partial")
+    (partial / "test.npy").unlink()
+    before = snapshot(partial)
+    refused(omniglot_main.main, *tiny_demo, "--data-dir", partial, "--save-dir", tmp_path / "demo",
+            text=f"{partial / 'test.npy'} not found", roots=[partial], capsys=capsys)
+    assert snapshot(partial) == before
+    monkeypatch.setattr(omniglot_main, "DEMO_DATA_DIR", tmp_path / "demo-data")
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine\n")
+    refused(omniglot_main.main, *tiny_demo, "--data-dir", tmp_path / "demo-data", "--save-dir", users,
+            text=f"--save-dir {users} holds notes.txt but no record of this project", roots=[users], capsys=capsys)
+    assert not (tmp_path / "demo-data").exists()
+
+
 def test_feature_export_into_the_data_folder_is_refused(simclr_data, tmp_path, capsys):
     checkpoint = tmp_path / "simclr.pt"
     torch.save({"model": SimCLR(hidden_size=4).state_dict(), "model_config": {"hidden_size": 4, "image_size": 84}},
@@ -258,6 +277,35 @@ def test_draw_figures_writes_only_into_its_own_folder(omniglot_data, run_copy, t
     (out / "mixture.png").symlink_to(tmp_path / "a_file")
     refused(draw_figures.main, *common, "--out", out, text=f"{out / 'mixture.png'} was not written by this project",
             roots=[tmp_path], capsys=capsys)
+
+
+def test_draw_figures_refused_for_its_checkpoint_or_flags_keeps_the_earlier_figures(omniglot_data, run_copy, tmp_path,
+                                                                                    capsys):
+    """A checkpoint that encodes everything alike (found at the test episode, the third figure) and an MC sample
+    count beyond memory are refused before any figure is replaced: the folder keeps one checkpoint's figures."""
+    common = ["--data-dir", omniglot_data, "--way", "2", "--eval-way", "2", "--sample-size", "10", "--query", "1",
+              "--device", "cpu", "--out", tmp_path / "figures"]
+    draw_figures.main(list(map(str, [*common, "--checkpoint", run_copy / "last.pt", "--test-mc-sample-size", "2"])))
+    before = snapshot(tmp_path / "figures")
+    state = torch.load(run_copy / "last.pt", weights_only=False)
+    torch.save({**state, "model": {k: torch.zeros_like(v) if v.is_floating_point() else v
+                                   for k, v in state["model"].items()}}, tmp_path / "zero.pt")
+    refused(draw_figures.main, *common, "--checkpoint", tmp_path / "zero.pt", "--test-mc-sample-size", "2",
+            text="the model encodes all items of an episode alike", roots=[tmp_path], capsys=capsys)
+    refused(draw_figures.main, *common, "--checkpoint", run_copy / "last.pt", "--test-mc-sample-size", "10" * 6,
+            text=f"--test-mc-sample-size {'10' * 6}: the latent samples of 4 images", roots=[tmp_path], capsys=capsys)
+    assert snapshot(tmp_path / "figures") == before
+
+
+def test_no_command_writes_inside_a_run_folder(omniglot_data, run_copy, tmp_path, capsys):
+    """A run writes into its folder for hours: figures, predictions or another run in a subfolder of it would
+    make it stop at files it did not write."""
+    refused(draw_figures.main, "--checkpoint", run_copy / "last.pt", "--data-dir", omniglot_data, "--device", "cpu",
+            "--out", run_copy / "figures", text=f"--out {run_copy / 'figures'} lies inside {run_copy}, a run folder "
+                                                "of this project (Omniglot run)", roots=[run_copy], capsys=capsys)
+    refused(omniglot_main.main, "--data-dir", omniglot_data, *TINY, "--save-dir", run_copy / "sub" / "run",
+            text=f"--save-dir {run_copy / 'sub' / 'run'} lies inside {run_copy}", roots=[run_copy], capsys=capsys)
+    assert not (run_copy / "sub").exists()
 
 
 def test_an_error_removes_only_the_empty_folders_it_created(tmp_path):

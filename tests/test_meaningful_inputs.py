@@ -143,13 +143,16 @@ def test_a_checkpoint_tensor_that_is_not_plain_numbers_is_refused(omniglot_data,
 
 
 def test_model_sizes_that_build_no_model_are_refused(omniglot_data, tmp_path, capsys):
-    """A size of 0 in a checkpoint's settings (torch only warns), and flags whose model does not fit in memory."""
+    """A size of 0 in a checkpoint's settings (torch only warns), true as a size (Python's 1), and flags whose
+    model does not fit in memory."""
     model = OmniglotGMVAE(8, 4)
-    checkpoint = tmp_path / "latent0.pt"
-    torch.save({"model": model.state_dict(), "model_config": {**model.config, "latent_size": 0}}, checkpoint)
-    assert_refused_in_process(omniglot_main.main, "--data-dir", omniglot_data, "--eval-only", *OMNIGLOT_FLAGS,
-                              "--checkpoint", checkpoint, text="the Omniglot model needs sizes of at least 1 "
-                              "(latent_size 0)", roots=[omniglot_data], capsys=capsys)
+    for name, change, text in (("latent0", {"latent_size": 0}, "needs sizes of at least 1 (latent_size 0)"),
+                               ("heads_true", {"num_heads": True}, "needs whole numbers as sizes, not num_heads True")):
+        checkpoint = tmp_path / f"{name}.pt"
+        torch.save({"model": model.state_dict(), "model_config": {**model.config, **change}}, checkpoint)
+        assert_refused_in_process(omniglot_main.main, "--data-dir", omniglot_data, "--eval-only", *OMNIGLOT_FLAGS,
+                                  "--checkpoint", checkpoint, text=f"the Omniglot model {text}", roots=[omniglot_data],
+                                  capsys=capsys)
     huge = str(physical_memory() or 2 ** 40)  # a 3x3 conv of huge x huge channels: 36 huge^2 bytes
     assert_refused_in_process(omniglot_main.main, "--data-dir", omniglot_data, *OMNIGLOT_FLAGS, "--hidden-size", huge,
                               "--train-iters", "2", "--save-dir", tmp_path / "run",
@@ -357,6 +360,7 @@ def inverted_inside_a_dark_border(drawings):
     ("test", lambda a: np.concatenate([a[:6], inverted_inside_a_dark_border(a[6:])]),
      "test.npy: 40 of 160 drawings are mostly ink (mean pixel above 0.5, the first class 6 drawing 0"),
     ("test", lambda a: a * 2 - 0.5, "test.npy has values in [-0.5, 1.5]; expected [0, 1] with ink = 1"),
+    ("test", lambda a: np.where(a == a.max(), np.float32(1.0001), a), "test.npy has values in [0, 1.0001]"),
     ("test", lambda a: a / 255, "test.npy: its strongest ink is 0.00392, below 0.5: values scaled down"),
     ("val", lambda a: a * 0.01, "val.npy: its strongest ink is 0.01, below 0.5: values scaled down"),
 ])
@@ -401,18 +405,20 @@ SAME_CLASS = "(the same 20 items, in any order, up to 0.0001 of the largest valu
     ("test, one drawing per class repeated", "class 0 of test.npy holds 1 different items among its 20"),
     ("val, noise added", "20 of the 20 items of class 7 of test.npy are items of class 7 of val.npy or copies of "
                          "them (equal, or closer than 0.1 of their distance from the median item and than 0.15 of "
-                         "the median distance from an item to its 5th nearest; drawings also once centred and "
-                         "blurred)"),
+                         "the median distance from an item to its 5th nearest; drawings also once scaled, "
+                         "centred and blurred)"),
     ("val, 15 drawings of each class, scaled", "15 of the 15 items of class 7 of test.npy are items of class 7"),
     ("val, moved a pixel down and two left", "20 of the 20 items of class 7 of test.npy are items of class 7 of "
                                              "val.npy or copies of them"),
+    ("val, ink 0.7 as dark", "20 of the 20 items of class 7 of test.npy are items of class 7 of val.npy or copies of "
+                             "them"),
     ("test, one drawing per class repeated with noise", "class 0 of test.npy holds 1 different items among its 20"),
 ])
 def test_a_class_in_two_places_is_refused(omniglot_data, nan_checkpoints, tmp_path, capsys, source, text):
     """Test accuracy on validation classes, or an episode with two equal classes, measures nothing, in
     training and with --eval-only: also when the copy's drawings are in another order and its values moved
-    by float rounding, noise or a scale, its drawings moved by whole pixels, and when it holds only part of
-    each class.  Queries that are copies of their support drawing measure nothing either."""
+    by float rounding, noise or a scale, its drawings moved by whole pixels or their ink lighter, and when it
+    holds only part of each class.  Queries that are copies of their support drawing measure nothing either."""
     noise = np.random.default_rng(1).uniform(-0.02, 0.02, (8, 20, 28, 28, 1)).astype(np.float32)
 
     def replace(test):
@@ -426,6 +432,8 @@ def test_a_class_in_two_places_is_refused(omniglot_data, nan_checkpoints, tmp_pa
             return np.clip(np.load(omniglot_data / "val.npy") + noise, 0, 1)
         if source.startswith("val, 15"):
             return np.load(omniglot_data / "val.npy")[:, 5:] * np.float32(0.99)
+        if source.startswith("val, ink"):
+            return np.load(omniglot_data / "val.npy") * np.float32(0.7)
         if source.startswith("val, moved"):
             moved = np.zeros_like(np.load(omniglot_data / "val.npy"))
             moved[:, :, 1:, :-2] = np.load(omniglot_data / "val.npy")[:, :, :-1, 2:]

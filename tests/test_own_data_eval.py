@@ -424,7 +424,7 @@ def test_refuses_an_episode_whose_support_classes_share_a_picture(models, tmp_pa
 @pytest.mark.parametrize("copy, text", [
     ("query/c1/1.jpg", "query c1/1.jpg is the support picture support/c1/0.png as the model reads it (equal, or "
                        "closer than 0.1 of their distance from the median item and than 0.15 of the median "
-                       "distance from an item to its 5th nearest; drawings also once centred and blurred)"),
+                       "distance from an item to its 5th nearest; drawings also once scaled, centred and blurred)"),
     ("support/c2/0.jpg", "support classes 'c1' and 'c2' hold the same picture as the model reads it (0.png and 0.jpg"),
 ])
 def test_refuses_an_episode_with_a_support_picture_saved_again_as_jpeg(models, tmp_path, capsys, copy, text):
@@ -438,16 +438,18 @@ def test_refuses_an_episode_with_a_support_picture_saved_again_as_jpeg(models, t
                               roots=[root, models], capsys=capsys)
 
 
-@pytest.mark.parametrize("change", ["moved", "enlarged", "shrunk"])
+@pytest.mark.parametrize("change", ["moved", "enlarged", "shrunk", "lighter"])
 def test_refuses_an_episode_with_a_query_that_is_a_support_picture_moved_or_resized(models, tmp_path, capsys, change):
-    """A support picture moved by a few pixels, enlarged ten times (nearest) or shrunk to half (Lanczos), saved
-    as a query of its class: the same drawing."""
+    """A support picture moved by a few pixels, enlarged ten times (nearest), shrunk to half (Lanczos) or with
+    its ink at 0.85 of its darkness, saved as a query of its class: the same drawing."""
     root = tmp_path / "episodes"
     write_drawing_episode(root / "ep0", 3)
     support = Image.open(root / "ep0" / "support" / "c1" / "0.png").convert("L")
     if change == "moved":
         copy = Image.new("L", (56, 56), 255)
         copy.paste(support.crop((0, 0, 52, 54)), (4, 2))
+    elif change == "lighter":
+        copy = support.point(lambda v: round(255 - 0.85 * (255 - v)))
     else:
         copy = support.resize((560, 560), Image.NEAREST) if change == "enlarged" else support.resize((28, 28),
                                                                                                     Image.LANCZOS)
