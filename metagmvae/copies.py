@@ -72,8 +72,8 @@ def near_copies(rows, drawing_shape=None):
     given_ids, as_given = _near_copies(rows)
     ids, pairs = _near_copies(drawing_views(rows.reshape(len(rows), *drawing_shape)).reshape(rows.shape))
     holder = np.unique(given_ids, return_index=True)[1]  # a row of each id as given
-    moved = np.sort(ids[holder[as_given]], 1)  # (k, 2)
-    return ids, np.unique(np.concatenate([pairs, moved[moved[:, 0] != moved[:, 1]]]), axis=0)
+    given = np.sort(ids[holder[as_given]], 1)  # (k, 2): the pairs as given, in the ids of the views
+    return ids, np.unique(np.concatenate([pairs, given[given[:, 0] != given[:, 1]]]), axis=0)
 
 
 def drawing_size(item_shape):
@@ -86,11 +86,17 @@ def drawing_size(item_shape):
 def drawing_views(drawings):
     """drawings (n, H, W), paper 0 -> (n, H, W) float32: each scaled to a mean of 1 over its pixels (lighter
     or darker ink alike), centred (centred_drawings), then blurred with a Gaussian of BLUR_SIGMA pixels (cut
-    at BLUR_REACH, paper 0 beyond the edges), as matmuls with the Gaussian's band matrices."""
-    _, H, W = drawings.shape
-    mean = drawings.mean(axis=(1, 2), dtype=np.float64, keepdims=True)
-    scaled = (drawings / np.where(mean > 0, mean, 1)).astype(np.float32)
-    return _gaussian_band(H) @ centred_drawings(scaled) @ _gaussian_band(W).T
+    at BLUR_REACH, paper 0 beyond the edges), as matmuls with the Gaussian's band matrices; ROW_CHUNK drawings
+    at a time (no full-size temporaries)."""
+    n, H, W = drawings.shape
+    rows, cols = _gaussian_band(H), _gaussian_band(W).T
+    views = np.empty((n, H, W), np.float32)
+    for start in range(0, n, ROW_CHUNK):
+        chunk = drawings[start:start + ROW_CHUNK]
+        mean = chunk.mean(axis=(1, 2), dtype=np.float64, keepdims=True)
+        views[start:start + ROW_CHUNK] = rows @ centred_drawings((chunk / np.where(mean > 0, mean, 1)).astype(
+            np.float32)) @ cols
+    return views
 
 
 def _gaussian_band(n):
