@@ -32,11 +32,11 @@ Drawings (single-channel images, paper 0) are also compared as `drawing_views`: 
 shifted by whole pixels so that the centre of mass of its ink lies within half a pixel of the image centre,
 then blurred with a Gaussian of BLUR_SIGMA pixels; two drawings are copies when they are copies so (a drawing
 with lighter or darker ink, moved by a few pixels, enlarged or shrunk and read back at its size), or as they
-are.  On the real Omniglot sample a resampled copy (nearest, Lanczos, bicubic, bilinear) lies 0.04 to 0.07
-from its original so (median; 0.08 at the 90th percentile), where it lay 0.10 to 0.19 as given; 8 pairs of
-real drawings are copies (4 as given), 4 of them within a class, at most 2 drawings of any class: far from
-the half of a class that is refused.  Not copies to this check: gamma-changed, binarised or thickened
-strokes, and noise of more than a few hundredths.
+are.  On the real Omniglot sample (`benchmarks/copy_check.py --omniglot`) a resampled copy (nearest, Lanczos,
+bicubic, bilinear) lies 0.03 to 0.07 from its original so (median; 0.08 at the 90th percentile), where it
+lay 0.07 to 0.19 as given; 8 pairs of real drawings are copies (4 as given), 4 of them within a class, at
+most 2 drawings of any class: far from the half of a class that is refused.  Not copies to this check:
+gamma-changed, binarised or thickened strokes, and noise of more than a few hundredths.
 """
 import numpy as np
 
