@@ -284,8 +284,9 @@ class OutputFolder:
     def _check_claimable(self):
         """Refuse a folder that holds files but no record, a record of another kind, or a LOCK_FILE this
         project did not write."""
-        names = [n for n in self._entries() if n != LOCK_FILE and n not in self._record_temporaries()]
-        if LOCK_FILE in self._entries() and not self._holds_a_pid(LOCK_FILE):
+        entries, record_temporaries = self._entries(), self._record_temporaries()
+        names = [n for n in entries if n != LOCK_FILE and n not in record_temporaries]
+        if LOCK_FILE in entries and not self._holds_a_pid(LOCK_FILE):
             info = os.stat(LOCK_FILE, dir_fd=self._fd, follow_symlinks=False)
             if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
                 raise UserError(f"{self.flag} {self.path} holds a {LOCK_FILE} with {info.st_nlink} hard links (the "
