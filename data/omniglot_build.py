@@ -46,19 +46,19 @@ def with_rotations(images):
     return np.ascontiguousarray(rotated.reshape(-1, *images.shape[1:], 1))
 
 
-def build_folder(out):
-    """The OutputFolder of a build into `out` (--out)."""
-    return OutputFolder(out, BUILD_KIND, "--out")
+def build_folder(out, flag="--out"):
+    """The OutputFolder of a build into `out`; `flag` names it in messages."""
+    return OutputFolder(out, BUILD_KIND, flag)
 
 
-def check_build_folder(out):
-    """Refuse, before the slow work, an --out where a build may not write (folders.py)."""
-    build_folder(out).check(BUILD_FILES)
+def check_build_folder(out, flag="--out"):
+    """Refuse, before the slow work, an `out` where a build may not write (folders.py)."""
+    build_folder(out, flag).check(BUILD_FILES)
 
 
-def write_build(out, arrays, manifest):
+def write_build(out, arrays, manifest, flag="--out"):
     """write_arrays into the build folder `out` (a folder this creates is removed if the arrays are refused)."""
-    with build_folder(out) as folder:
+    with build_folder(out, flag) as folder:
         write_arrays(folder, arrays, manifest)
 
 

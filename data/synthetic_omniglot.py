@@ -170,15 +170,16 @@ def generate_characters(num_characters, drawings=20, seed=0, num_alphabets=None)
     return images
 
 
-def build_synthetic_omniglot(out, num_characters, drawings=20, seed=0, split=None, num_alphabets=None):
+def build_synthetic_omniglot(out, num_characters, drawings=20, seed=0, split=None, num_alphabets=None,
+                             flag="--out"):
     """Write train/val/test.npy ((4 * characters, drawings, 28, 28, 1) float32) and manifest.json.
 
     The character split (default: Omniglot's proportions, or `split` = three counts) is seeded by `seed`
-    too. Returns the manifest.
+    too; `flag` names `out` in messages. Returns the manifest.
     """
     num_alphabets = default_alphabets(num_characters) if num_alphabets is None else num_alphabets
     parts = split_characters(num_characters, seed, split)  # checks `split` and `out` before generating
-    check_build_folder(out)
+    check_build_folder(out, flag)
     images = generate_characters(num_characters, drawings, seed, num_alphabets)
     arrays = {name: with_rotations(images[idx]) for name, idx in zip(SPLITS, parts)}
     names = [f"alphabet{c * num_alphabets // num_characters + 1:02d}/character{c + 1:04d}"
@@ -198,7 +199,7 @@ def build_synthetic_omniglot(out, num_characters, drawings=20, seed=0, split=Non
                           "with Pillow LANCZOS -> float32 pixel/255 (ink = 1.0); class 4*i + r of a split is its "
                           "character i rotated by 90*r degrees counter-clockwise (np.rot90)"),
     }
-    write_build(out, arrays, manifest)
+    write_build(out, arrays, manifest, flag)
     return manifest
 
 

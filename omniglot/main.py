@@ -13,6 +13,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from metagmvae.startup import quiet_ctrl_c  # noqa: E402  (torch-free: first)
 quiet_ctrl_c(__name__, "omniglot/main.py")  # a Ctrl-C from here on: one line, exit code 130
 
+from data.omniglot_build import check_build_folder  # noqa: E402
 from data.synthetic_omniglot import build_synthetic_omniglot  # noqa: E402
 from metagmvae import cli, cpu_memory, distributed  # noqa: E402
 from metagmvae.folders import RunDir  # noqa: E402
@@ -28,6 +29,7 @@ REFERENCE_DEFAULTS = dict(latent_size=64, train_mc_sample_size=32, test_mc_sampl
                           eval_shots=[1, 5])
 # --demo: the authors' reduced CPU configuration on 300 procedural characters (data/synthetic_omniglot.py)
 DEMO_DATA_DIR, DEMO_SAVE_DIR, DEMO_CHARACTERS = ROOT / "data" / "omniglot-synthetic", ROOT / "runs" / "demo", 300
+DEMO_DATA_FLAG = "--demo's data folder"  # how messages name DEMO_DATA_DIR
 DEMO_SETTINGS = dict(way=5, eval_way=5, sample_size=100, batch_size=1, train_mc_sample_size=8,
                      test_mc_sample_size=16, train_iters=1000, freq_iters=500, eval_episodes=300, eval_shots=[1, 5])
 
@@ -58,8 +60,9 @@ def main(argv=None):
         # the demo builds its own data folder once; a --data-dir of the user's is only read
         if args.demo and args.data_dir == str(DEMO_DATA_DIR) and not (DEMO_DATA_DIR / "test.npy").exists():
             RunDir(args.save_dir, MODEL_NAME).check()  # a --save-dir that the run would refuse: before any write
+            check_build_folder(args.data_dir, DEMO_DATA_FLAG)
             print(f"building {DEMO_CHARACTERS} procedural characters in {args.data_dir}")
-            build_synthetic_omniglot(args.data_dir, DEMO_CHARACTERS, seed=0)
+            build_synthetic_omniglot(args.data_dir, DEMO_CHARACTERS, seed=0, flag=DEMO_DATA_FLAG)
         with distributed.process_group(args.device, args.gpu_id) as device:
             seed_everything(args.seed)
             results = trainer.evaluate(args, device) if args.eval_only else trainer.train(args, device)

@@ -97,7 +97,7 @@ def test_demo_replaces_an_earlier_demo_run_only(omniglot_data, run_copy, tmp_pat
 def test_demo_builds_only_its_own_data_folder_and_not_before_its_save_dir_passes(omniglot_data, tmp_path, capsys,
                                                                                  tiny_demo, monkeypatch):
     """A --data-dir given with --demo is an input, read only, even without its test.npy; the demo's own data
-    folder is built only once --save-dir has passed the run's checks."""
+    folder is built only once --save-dir has passed the run's checks, and never over a user's files."""
     partial = shutil.copytree(omniglot_data, tmp_path / "partial")
     (partial / "test.npy").unlink()
     before = snapshot(partial)
@@ -111,6 +111,9 @@ def test_demo_builds_only_its_own_data_folder_and_not_before_its_save_dir_passes
     refused(omniglot_main.main, *tiny_demo, "--data-dir", tmp_path / "demo-data", "--save-dir", users,
             text=f"--save-dir {users} holds notes.txt but no record of this project", roots=[users], capsys=capsys)
     assert not (tmp_path / "demo-data").exists()
+    shutil.copytree(users, tmp_path / "demo-data")  # the demo's own folder, holding a file of the user's
+    refused(omniglot_main.main, *tiny_demo, "--save-dir", tmp_path / "demo", roots=[tmp_path], capsys=capsys,
+            text=f"--demo's data folder {tmp_path / 'demo-data'} holds notes.txt but no record of this project")
 
 
 def test_feature_export_into_the_data_folder_is_refused(simclr_data, tmp_path, capsys):
