@@ -131,7 +131,7 @@ def load_image(path):
     """One image file -> (84, 84, 3) uint8, opened upright in 8 bits (metagmvae.imagefolders.open_image); a
     missing, undecodable or not regular file (a FIFO, a device, a broken link) raises UserError."""
     check_regular_file(path)
-    im = open_image(path, path).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+    im = open_image(path, path, "RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
 
 

@@ -184,7 +184,7 @@ def load_character(drawings):
     """Decode a character's drawings into a (20, 28, 28) float32 array in [0, 1], ink = 1.0."""
     images = []
     for d in drawings:
-        im = open_image(io.BytesIO(d.data), d.origin).convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+        im = open_image(io.BytesIO(d.data), d.origin, "L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
         images.append(1.0 - np.asarray(im, dtype=np.float32) / 255.0)
     return np.stack(images)
 

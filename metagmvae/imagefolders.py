@@ -47,33 +47,44 @@ PREDICTIONS_KIND, CLUSTERS_KIND = "predictions", "clusters"  # kinds of output f
 # restarts x N x S latent samples.  At 5000 images, S = 32, D = 64, 10 restarts that is about 0.4 GB each.
 MAX_IMAGES = 5000
 ENCODER_CHUNK = 256  # images per pass of the per-item encoder
+# Pillow modes of 8 bits a channel that convert to L and RGB as a viewer shows them; others (CMYK, YCbCr, LAB,
+# HSV) are read through RGB
+EIGHT_BIT_MODES = ("1", "L", "P", "RGB", "RGBA", "LA", "PA", "La", "RGBa")
+MIN_IMAGE_SIDE = 8  # pixels: a smaller side is a strip or a dot, not a picture
 
 
-def open_image(source, origin):
+def open_image(source, origin, mode):
     """The image of `source` (a path or a binary file; `origin` names it in errors) as a loaded Pillow image
-    with 8 bits per channel and no transparency, upright (its EXIF orientation applied; Pillow's warning about
-    images of many pixels silenced, its error on images over its pixel limit refused).  A transparent image
-    is laid on white paper, as a viewer shows it.  16-bit and other integer images (mode I;16, I) are divided
-    by 257, float images (mode F) with values in [0, 1] multiplied by 255 and in [0, 255] kept; other values
-    of those modes, integer images whose values all lie in [0, 255] (8-bit values in a 16-bit file, nearly
-    black as 16 bits) and files of several frames (an animation, a multi-page TIFF) raise UserError, as a
-    file that cannot be decoded does."""
+    of `mode` ("L" or "RGB"), upright (its EXIF orientation applied; Pillow's warning about images of many
+    pixels silenced, its error on images over its pixel limit refused).  A transparent image is laid on white
+    paper, as a viewer shows it; modes Pillow converts only to RGB (LAB) go through RGB.  16-bit and other
+    integer images (mode I;16, I) are divided by 257, float images (mode F) with values in [0, 1] multiplied
+    by 255 and in [0, 255] kept; other values of those modes, integer images whose values all lie in [0, 255]
+    (8-bit values in a 16-bit file, nearly black as 16 bits), files of several frames (an animation, a
+    multi-page TIFF) and images under MIN_IMAGE_SIDE pixels a side raise UserError, as a file that Pillow
+    cannot decode does (whatever Pillow raises: a damaged EXIF block or header raises struct.error or
+    TypeError)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as im:
                 frames = getattr(im, "n_frames", 1)
                 im = ImageOps.exif_transpose(im)  # a loaded copy
+            if im.mode not in EIGHT_BIT_MODES and im.mode != "F" and not im.mode.startswith("I"):
+                im = im.convert("RGB")
     except FileNotFoundError:
         raise UserError(f"{origin}: image not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{origin}: unreadable image ({e})") from None
+    except Exception as e:  # a damaged file can make Pillow raise anything (struct.error, TypeError, ...)
+        raise UserError(f"{origin}: unreadable image ({type(e).__name__}: {e})") from None
     if frames > 1:
         raise UserError(f"{origin}: {frames} frames (an animation or a multi-page file); expected one picture")
+    if min(im.size) < MIN_IMAGE_SIDE:
+        raise UserError(f"{origin}: {im.size[0]}x{im.size[1]} pixels; a picture needs at least {MIN_IMAGE_SIDE} "
+                        "pixels a side (scaled to the model's size, this would be a few stretched pixels)")
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
-        return Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA")).convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA")).convert(mode)
     if im.mode != "F" and not im.mode.startswith("I"):
-        return im
+        return im.convert(mode)
     values = np.asarray(im, dtype=np.float64)  # (H, W)
     if not np.isfinite(values).all():
         raise UserError(f"{origin}: float image holding NaN or Inf")
@@ -93,7 +104,7 @@ def open_image(source, origin):
     else:
         raise UserError(f"{origin}: float image with values in [{low:.3g}, {high:.3g}]; expected [0, 1] or "
                         "[0, 255]")
-    return Image.fromarray(np.rint(values * scale).astype(np.uint8))  # mode L
+    return Image.fromarray(np.rint(values * scale).astype(np.uint8)).convert(mode)
 
 
 @dataclass

@@ -40,7 +40,7 @@ IMAGE_SUFFIXES = imagefolders.IMAGE_SUFFIXES  # also read as omniglot.evaluate.I
 
 def load_image(path):
     """An image file -> (28, 28) float32 in [0, 1], paper = 0, ink up to 1 (see the module docstring)."""
-    gray = imagefolders.open_image(path, path).convert("L")
+    gray = imagefolders.open_image(path, path, "L")
     full = np.asarray(gray, dtype=np.float32) / 255.0  # (H, W)
     small = np.asarray(gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS), dtype=np.float32) / 255.0
     if np.ptp(small) == 0:

@@ -318,6 +318,29 @@ def test_high_bit_depth_images_are_read_by_their_scale(tmp_path):
         omniglot_evaluate.load_image(tmp_path / "kilo.tif")
 
 
+def test_damaged_metadata_other_colour_spaces_and_strips_are_read_or_refused_in_one_line(tmp_path):
+    """Pillow raises what it likes on a damaged file (a struct.error from an EXIF tag of the wrong type); LAB
+    converts only to RGB; a 1 x 2 image or a one-pixel strip is not a picture at any scale."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "cam"  # Orientation, Make
+    # the Make tag renamed ImageWidth, its ASCII type kept: exif_transpose reads a width that is text
+    raw = exif.tobytes().replace(b"\x01\x0f\x00\x02", b"\x01\x00\x00\x02", 1)  # big-endian: tag 0x010F, type 2
+    assert raw != exif.tobytes()
+    Image.fromarray(on_white(drawing())).save(tmp_path / "exif.jpg", exif=raw)
+    Image.fromarray(on_white(drawing())).convert("RGB").convert("LAB").save(tmp_path / "lab.tif")
+    Image.fromarray(on_white(drawing())).convert("RGB").save(tmp_path / "rgb.tif")
+    Image.fromarray(np.array([[0, 255]], np.uint8)).save(tmp_path / "dot.png")
+    Image.fromarray(np.tile(np.array([[0, 255]], np.uint8), (1, 14))).save(tmp_path / "strip.png")
+    for load, scale in ((omniglot_evaluate.load_image, 1), (load_image, 255)):
+        with pytest.raises(UserError, match=r"exif.jpg: unreadable image \(error: "):  # struct.error
+            load(tmp_path / "exif.jpg")
+        lab, rgb = (load(tmp_path / name).astype(np.float64) / scale for name in ("lab.tif", "rgb.tif"))
+        assert np.abs(lab - rgb).max() < 0.05  # LAB's rounding
+        for name, size in (("dot.png", "2x1"), ("strip.png", "28x1")):
+            with pytest.raises(UserError, match=rf"{name}: {size} pixels; a picture needs at least 8 pixels a side"):
+                load(tmp_path / name)
+
+
 def test_images_whose_pixels_would_be_misread_are_refused(tmp_path):
     """8-bit values saved in a 16-bit file (as 16 bits nearly black: divided by 257 they would leave two grey
     levels), and a file of several frames (which one is the picture?)."""
