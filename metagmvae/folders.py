@@ -616,19 +616,29 @@ def check_outside_inputs(output, flag, inputs):
                             f"their own, which holds no input: choose another {flag}")
 
 
-def check_finished(path, flag):
-    """Refuse an input folder (`flag` names it) whose record lists writes that have not ended ("replacing",
-    "temporary"): a build or export killed midway, whose files may come from two runs of it, or one still
-    running.  A folder without a record (built by other code) is not checked."""
+def check_as_written(path, flag, names):
+    """Refuse an input folder (`flag` names it) that is no longer as the command that wrote it left it: its
+    record lists writes that have not ended ("replacing", "temporary": a build or export killed midway, or
+    one still running), or one of `names` (the files the caller reads) has changed since, or was put there
+    by something else (not a regular file with the content the record lists: the test split of another
+    export copied in, say); either way its files may not belong together.  A folder without a record
+    (built by other code) is not checked."""
     if not (Path(path) / RECORD).is_file():
         return
     with OutputFolder(path, None, flag).reading() as folder:
         temporaries = [TEMPORARY_TARGET.sub(r"\1\2", name) for name in folder.record["temporary"]]
         unfinished = sorted({*folder.record["replacing"], *temporaries})
+        changed = [name for name in names if folder.exists(name) and not folder.owns(name)]
     if unfinished:
         raise UserError(f"{flag} {path}: the command that wrote it has not finished (its record {RECORD} lists "
                         f"writes that never ended: {name_list(unfinished)}), so its files may come from two runs "
                         "of it: if it was stopped, run it again")
+    if changed:
+        raise UserError(f"{flag} {path}: {name_list(changed)} changed since the command that wrote the folder "
+                        f"wrote {'it' if len(changed) == 1 else 'them'} (not the content its record {RECORD} "
+                        "lists), so the folder's files may not belong together (a split of another build or "
+                        "export copied in?): write the folder again, or, to read it as data of your own, remove "
+                        f"{RECORD}")
 
 
 # ---- the run folder

@@ -588,7 +588,7 @@ def data_sha256(splits):
     for name in sorted(splits):
         values = splits[name].contiguous().numpy()
         digest.update(f"{name} {values.dtype} {values.shape}\n".encode())
-        digest.update(values.view(np.uint8).reshape(-1))
+        digest.update(values.reshape(-1).view(np.uint8))
     return digest.hexdigest()
 
 

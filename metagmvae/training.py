@@ -252,6 +252,13 @@ def load_model(path, model_class, convert_reference, name, device):
     return build_model(state, path, model_class, name, convert_reference).to(device)
 
 
+def saved_run_config(path):
+    """The run config (flags and data digest) saved in checkpoint `path` (rank 0 reads the file): ours; {}
+    for one without (the authors')."""
+    config = distributed.from_main(lambda: load_checkpoint(path)).get("config")
+    return config if isinstance(config, dict) else {}
+
+
 @contextmanager
 def run_folder(save_dir, model, resume, progress="step"):
     """The run folder (a RunDir) of a training process of `model` ("Omniglot"), opened for the block: a

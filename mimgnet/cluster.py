@@ -28,7 +28,7 @@ from data.prepare_mimgnet import load_image  # noqa: E402
 from metagmvae import imagefolders  # noqa: E402
 from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
-from mimgnet.evaluate import check_feature_sizes  # noqa: E402
+from mimgnet.evaluate import check_encoder_matches  # noqa: E402
 from mimgnet.model import load_model  # noqa: E402
 from omniglot.figures import TILE, save_tiles  # noqa: E402
 from simclr import trainer as simclr_trainer  # noqa: E402
@@ -47,7 +47,7 @@ def main(argv=None):
         device, files = imagefolders.start_grouping(args)
         encoder = simclr_trainer.load_model(args.encoder, device)
         model = load_model(args.checkpoint, device).eval()
-        check_feature_sizes(encoder, model, args.encoder, args.checkpoint)
+        check_encoder_matches(encoder, model, args.encoder, args.checkpoint)
         images = np.stack([load_image(f) for f in files])  # (N, 84, 84, 3) uint8
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, 84, 84), as simclr/data.py
         features = simclr_trainer.encode(encoder, pixels, imagefolders.ENCODER_CHUNK, device)  # (N, F)

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from metagmvae import distributed
-from metagmvae.folders import check_finished
+from metagmvae.folders import check_as_written
 from metagmvae.runfiles import UserError, check_distinct_classes, check_regular_file, load_npy
+from simclr.model import ENCODER_DIGEST
 
 SPLITS = ("train", "val", "test")
 # The authors' label-free feature files: Mini-ImageNet's classes per split (Ravi & Larochelle), 600 rows each.
@@ -90,6 +91,17 @@ def check_manifest(data_dir, data):
                             f"{expected[split][0]} x {expected[split][1]}")
 
 
+def features_encoder(data_dir):
+    """The sha256 of the encoder that simclr/main.py's manifest.json beside the features names
+    (simclr.model.ENCODER_DIGEST), or None: features of other code, or exported before it was recorded."""
+    path = Path(data_dir) / "manifest.json"
+    try:
+        digest = json.loads(path.read_text()).get(ENCODER_DIGEST)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) else None
+
+
 def check_same_scale(data, data_dir):
     """Refuse splits ({split: (C, I, F) tensor}) whose median feature norms differ by more than SCALE_LIMIT
     times: one encoder gives every split features of one scale (SimCLR on Mini-ImageNet: within a few
@@ -108,8 +120,10 @@ def check_same_scale(data, data_dir):
 def load_features(data_dir, splits=SPLITS):
     """{split: (C, I, F) tensor}; every split must have the same feature size F and scale (check_same_scale),
     and no class may appear twice (check_distinct_classes).  Splits without a labels file are said (one line)
-    to be read in the authors' layout.  An export that has not finished (folders.check_finished) is refused."""
-    check_finished(data_dir, "--data-dir")
+    to be read in the authors' layout.  An export that has not finished, or whose files changed since it wrote
+    them (folders.check_as_written), is refused."""
+    check_as_written(data_dir, "--data-dir", ["manifest.json", *(f"{split}_{kind}.npy" for split in splits
+                                                                  for kind in ("features", "labels"))])
     loaded = {split: load_split(data_dir, split) for split in splits}
     data = {split: array for split, (array, _) in loaded.items()}
     sizes = {split: array.shape[-1] for split, array in data.items()}

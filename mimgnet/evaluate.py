@@ -31,17 +31,21 @@ from metagmvae import imagefolders  # noqa: E402
 from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.evaluation import logistic_regression_predictions, nearest_class_mean_predictions  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
-from mimgnet.model import check_feature_size, load_model  # noqa: E402
+from mimgnet.model import check_feature_size, check_same_encoder, load_model  # noqa: E402
 from simclr import trainer as simclr_trainer  # noqa: E402
+from simclr.model import encoder_sha256  # noqa: E402
 
 BASELINES = {"feature nearest class mean": nearest_class_mean_predictions,
              "feature softmax regression": logistic_regression_predictions}
 
 
-def check_feature_sizes(encoder, model, encoder_path, checkpoint_path):
-    """Refuse a feature model whose input size is not the encoder's feature size."""
+def check_encoder_matches(encoder, model, encoder_path, checkpoint_path):
+    """Refuse a feature model whose input size is not the encoder's feature size, or that was trained on the
+    features of another encoder (mimgnet.model.check_same_encoder)."""
+    remedy = "pass the SimCLR checkpoint whose features the model was trained on"
     check_feature_size(model, encoder.encoder.feature_size, checkpoint_path, source=f"--encoder {encoder_path}",
-                       remedy="pass the SimCLR checkpoint whose features the model was trained on")
+                       remedy=remedy)
+    check_same_encoder(checkpoint_path, encoder_sha256(encoder), f"--encoder {encoder_path}", remedy)
 
 
 def load_episode(folder, encoder, batch_size, device):
@@ -65,7 +69,7 @@ def main(argv=None):
         device, out = imagefolders.check_episodes_args(args, ["batch_size"])
         encoder = simclr_trainer.load_model(args.encoder, device)
         model = load_model(args.checkpoint, device).eval()
-        check_feature_sizes(encoder, model, args.encoder, args.checkpoint)
+        check_encoder_matches(encoder, model, args.encoder, args.checkpoint)
         episodes = [load_episode(folder, encoder, args.batch_size, device)
                     for folder in imagefolders.episode_folders(args.episodes)]
         imagefolders.predict_and_report(model, episodes, args.mc_samples, args.em_iters, args.seed, device,

@@ -7,6 +7,7 @@ from torch import nn
 from metagmvae.gmvae import SetGMVAE, SetPosterior, full_precision
 from metagmvae.runfiles import UserError, convert_state_dict
 from metagmvae.training import load_model as load_run_model
+from metagmvae.training import saved_run_config
 
 
 class FeatureGMVAE(SetGMVAE):
@@ -33,6 +34,7 @@ class FeatureGMVAE(SetGMVAE):
 
 
 MODEL_NAME = "Mini-ImageNet"  # in checkpoints and their error messages
+FEATURES_ENCODER = "features_encoder_sha256"  # the run config entry: the encoder of the features it trained on
 
 
 def check_feature_size(model, feature_size, checkpoint_path, source, remedy):
@@ -41,6 +43,19 @@ def check_feature_size(model, feature_size, checkpoint_path, source, remedy):
     if model.config["feature_size"] != feature_size:
         raise UserError(f"--checkpoint {checkpoint_path} takes {model.config['feature_size']} features but {source} "
                         f"gives {feature_size}; {remedy}")
+
+
+def check_same_encoder(checkpoint, encoder_digest, source, remedy):
+    """Refuse features of an encoder (encoder_digest: simclr.model.encoder_sha256, None when unknown) other
+    than the one whose features the model of `checkpoint` trained on (its run config's FEATURES_ENCODER;
+    a checkpoint without one, the authors' or one trained on features of other code, is not checked).
+    Features of two encoders differ in every coordinate, so accuracies on the other's would mean nothing,
+    however alike their scales.  source: what gave the features, for the message ("--encoder x.pt")."""
+    trained_on = saved_run_config(checkpoint).get(FEATURES_ENCODER)
+    if None not in (trained_on, encoder_digest) and trained_on != encoder_digest:
+        raise UserError(f"{checkpoint} was trained on the features of another SimCLR encoder than {source} "
+                        f"(sha256 of the encoder's weights {str(trained_on)[:12]}..., {source}'s "
+                        f"{encoder_digest[:12]}...): its predictions on these features would mean nothing; {remedy}")
 
 
 def load_model(path, device):

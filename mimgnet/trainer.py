@@ -17,8 +17,8 @@ from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoi
                                 run_folder, save_after_validation, save_results, selected_checkpoint, start_run,
                                 step_progress, test_model, train_step, validate, validation_due, validation_episodes)
 
-from .dataset import load_features, load_test_split
-from .model import MODEL_NAME, FeatureGMVAE, check_feature_size, load_model
+from .dataset import features_encoder, load_features, load_test_split
+from .model import FEATURES_ENCODER, MODEL_NAME, FeatureGMVAE, check_feature_size, check_same_encoder, load_model
 
 
 BASELINES = {"feature_nearest_class_mean": nearest_class_mean_accuracies,
@@ -31,6 +31,8 @@ def evaluate(args, device):
     check_batches_fit(args, test.shape[-1])
     model = load_model(args.checkpoint, device)
     check_feature_size(model, test.shape[-1], args.checkpoint, source=f"--data-dir {args.data_dir}",
+                       remedy="pass the features the model was trained on")
+    check_same_encoder(args.checkpoint, features_encoder(args.data_dir), f"--data-dir {args.data_dir}",
                        remedy="pass the features the model was trained on")
     results = evaluate_checkpoint(model, args.checkpoint, test, BASELINES, args.eval_way,
                                   args.eval_shots, args.query, args.eval_episodes, args.seed, args.test_mc_sample_size,
@@ -54,7 +56,9 @@ def train(args, device):
     # Data: (C, I, F) features per split; training features pooled without labels.
     features = load_features(args.data_dir)
     check_run_fits(args, features)
-    config = run_config(args, features)  # the flags and the data's sha256: --resume refuses other data
+    # the flags, the data's sha256 (--resume refuses other data) and the encoder's (--eval-only, evaluate.py
+    # and cluster.py refuse another encoder's features)
+    config = {**run_config(args, features), FEATURES_ENCODER: features_encoder(args.data_dir)}
     train_pool = features["train"].flatten(0, 1)  # (C * I, F)
 
     # The reference keeps one checkpoint, the best validation accuracy at --shot, and tests it at every shot.

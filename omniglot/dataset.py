@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metagmvae.folders import check_finished
+from metagmvae.folders import check_as_written
 from metagmvae.runfiles import UserError, check_distinct_classes, load_npy
 
 SPLITS = ("train", "val", "test")
@@ -88,9 +88,10 @@ def load_split(data_dir, split):
 
 
 def load_omniglot(data_dir, splits=SPLITS):
-    """{split: (C, I, 1, 28, 28) tensor}; a build that has not finished (folders.check_finished) is refused,
-    and so is a class that appears twice (check_distinct_classes)."""
-    check_finished(data_dir, "--data-dir")
+    """{split: (C, I, 1, 28, 28) tensor}; a build that has not finished, or whose arrays changed since it
+    wrote them (folders.check_as_written), is refused, and so is a class that appears twice
+    (check_distinct_classes)."""
+    check_as_written(data_dir, "--data-dir", [f"{split}.npy" for split in splits])
     data = {split: load_split(data_dir, split) for split in splits}
     check_distinct_classes({f"{split}.npy": array for split, array in data.items()}, data_dir)
     return data

@@ -5,7 +5,10 @@ Shapes: N images, C channels, H x W pixels (84 x 84 for Mini-ImageNet), F = hidd
 import torch.nn as nn
 import torch.nn.functional as F
 
+from metagmvae.runfiles import data_sha256
+
 NUM_BLOCKS = 5
+ENCODER_DIGEST = "encoder_sha256"  # the features manifest entry that names the encoder (encoder_sha256)
 
 
 def conv_block(in_channels, out_channels):
@@ -56,3 +59,9 @@ class SimCLR(nn.Module):
     def forward(self, images):
         """(N, C, H, W) -> unit-norm embeddings (N, projection_size)."""
         return F.normalize(self.head(self.encoder(images)), dim=-1)
+
+
+def encoder_sha256(model):
+    """Hex sha256 of a SimCLR model's encoder weights (parameters and BatchNorm buffers): which network's
+    features these are, as the features manifest records it (ENCODER_DIGEST)."""
+    return data_sha256({name: tensor.detach().cpu() for name, tensor in model.encoder.state_dict().items()})

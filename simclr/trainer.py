@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from metagmvae import distributed
-from metagmvae.folders import OutputFolder, canonical_json, check_finished
+from metagmvae.folders import OutputFolder, canonical_json, check_as_written
 from metagmvae.runfiles import (UserError, build_model, check_distinct_classes, check_finite_result, load_checkpoint,
                                rng_state)
 from metagmvae.training import (TrainingDiverged, prepare_folder, read_resume_state, restore_training, run_config,
@@ -24,7 +24,7 @@ from .augment import eval_transform, two_views
 from .data import (SPLITS, check_distinct_image_classes, check_full_range, check_split, load_image_array, load_split,
                    thumbnails)
 from .loss import nt_xent
-from .model import SimCLR
+from .model import ENCODER_DIGEST, SimCLR, encoder_sha256
 
 MODEL_NAME = "SimCLR"
 IMAGE_SIZE = 84
@@ -164,15 +164,17 @@ def encode(model, images, batch_size, device):
 
 
 def export_features(model, data_dir, feature_dir, checkpoint, batch_size, device):
-    """Write <split>_features.npy (N, F) float32, <split>_labels.npy (N,) int64 and manifest.json.
+    """Write <split>_features.npy (N, F) float32, <split>_labels.npy (N,) int64 and manifest.json (which
+    names the encoder by encoder_sha256: mimgnet's commands refuse features of another encoder than the one
+    a model trained on).
 
     Rows are class-major in CSV order, as the image arrays. Every split is encoded and checked (features
     that tell no image apart, a class whose features are another's: check_distinct_classes, as
     mimgnet/main.py would refuse them) before the first write; the files are renamed into place together.
     Returns the manifest.
     """
-    manifest = {"checkpoint": str(checkpoint), "data_dir": str(data_dir), "transform": EXPORT_TRANSFORM,
-                "splits": {}}
+    manifest = {"checkpoint": str(checkpoint), ENCODER_DIGEST: encoder_sha256(model), "data_dir": str(data_dir),
+                "transform": EXPORT_TRANSFORM, "splits": {}}
     encoded, by_class = {}, {}  # by_class: {features file name: (C, I, F) view}
     for split in SPLITS:
         images, labels, names = load_split(data_dir, split)
@@ -211,8 +213,9 @@ def check_data(data_dir):
     """Validate every split before any work, so that a bad file fails now rather than after training: its
     array and class names, and no class in two places (check_distinct_classes on the images' thumbnails:
     a class copied into another split, in part or saved again with other bytes, as export would find it), and
-    values that use 0-255 (check_full_range); a build that has not finished (folders.check_finished) first."""
-    check_finished(data_dir, "--data-dir")
+    values that use 0-255 (check_full_range); a build that has not finished, or whose files changed since it
+    wrote them (folders.check_as_written), first."""
+    check_as_written(data_dir, "--data-dir", ["manifest.json", *(f"{split}_images.npy" for split in SPLITS)])
     for split in SPLITS:
         check_split(data_dir, split)
     splits = {f"{split}_images.npy": thumbnails(load_image_array(data_dir, split, mmap_mode="r")) for split in SPLITS}

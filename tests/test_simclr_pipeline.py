@@ -22,7 +22,11 @@ from metagmvae.folders import RECORD, OutputFolder, RunDir
 from metagmvae.runfiles import UserError, load_checkpoint
 from simclr.data import load_split
 from simclr import trainer as simclr_trainer
+from mimgnet import cluster as mimgnet_cluster
+from mimgnet import evaluate as mimgnet_evaluate
+from mimgnet.main import main as mimgnet_main
 from simclr.main import main as simclr_main
+from simclr.model import SimCLR
 from simclr.trainer import FEATURES_KIND, export_features, load_model
 
 from .conftest import REPO_ROOT, torchrun
@@ -336,6 +340,49 @@ def test_exported_features_feed_mimgnet_end_to_end(trained, tmp_path):
     results = json.loads((tmp_path / "gmvae" / "results.json").read_text())
     assert set(results["test"]) == {"2way-1shot", "2way-5shot"}
     assert all(0 <= r["mean"] <= 1 and r["episodes"] == 6 for r in results["test"].values())
+
+
+def test_features_of_another_encoder_are_refused_by_a_model_trained_on_one(prepared, trained, tmp_path, capsys):
+    """A Mini-ImageNet model trained on encoder A's export, given encoder B's features (another SimCLR network
+    of the same size: features of the same scale), is refused by --eval-only, evaluate.py and cluster.py, and
+    so is A's export with B's val and test features copied in; A's own features and encoder are accepted."""
+    save, features_a, _ = trained
+    torch.manual_seed(5)
+    torch.save({"model": SimCLR(hidden_size=8).state_dict(), "model_config": {"hidden_size": 8, "image_size": 84}},
+               tmp_path / "b.pt")
+    simclr_main(["--data-dir", str(prepared[0]), "--feature-save-dir", str(tmp_path / "features_b"), "--export-only",
+                 "--checkpoint", str(tmp_path / "b.pt"), "--batch-size", "8"])
+    tiny = ["--way", "2", "--sample-size", "4", "--batch-size", "2", "--train-mc-sample-size", "2",
+            "--test-mc-sample-size", "2", "--query", "3", "--eval-shots", "1", "--train-iters", "2",
+            "--freq-iters", "2", "--eval-episodes", "2", "--latent-size", "4", "--device", "cpu"]
+    mimgnet_main(["--data-dir", str(features_a), "--save-dir", str(tmp_path / "gmvae"), *tiny])
+    checkpoint = tmp_path / "gmvae" / "last.pt"
+    refuse = dict(roots=[tmp_path], capsys=capsys)
+    eval_only = ["--eval-only", "--checkpoint", checkpoint, *tiny]
+    assert_refused_in_process(mimgnet_main, "--data-dir", tmp_path / "features_b", *eval_only, **refuse,
+                              text=f"{checkpoint} was trained on the features of another SimCLR encoder than "
+                                   f"--data-dir {tmp_path / 'features_b'}")
+    mimgnet_main(["--data-dir", str(features_a), *map(str, eval_only)])
+    episodes = tmp_path / "episodes"  # one 2-way episode of test images, 3 per class
+    images = np.load(prepared[0] / "test_images.npy")  # (C, I, 84, 84, 3)
+    for c in range(2):
+        for i, part in enumerate(["support"] + ["query"] * 3):
+            (episodes / "ep0" / part / f"c{c}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[c, i]).save(episodes / "ep0" / part / f"c{c}" / f"{i}.png")
+    for main, flags in ((mimgnet_evaluate.main, ["--episodes", episodes, "--mc-samples", "2"]),
+                        (mimgnet_cluster.main, ["--images", episodes / "ep0" / "query", "--clusters", "2",
+                                                "--mc-sample-size", "2", "--restarts", "1"])):
+        assert_refused_in_process(main, "--encoder", tmp_path / "b.pt", "--checkpoint", checkpoint, *flags,
+                                  "--device", "cpu", **refuse, text=f"{checkpoint} was trained on the features of "
+                                                                    f"another SimCLR encoder than --encoder")
+    mimgnet_evaluate.main(list(map(str, ["--encoder", save / "last.pt", "--checkpoint", checkpoint,
+                                         "--episodes", episodes, "--mc-samples", "2", "--device", "cpu"])))
+    mixed = shutil.copytree(features_a, tmp_path / "mixed")
+    for name in ("val_features.npy", "test_features.npy"):
+        shutil.copyfile(tmp_path / "features_b" / name, mixed / name)
+    assert_refused_in_process(mimgnet_main, "--data-dir", mixed, "--save-dir", tmp_path / "gmvae2", *tiny, **refuse,
+                              text=f"--data-dir {mixed}: test_features.npy, val_features.npy changed since the "
+                                   "command that wrote the folder wrote them")
 
 
 def test_torchrun_simclr_trains_and_exports_like_one_process(prepared, trained, tmp_path):
