@@ -7,7 +7,8 @@ and the baselines on the exported features.
 
 Then how own image files are opened (metagmvae.imagefolders.open_image: EXIF orientation, bit depth, no Pillow
 warning) and read as drawings (omniglot/evaluate.py: paper level), the episode folders both evaluate.py refuse
-(a picture in two support classes, episodes of different ways, entries outside the layout), and
+(a picture in two support classes, episodes of different ways, an episode copied as another, entries outside
+the layout), and
 data/prepare_mimgnet.py refusing an image copied into another class under a new name.
 """
 import csv
@@ -514,6 +515,68 @@ def test_refuses_labelled_episodes_of_different_ways(models, tmp_path, capsys):
     assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root),
                               text="labelled episodes of different ways: 1 2-way (a), 2 3-way (b, c)",
                               roots=[root, models], capsys=capsys)
+
+
+def copy_episode(source, target, change):
+    """target: the episode folder `source` copied, then changed by `change`: "copy" nothing, "class renamed" its
+    class c1 renamed to another name (support and query), "files renamed and saved again" every image saved as
+    a BMP of the same pixels under another name."""
+    shutil.copytree(source, target)
+    if change == "class renamed":
+        for part in ("support", "query"):
+            (target / part / "c1").rename(target / part / "renamed")
+    elif change == "files renamed and saved again":
+        for path in sorted(target.rglob("*.png")):
+            with Image.open(path) as im:
+                im.save(path.with_name(f"copy-{path.stem}.bmp"))
+            path.unlink()
+
+
+@pytest.mark.parametrize("change", ["copy", "class renamed", "files renamed and saved again"])
+def test_refuses_an_episode_folder_copied_as_another_episode(models, tmp_path, capsys, change):
+    """An episode copied (cp -r E/ep0 E/ep0copy), with a class folder renamed or its images renamed and saved
+    again with the same pixels, is the same episode: counted twice, it would narrow the 95% CI, which counts
+    episodes as independent.  Episodes that share only some pictures are kept."""
+    root = tmp_path / "episodes"
+    write_drawing_episode(root / "ep0", 3)
+    write_drawing_episode(root / "ep1", 3, query=2)  # ep0's pictures and one more query per class
+    omniglot_evaluate.main(list(map(str, omniglot_flags(models, root))))
+    assert "over 2 episodes" in capsys.readouterr().out
+    copy_episode(root / "ep0", root / "ep0copy", change)
+    line = assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root),
+                                     text="--episodes: episodes 'ep0' and 'ep0copy' are one episode: the same "
+                                          "pictures in support and in query as the model reads them",
+                                     roots=[root, models], capsys=capsys)
+    assert "the mean accuracy's 95% CI counts episodes as independent" in line
+
+
+def test_refuses_unlabelled_episodes_that_are_one_episode(models, tmp_path, capsys):
+    """Two copies of an unlabelled episode would be predicted twice, as two; a labelled episode beside an
+    unlabelled one of the same pictures is kept (the one is scored, the other predicted)."""
+    root = tmp_path / "episodes"
+    write_drawing_episode(root / "a", 2)
+    write_drawing_episode(root / "b", 2)
+    unlabel_queries(root / "b")
+    out = tmp_path / "predictions"
+    omniglot_evaluate.main(list(map(str, [*omniglot_flags(models, root), "--out", out])))
+    assert capsys.readouterr().out.startswith("a: ")
+    copy_episode(root / "b", root / "c", "copy")
+    (root / "c" / "query" / "c0_1.png").rename(root / "c" / "query" / "other.png")
+    line = assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root), "--out", out,
+                                     text="--episodes: episodes 'b' and 'c' are one episode", roots=[root, models],
+                                     capsys=capsys)
+    assert "its predictions would be listed twice, as two episodes" in line
+
+
+def test_mimgnet_refuses_an_episode_copied_with_a_class_renamed(models, episode, capsys):
+    """Natural images: the copy's features replace its images (mimgnet/evaluate.py), its pictures are kept."""
+    synset = sorted(p.name for p in (episode / "ep0" / "support").iterdir())[1]
+    shutil.copytree(episode / "ep0", episode / "ep0copy")
+    for part in ("support", "query"):
+        (episode / "ep0copy" / part / synset).rename(episode / "ep0copy" / part / "renamed")
+    assert_refused_in_process(evaluate.main, *flags(models, episode),
+                              text="--episodes: episodes 'ep0' and 'ep0copy' are one episode", roots=[episode, models],
+                              capsys=capsys)
 
 
 def test_refuses_folders_and_images_outside_the_layout_and_skips_hidden_files(models, tmp_path, capsys):
