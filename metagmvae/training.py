@@ -10,6 +10,7 @@ import re
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -20,8 +21,8 @@ from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRando
 from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import autocast
 from .folders import LAST_CHECKPOINT, RECORD, RunDir
-from .runfiles import (DATA_DIGEST, Interrupted, NonFiniteCheckpoint, UserError, build_model, check_finite_result,
-                       check_run_checkpoint, check_same_data, check_same_flags, data_sha256, load_checkpoint,
+from .runfiles import (DATA_DIGEST, Interrupted, NonFiniteCheckpoint, UserError, build_model, check_distinct_classes,
+                       check_finite_result, check_run_checkpoint, check_same_data, check_same_flags, data_sha256, load_checkpoint,
                        load_weights, rng_state, set_rng_state, shortened)
 
 
@@ -257,6 +258,28 @@ def saved_run_config(path):
     for one without (the authors')."""
     config = distributed.from_main(lambda: load_checkpoint(path)).get("config")
     return config if isinstance(config, dict) else {}
+
+
+def check_not_trained_on(checkpoint, test, data_dir, load_data):
+    """Refuse --eval-only on a test split (C, I, ...) of --data-dir that holds classes of the train split
+    `checkpoint` trained on: its accuracy would measure memory, not few-shot learning.  The run config saved
+    in the checkpoint names that data's folder and sha256; where the folder, other than --data-dir (whose
+    own train split load_test_split compares), still holds that data (load_data: folder -> {split: tensor},
+    as training read it), runfiles.check_distinct_classes compares the two.  Moved or changed training data,
+    and the authors' checkpoints, are not checked."""
+    config = saved_run_config(checkpoint)
+    trained_on, digest = config.get("data_dir"), config.get(DATA_DIGEST)
+    if not isinstance(trained_on, str) or not isinstance(digest, str) or \
+            not Path(trained_on).is_dir() or Path(trained_on).resolve() == Path(data_dir).resolve():
+        return
+    try:
+        data = load_data(trained_on)
+    except UserError:  # no longer the data it trained on
+        return
+    if data_sha256(data) == digest:
+        check_distinct_classes({f"the test split of --data-dir {data_dir}": test,
+                                f"the train split of {trained_on}, which {checkpoint} trained on": data["train"]},
+                               "--eval-only")
 
 
 @contextmanager

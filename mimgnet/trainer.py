@@ -13,9 +13,10 @@ from metagmvae.cli import RESUME_INVARIANT_FLAGS, check_batches_fit
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import logistic_regression_accuracies, nearest_class_mean_accuracies, with_baselines
 from metagmvae.runfiles import load_checkpoint, new_model
-from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoint, format_row, run_config,
-                                run_folder, save_after_validation, save_results, selected_checkpoint, start_run,
-                                step_progress, test_model, train_step, validate, validation_due, validation_episodes)
+from metagmvae.training import (Objective, check_not_trained_on, draw_training_sets, evaluate_checkpoint, format_row,
+                                run_config, run_folder, save_after_validation, save_results, selected_checkpoint,
+                                start_run, step_progress, test_model, train_step, validate, validation_due,
+                                validation_episodes)
 
 from .dataset import features_encoder, load_features, load_test_split
 from .model import FEATURES_ENCODER, MODEL_NAME, FeatureGMVAE, check_feature_size, check_same_encoder, load_model
@@ -28,6 +29,7 @@ BASELINES = {"feature_nearest_class_mean": nearest_class_mean_accuracies,
 def evaluate(args, device):
     """--eval-only: test --checkpoint (ours or the authors') at every --eval-shots; returns the results."""
     test = load_test_split(args.data_dir)
+    check_not_trained_on(args.checkpoint, test, args.data_dir, load_features)
     check_batches_fit(args, test.shape[-1])
     model = load_model(args.checkpoint, device)
     check_feature_size(model, test.shape[-1], args.checkpoint, source=f"--data-dir {args.data_dir}",

@@ -13,9 +13,9 @@ from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import nearest_class_mean_accuracies, with_baselines
 from metagmvae.folders import FIGURES
 from metagmvae.runfiles import new_model
-from metagmvae.training import (Objective, draw_training_sets, evaluate_checkpoint, format_row, run_config,
-                                run_folder, save_after_validation, save_results, selected_checkpoint, start_run,
-                                step_progress, test_checkpoints, train_step, validate, validation_due,
+from metagmvae.training import (Objective, check_not_trained_on, draw_training_sets, evaluate_checkpoint, format_row,
+                                run_config, run_folder, save_after_validation, save_results, selected_checkpoint,
+                                start_run, step_progress, test_checkpoints, train_step, validate, validation_due,
                                 validation_episodes)
 
 from .dataset import load_omniglot, load_test_split
@@ -29,6 +29,7 @@ BASELINES = {"pixel_nearest_class_mean": nearest_class_mean_accuracies}
 def evaluate(args, device):
     """--eval-only: test --checkpoint (ours or the authors') at every --eval-shots; returns the results."""
     test = load_test_split(args.data_dir)
+    check_not_trained_on(args.checkpoint, test, args.data_dir, load_omniglot)
     return {**evaluate_checkpoint(load_model(args.checkpoint, device), args.checkpoint, test, BASELINES, args.eval_way,
                                   args.eval_shots, args.query, args.eval_episodes, args.seed, args.test_mc_sample_size,
                                   args.semisupervised_em_iters, args.batch_size, device, args.amp),

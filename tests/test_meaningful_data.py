@@ -18,10 +18,11 @@ from mimgnet.model import FeatureGMVAE
 from omniglot import cluster as omniglot_cluster
 from omniglot import draw_figures
 from omniglot import evaluate as omniglot_evaluate
+from omniglot import main as omniglot_main
 from omniglot.model import OmniglotGMVAE
 
 from .conftest import REPO_ROOT
-from .test_hostile_inputs import MIMGNET_FLAGS, assert_refused_in_process, check_refusal, snapshot
+from .test_hostile_inputs import MIMGNET_FLAGS, OMNIGLOT_FLAGS, assert_refused_in_process, check_refusal, snapshot
 
 
 def assert_refused_by_process(script, *args, text, roots):
@@ -214,6 +215,41 @@ def test_eval_only_refuses_features_of_another_size_than_the_checkpoints(tmp_pat
                               tmp_path / "model.pt", "--eval-way", "2", "--save-dir", tmp_path / "run", *MIMGNET_FLAGS,
                               text=f"model.pt takes 8 features but --data-dir {data} gives 16; pass the features the "
                                    "model was trained on", roots=[tmp_path], capsys=capsys)
+
+
+@pytest.mark.parametrize("experiment", ["omniglot", "mimgnet"])
+def test_eval_only_refuses_a_test_split_of_the_classes_the_checkpoint_trained_on(omniglot_data, tmp_path, capsys,
+                                                                               experiment):
+    """The checkpoint's run config names its training data (folder and sha256); while that folder holds that
+    data, its train split is compared with the test split of --data-dir: five training classes as another
+    folder's test split are refused, the build's own test split copied to another folder is tested."""
+    if experiment == "omniglot":
+        main, data, flags, split = omniglot_main.main, omniglot_data, OMNIGLOT_FLAGS, "{}.npy"
+        flags = [*flags, "--batch-size", "1"]
+    else:
+        main, flags, split = mimgnet_main.main, [*MIMGNET_FLAGS, "--way", "5", "--query", "2"], "{}_features.npy"
+        data = tmp_path / "features"
+        data.mkdir()
+        rng = np.random.default_rng(0)
+        for name in ("train", "val", "test"):
+            np.save(data / f"{name}_features.npy", rng.random((8 * 20, 8), dtype=np.float32))
+            np.save(data / f"{name}_labels.npy", np.repeat(np.arange(8), 20))
+    main(list(map(str, ["--data-dir", data, "--save-dir", tmp_path / "run", *flags, "--train-iters", "2",
+                        "--freq-iters", "2"])))
+    checkpoint = tmp_path / "run" / "last.pt"
+    swapped, copied = tmp_path / "swapped", tmp_path / "copied"
+    for folder, source in ((swapped, "train"), (copied, "test")):
+        folder.mkdir()
+        array = np.load(data / split.format(source))
+        np.save(folder / split.format("test"), array if source == "test" else array[:5 * 20])
+        if experiment == "mimgnet":
+            np.save(folder / "test_labels.npy", np.repeat(np.arange(len(array) // 20), 20)[:len(np.load(
+                folder / split.format("test")))])
+    assert_refused_in_process(main, "--data-dir", swapped, "--eval-only", "--checkpoint", checkpoint, *flags,
+                              roots=[tmp_path], capsys=capsys,
+                              text=f"--eval-only: class 0 of the train split of {data}, which {checkpoint} trained on "
+                                   f"is class 0 of the test split of --data-dir {swapped}")
+    main(list(map(str, ["--data-dir", copied, "--eval-only", "--checkpoint", checkpoint, *flags])))
 
 
 def test_a_fifo_as_features_file_is_refused(tmp_path):
