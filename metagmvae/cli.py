@@ -90,24 +90,34 @@ MIN_WAY = 2  # an N-way task with N = 1 is always right
 # weights out of any meaningful range (and overflows float32 on the way).  Adam's L2 term (weight decay x
 # weight) outweighs the objective's gradient from far smaller coefficients than 1; above 1 the weights only decay.
 MAX_LR = 1.0
+# Adam moves a weight by about lr a step; float32 rounds a weight of 1e-3 to steps of 1.2e-10, so below
+# MIN_LR no step would change the weights that matter
+MIN_LR = 1e-10
 MAX_WEIGHT_DECAY = 1.0
+# Adam divides each gradient by its running magnitude + 1e-8 (eps): gradients clipped to a total norm below
+# MIN_GRAD_CLIP are mostly eps in every coordinate, and the steps shrink toward 0
+MIN_GRAD_CLIP = 1e-6
 FLOAT_BYTES = 4  # an item's pixels or features, float32
 INDEX_BYTES = 8  # an item index, int64
 
 
-def check_number(value, flag, allow_zero=False, at_most=None, reason=""):
-    """Refuse a float flag that is NaN, infinite, negative, zero unless allow_zero, or above at_most (for
-    `reason`, a phrase)."""
+def check_number(value, flag, allow_zero=False, at_most=None, reason="", at_least=None, low_reason=""):
+    """Refuse a float flag that is NaN, infinite, negative, zero unless allow_zero, above at_most (for
+    `reason`, a phrase) or, other than 0, below at_least (for `low_reason`)."""
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise UserError(f"--{flag} must be a finite number {'>= 0' if allow_zero else '> 0'} (got {value})")
     if at_most is not None and value > at_most:
         raise UserError(f"--{flag} {value} is above {at_most:g}: {reason}")
+    if at_least is not None and 0 < value < at_least:
+        raise UserError(f"--{flag} {value} is below {at_least:g}: {low_reason}")
 
 
 def check_lr(lr):
-    """Refuse an Adam learning rate outside (0, MAX_LR]."""
+    """Refuse an Adam learning rate outside [MIN_LR, MAX_LR]."""
     check_number(lr, "lr", at_most=MAX_LR, reason="Adam moves every weight by about lr per step, so a step "
-                                                   "would throw the weights out of any meaningful range")
+                                                   "would throw the weights out of any meaningful range",
+                 at_least=MIN_LR, low_reason="Adam moves every weight by about lr per step, less than float32 "
+                                             "rounding changes a weight of 1e-3: the run would train nothing")
 
 
 def check_way(way, given="--eval-way {}"):
@@ -193,7 +203,10 @@ def check_args(args, model, positive=(), item_floats=None):
     check_number(args.weight_decay, "weight-decay", allow_zero=True, at_most=MAX_WEIGHT_DECAY,
                  reason="Adam adds weight decay x weight to every gradient; above 1 that term, not the objective, "
                         "drives the weights")
-    check_number(args.grad_clip, "grad-clip", allow_zero=True)
+    check_number(args.grad_clip, "grad-clip", allow_zero=True, at_least=MIN_GRAD_CLIP,
+                 low_reason="Adam divides each gradient by its magnitude + 1e-8, so gradients clipped to a norm "
+                            "this small are mostly that 1e-8 and the steps nearly 0: the run would train nothing "
+                            "(0 turns clipping off)")
     check_seed(args.seed)
     check_latents_fit(args)
     check_episode_counts(args)

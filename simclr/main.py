@@ -24,6 +24,7 @@ from simclr.trainer import (DEBUG_BATCHES, FEATURE_FILES, FEATURES_KIND, export_
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "imgnet" / "arrays"
 DEBUG_EPOCHS = 2
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3  # NT-Xent temperatures that train (the reference's 0.5)
 
 
 def parse_args(argv=None):
@@ -59,7 +60,11 @@ def check_args(args):
     if args.batch_size < 2:
         raise UserError("--batch-size must be at least 2: NT-Xent needs other images as negatives")
     check_lr(args.lr)
-    check_number(args.temperature, "temperature")
+    check_number(args.temperature, "temperature", at_most=MAX_TEMPERATURE, at_least=MIN_TEMPERATURE,
+                 reason="cosine similarities divided by it differ by at most 2 / T, so NT-Xent is flat and the "
+                        "encoder would learn nothing",
+                 low_reason="cosine similarities divided by it reach 1 / T, beyond what float32 softmax and its "
+                            "gradients hold")
     check_seed(args.seed)
     if args.export_only and args.checkpoint is None:
         raise UserError("--export-only needs --checkpoint PATH")

@@ -225,6 +225,9 @@ def test_simclr_refuses_impossible_numbers(simclr_data, tmp_path, capsys):
                    text="--temperature must be a finite number > 0 (got 0.0)", roots=[simclr_data])
     for flags, text in [(["--temperature", "nan"], "--temperature must be a finite number > 0 (got nan)"),
                         (["--temperature", "-1"], "--temperature must be a finite number > 0 (got -1.0)"),
+                        (["--temperature", "1e300"], "--temperature 1e+300 is above 1000: cosine similarities "
+                                                     "divided by it differ by at most 2 / T, so NT-Xent is flat"),
+                        (["--temperature", "1e-320"], "--temperature 1e-320 is below 0.001"),
                         (["--lr", "inf"], "--lr must be a finite number > 0 (got inf)"),
                         (["--seed", "-5"], "--seed must be in [0, 2**32)")]:
         assert_refused_in_process(simclr_main.main, *common, *flags, text=text, roots=[simclr_data], capsys=capsys)

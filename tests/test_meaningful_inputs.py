@@ -686,6 +686,11 @@ def test_mimgnet_sample_size_beyond_memory_is_refused(tmp_path, capsys):
     (["--lr", "1e300"], "--lr 1e+300 is above 1: Adam moves every weight by about lr per step"),
     (["--lr", "2"], "--lr 2.0 is above 1"),
     (["--weight-decay", "1e300"], "--weight-decay 1e+300 is above 1"),
+    # positive in float64, 0 (or below float32's rounding of the weights) in the steps: nothing would train
+    (["--lr", "1e-320"], "--lr 1e-320 is below 1e-10: Adam moves every weight by about lr per step, less than "
+                         "float32 rounding"),
+    (["--grad-clip", "1e-320"], "--grad-clip 1e-320 is below 1e-06: Adam divides each gradient by its magnitude "
+                                "+ 1e-8"),
 ])
 def test_absurd_rates_are_refused(omniglot_data, simclr_data, tmp_path, capsys, flags, text):
     assert_refused_in_process(omniglot_main.main, *train_args(omniglot_data, tmp_path / "run", *flags), text=text,
