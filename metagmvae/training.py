@@ -21,9 +21,10 @@ from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRando
 from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import autocast
 from .folders import LAST_CHECKPOINT, RECORD, RunDir
-from .runfiles import (DATA_DIGEST, Interrupted, NonFiniteCheckpoint, UserError, build_model, check_distinct_classes,
-                       check_finite_result, check_run_checkpoint, check_same_data, check_same_flags, data_sha256, load_checkpoint,
-                       load_weights, rng_state, set_rng_state, shortened)
+from .runfiles import (DATA_DIGEST, FLOAT32_MAX, Interrupted, NonFiniteCheckpoint, UserError, build_model,
+                       check_distinct_classes, check_finite_result, check_run_checkpoint, check_same_data,
+                       check_same_flags, data_sha256, load_checkpoint, load_weights, rng_state, set_rng_state,
+                       shortened)
 
 
 class TrainingDiverged(UserError):
@@ -364,8 +365,8 @@ def read_resume_state(run, config, keys, invariant_flags, name):
     except NonFiniteCheckpoint as e:
         raise UserError(f"{e}{run.instead_of_last('start the run anew with --overwrite')}") from None
     distributed.from_main(check_recorded)
-    if not is_float_in(state["wall_time_s"], 0.0):
-        refuse_field(path, "wall_time_s", state["wall_time_s"], "a finite number of seconds >= 0")
+    if not is_float_in(state["wall_time_s"], 0.0, FLOAT32_MAX):  # metrics.csv's rows hold float32 numbers
+        refuse_field(path, "wall_time_s", state["wall_time_s"], "a number of seconds >= 0 within float32's range")
     check_same_flags(state["config"], config, invariant_flags)
     check_same_data(state["config"], config, path)
     return state

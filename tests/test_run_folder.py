@@ -348,8 +348,11 @@ def set_moment(key, value):
     (lambda s: s.update(best={"1shot": "x"}), "last.pt: 'best' is {'1shot': 'x'}, not {'<shot>shot': an accuracy"),
     (lambda s: s.update(best={"1shot": float("nan")}), "last.pt: 'best' is {'1shot': nan}"),
     (lambda s: s.update(best={"1shot": float("inf")}), "last.pt: 'best' is {'1shot': inf}"),
-    (lambda s: s.update(wall_time_s=-100.0), "last.pt: 'wall_time_s' is -100.0, not a finite number of seconds >= 0"),
+    (lambda s: s.update(wall_time_s=-100.0), "last.pt: 'wall_time_s' is -100.0, not a number of seconds >= 0 within "
+                                             "float32's range"),
     (lambda s: s.update(wall_time_s=float("nan")), "last.pt: 'wall_time_s' is nan"),
+    # finite, but metrics.csv (float32 numbers) could not hold the next row's: the run would refuse its own file
+    (lambda s: s.update(wall_time_s=1e300), "last.pt: 'wall_time_s' is 1e+300, not a number of seconds >= 0"),
     (set_group("lr", 1e6), "last.pt: 'optimizer/param_groups/0/lr' is 1000000.0, not 0.001 (what the run's flags"),
     (set_group("betas", (2.0, 2.0)), "'optimizer/param_groups/0/betas' is (2.0, 2.0), not (0.9, 0.999)"),
     (set_group("eps", 0.0), "'optimizer/param_groups/0/eps' is 0.0, not 1e-08"),
