@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runfiles import (DISK_FULL, UserError, check_writable_folder, checkpoint_bytes,
+from .runfiles import (DISK_FULL, UserError, check_writable_folder, checkpoint_bytes, load_checkpoint,
                        metric_number, name_list, special_file_kind)
 
 RECORD = ".metagmvae-files.json"
@@ -168,7 +168,10 @@ class OutputFolder:
 
     def __exit__(self, exc_type, *exc):
         if self._lock_fd is not None:
-            os.unlink(LOCK_FILE, dir_fd=self._fd)  # while still held: no other process holds this file
+            try:
+                os.unlink(LOCK_FILE, dir_fd=self._fd)  # while still held: no other process holds this file
+            except FileNotFoundError:  # the folder was deleted while the command ran
+                pass
         if exc_type is not None and self.path in self._created and self._entries() == [RECORD] and not any(
                 self.record[key] for key in ("files", "replacing", "folders", "temporary")):
             os.unlink(RECORD, dir_fd=self._fd)  # a record of nothing, alone in a folder this failed command created
@@ -419,6 +422,32 @@ class OutputFolder:
         finally:
             os.close(file_fd)
 
+    def read_owned(self, name):
+        """The bytes of `name` (relative), read through the folder's descriptor without following a link (a
+        folder moved meanwhile is still this one), if they are a content the record lists for it; else None
+        (changed since, not in the record, not a regular file)."""
+        versions = [v for key in ("files", "replacing") if (v := self.record[key].get(name)) is not None]
+        fd, base = self._subfolder(name, create=False)
+        if fd is None or not versions:
+            return None
+        try:
+            file_fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        except OSError:
+            return None
+        finally:
+            if fd != self._fd:
+                os.close(fd)
+        try:
+            if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+                return None
+            chunks = []
+            while chunk := os.read(file_fd, HASH_BLOCK):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        finally:
+            os.close(file_fd)
+        return data if {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} in versions else None
+
     def owns(self, name):
         """Whether `name` (relative, e.g. "figures/curves.png") is a regular file that the record lists with
         its present content."""
@@ -465,6 +494,9 @@ class OutputFolder:
         path = self.path / name
         self.check_replaceable(name)
         fd, base = self._subfolder(name, create=True)
+        if fd is None:  # its folder cannot be made: this folder was deleted while the command ran
+            raise UserError(f"cannot write {path}: {self.path} no longer exists (deleted while this command ran); "
+                            f"{Path(name).name} was not written")
         tmp, existed = None, self.exists(name)
         try:
             tmp = f".{base}.{secrets.token_hex(4)}.tmp"
@@ -791,6 +823,17 @@ class RunDir:
 
     def checkpoint(self, name):
         return self.path / f"{name}.pt"
+
+    def read_checkpoint(self, name):
+        """The state of checkpoint `name`.pt as this run wrote it, read through the opened folder (a folder
+        moved meanwhile is read where it is now); a file changed since, or not this run's, raises UserError:
+        its test would score another model."""
+        data = self.folder.read_owned(f"{name}.pt")
+        if data is None:
+            raise UserError(f"{self.checkpoint(name)} is not the checkpoint this run wrote (changed since, not in its "
+                            f"record {RECORD}, or a link), so the test would score another model: put the run's "
+                            "own file back and run the same command with --resume to test it")
+        return load_checkpoint(self.checkpoint(name), data)
 
     def save_checkpoint(self, name, state):
         """Write checkpoint `name`.pt (e.g. "last", "best_1shot")."""

@@ -286,25 +286,28 @@ def checkpoint_bytes(state):
 CHECKPOINT_EXPECTED = "expected a .pt checkpoint of this project or the authors' .pth"
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, data=None):
     """Load a checkpoint dict onto the CPU without unpickling arbitrary objects.
 
     Whatever torch.load raises, the file is not a checkpoint: every failure becomes a UserError that names
     the file and what it should be (torch's own advice to load with weights_only=False is not passed on).
+    data: the file's bytes, already read (a run's own checkpoint, read through its folder); `path` then
+    only names it.
     """
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"checkpoint {path} is a directory; {CHECKPOINT_EXPECTED}")
-    check_regular_file(path, "checkpoint ")  # a FIFO, device, socket, broken link or link loop
-    if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist")
+    if data is None:
+        if path.is_dir():
+            raise UserError(f"checkpoint {path} is a directory; {CHECKPOINT_EXPECTED}")
+        check_regular_file(path, "checkpoint ")  # a FIFO, device, socket, broken link or link loop
+        if not path.exists():
+            raise UserError(f"checkpoint {path} does not exist")
     try:
         with torch.serialization.safe_globals(_NUMPY_SCALAR_TYPES), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols of files it then reads or refuses
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # whatever it is, the file is not a checkpoint
-        raise UserError(f"{path} is not a readable checkpoint ({_load_failure(path, e)}); "
-                        f"{CHECKPOINT_EXPECTED}") from None
+        failure = _load_failure(path, e) if data is None else "a damaged torch archive"
+        raise UserError(f"{path} is not a readable checkpoint ({failure}); {CHECKPOINT_EXPECTED}") from None
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a checkpoint: expected a dict, found {type(state).__name__}")
     return state

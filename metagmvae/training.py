@@ -228,13 +228,15 @@ def test_model(model, test_sets, checkpoint, mc_samples, em_iters, batch_size, d
             for shot, summary in summaries.items()}
 
 
-def test_checkpoints(model, test_sets, paths, mc_samples, em_iters, batch_size, device, amp=False):
-    """Load each shot's checkpoint (ours; paths: {shot: path}) into `model` and test it on that shot's
-    episodes (test_sets: {shot: EvalSet}).  Returns results.json's "test" dict."""
+def test_checkpoints(model, test_sets, run, names, mc_samples, em_iters, batch_size, device, amp=False):
+    """Load each shot's checkpoint of the opened RunDir `run` (names: {shot: checkpoint name}; rank 0 reads
+    it, as the run wrote it: RunDir.read_checkpoint) into `model` and test it on that shot's episodes
+    (test_sets: {shot: EvalSet}).  Returns results.json's "test" dict."""
     results = {}
     for shot, eval_set in test_sets.items():
-        model.load_state_dict(distributed.from_main(lambda: load_checkpoint(paths[shot])["model"]))
-        results.update(test_model(model, {shot: eval_set}, paths[shot], mc_samples, em_iters, batch_size, device, amp))
+        model.load_state_dict(distributed.from_main(lambda: run.read_checkpoint(names[shot])["model"]))
+        results.update(test_model(model, {shot: eval_set}, run.checkpoint(names[shot]), mc_samples, em_iters,
+                                  batch_size, device, amp))
     return results
 
 

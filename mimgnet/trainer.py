@@ -12,10 +12,10 @@ from metagmvae import distributed
 from metagmvae.cli import RESUME_INVARIANT_FLAGS, check_batches_fit
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import logistic_regression_accuracies, nearest_class_mean_accuracies, with_baselines
-from metagmvae.runfiles import load_checkpoint, new_model
+from metagmvae.runfiles import new_model
 from metagmvae.training import (Objective, check_not_trained_on, draw_training_sets, evaluate_checkpoint, format_row,
                                 run_config, run_folder, save_after_validation, save_results, selected_checkpoint,
-                                start_run, step_progress, test_model, train_step, validate, validation_due,
+                                start_run, step_progress, test_checkpoints, train_step, validate, validation_due,
                                 validation_episodes)
 
 from .dataset import features_encoder, load_features, load_test_split
@@ -97,10 +97,9 @@ def train(args, device):
         # Test: the selected checkpoint at every shot, beside the baselines on the same episodes.
         test_sets = make_eval_sets(features["test"], args.eval_way, args.eval_shots, args.query, args.eval_episodes,
                                    args.seed, "test")
-        path = run.checkpoint(selected_checkpoint(args.select_by, args.shot))
-        model.load_state_dict(distributed.from_main(lambda: load_checkpoint(path)["model"]))
-        test = test_model(model, test_sets, path, args.test_mc_sample_size, args.semisupervised_em_iters,
-                          args.batch_size, device, args.amp)
+        name = selected_checkpoint(args.select_by, args.shot)  # one checkpoint, tested at every shot
+        test = test_checkpoints(model, test_sets, run, dict.fromkeys(test_sets, name), args.test_mc_sample_size,
+                                args.semisupervised_em_iters, args.batch_size, device, args.amp)
         return save_results(run, with_baselines(test, test_sets, BASELINES, select_by=args.select_by,
                                                 train_iters=args.train_iters, wall_time_s=log.wall_time,
                                                 config=config))

@@ -93,8 +93,8 @@ def train(args, device):
         # Test: each shot with the checkpoint selected for it, beside the baseline on the same episodes.
         test_sets = make_eval_sets(data["test"], args.eval_way, args.eval_shots, args.query, args.eval_episodes,
                                    args.seed, "test")
-        paths = {shot: run.checkpoint(selected_checkpoint(args.select_by, shot)) for shot in args.eval_shots}
-        test = test_checkpoints(model, test_sets, paths, args.test_mc_sample_size, args.semisupervised_em_iters,
+        names = {shot: selected_checkpoint(args.select_by, shot) for shot in args.eval_shots}
+        test = test_checkpoints(model, test_sets, run, names, args.test_mc_sample_size, args.semisupervised_em_iters,
                                 args.batch_size, device, args.amp)
         return save_results(run, with_baselines(test, test_sets, BASELINES, select_by=args.select_by,
                                                 train_iters=args.train_iters, wall_time_s=log.wall_time,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from metagmvae.folders import LOCK_FILE, RECORD, OutputFolder
+from metagmvae.folders import LOCK_FILE, RECORD, OutputFolder, RunDir
 from metagmvae.runfiles import UserError, load_checkpoint
 from metagmvae.training import TrainingDiverged, save_after_validation
 from mimgnet import main as mimgnet_main
@@ -212,6 +212,59 @@ def test_a_diverged_loss_says_which_checkpoint_is_kept(omniglot_data, tmp_path, 
     code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "4"), capsys)
     assert code == 2 and error_lines(err) == [
         f"omniglot/main.py: error: loss is nan at step {step}; {kept.format(save=save)}"], err
+
+
+def after_last_save(monkeypatch, action):
+    """Make RunDir.save_checkpoint call action() once a 2-step run's last checkpoint is saved."""
+    save_checkpoint = RunDir.save_checkpoint
+
+    def save_then_act(run, name, state):
+        save_checkpoint(run, name, state)
+        if name == "last" and state["step"] == 2:
+            action()
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_act)
+
+
+def test_the_final_test_refuses_a_checkpoint_replaced_during_the_run(omniglot_data, tmp_path, capsys, monkeypatch):
+    """A best_*.pt replaced before the test (another model's weights) would put that model's accuracy in
+    results.json: the test reads the checkpoints as the run's record lists them."""
+    save = tmp_path / "run"
+
+    def replace_best():
+        state = load_checkpoint(save / "best_1shot.pt")
+        state["model"] = {name: tensor + 1 for name, tensor in state["model"].items()}
+        torch.save(state, save / "best_1shot.pt")
+    after_last_save(monkeypatch, replace_best)
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "2"), capsys)
+    assert code == 2 and error_lines(err) == [
+        f"omniglot/main.py: error: {save / 'best_1shot.pt'} is not the checkpoint this run wrote (changed since, not "
+        f"in its record {RECORD}, or a link), so the test would score another model: put the run's own file back "
+        "and run the same command with --resume to test it"], err
+    assert not (save / "results.json").exists()
+
+
+def test_a_run_folder_moved_during_the_run_is_tested_and_finished_where_it_is(omniglot_data, tmp_path, capsys,
+                                                                             monkeypatch):
+    """The folder renamed after its last checkpoint: the test reads the checkpoints where the folder is now, not
+    at the old path (which holds another folder), and results.json lands beside them."""
+    save, moved = tmp_path / "run", tmp_path / "moved"
+
+    def move():
+        save.rename(moved)
+        save.mkdir()
+    after_last_save(monkeypatch, move)
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "2"), capsys)
+    assert code == 0, err
+    assert set(json.loads((moved / "results.json").read_text())["test"]) == {"5way-1shot", "5way-5shot"}
+    assert os.listdir(save) == []
+
+
+def test_a_run_folder_deleted_during_the_run_ends_in_one_line(omniglot_data, tmp_path, capsys, monkeypatch):
+    save = tmp_path / "run"
+    after_last_save(monkeypatch, lambda: shutil.rmtree(save))
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "2"), capsys)
+    assert code == 2 and len(error_lines(err)) == 1 and "Traceback" not in err, err
+    assert f"{save} no longer exists (deleted while this command ran)" in err
 
 
 def test_ctrl_c_says_where_the_run_resumes(omniglot_data, tmp_path):
