@@ -77,11 +77,22 @@ def possible_ci95(mean, episodes):
 
 
 # What the table reads, each field with the check of its value and what it should be: a run's fields
-# (optional: eval_results.json has no training) and every "<way>way-<shot>shot" entry's (required).
+# (optional: eval_results.json has no training), its config's (optional, a config written by hand may lack
+# them) and every "<way>way-<shot>shot" entry's (required).
 RUN_FIELDS = {
     "config": (lambda v: isinstance(v, dict), "a dict of the run's flags"),
     "train_iters": (_count, "a positive integer"),
     "wall_time_s": (lambda v: _number(v) and v >= 0, "a finite number of seconds >= 0"),
+}
+CONFIG_FIELDS = {
+    "eval_way": (lambda v: _count(v) and v >= 2, "an integer >= 2 (--eval-way)"),
+    "eval_shots": (lambda v: isinstance(v, list) and len(v) > 0 and all(map(_count, v)),
+                   "a non-empty list of positive integers (--eval-shots; true is not a shot)"),
+    "eval_episodes": (lambda v: _count(v) and v >= MIN_EPISODES, f"an integer >= {MIN_EPISODES} (--eval-episodes)"),
+    "train_iters": (_count, "a positive integer (--train-iters)"),
+    "hidden_size": (_count, "a positive integer (Omniglot's --hidden-size)"),
+    "shot": (_count, "a positive integer (Mini-ImageNet's --shot)"),
+    "data_dir": (lambda v: isinstance(v, str) and not isinstance(v, LongInteger), "a folder, a string (--data-dir)"),
 }
 ENTRY_FIELDS = {
     "mean": (lambda v: _number(v) and 0 <= v <= 1, "an accuracy, a finite number in [0, 1]"),
@@ -89,13 +100,19 @@ ENTRY_FIELDS = {
     "episodes": (lambda v: _count(v) and v >= MIN_EPISODES,
                  f"an integer >= {MIN_EPISODES} (the 95% CI of one episode is 0 whatever the model)"),
 }
+MODEL_ROWS = "Meta-GMVAE"  # the method column of the "test" entries
+# a baseline's name as a run writes it (evaluation's baselines: pixel_nearest_class_mean, ...): nothing that reads
+# as the model's rows (Meta-GMVAE, with any case or spaces) or as its "test" entries
+BASELINE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def check_results(results, path):
-    """Refuse results whose fields the table reads have values that give no meaningful row (see RUN_FIELDS
-    and ENTRY_FIELDS) or that no run writes: an entry of another way or shot than the config's --eval-way and
-    --eval-shots or of another number of episodes than its --eval-episodes, a 95% CI wider than accuracies in
-    [0, 1] of that mean allow.  Names the file and the first bad field."""
+    """Refuse results whose fields the table reads have values that give no meaningful row (see RUN_FIELDS,
+    CONFIG_FIELDS and ENTRY_FIELDS) or that no run writes: a train_iters other than its config's, an entry of
+    another way or shot than the config's --eval-way and --eval-shots or of another number of episodes than its
+    --eval-episodes, "test" entries of several ways or missing one of --eval-shots, a baseline named as no run
+    names one or with entries the test has not, a 95% CI wider than accuracies in [0, 1] of that mean allow.
+    Names the file and the first bad field."""
     def refuse(field, expected):
         raise UserError(f"{path}: malformed {field}, expected {expected}")
 
@@ -104,33 +121,69 @@ def check_results(results, path):
     for field, (valid, expected) in RUN_FIELDS.items():
         if results.get(field) is not None and not valid(results[field]):
             refuse(f"\"{field}\" ({_shown(results[field])})", expected)
-    if not isinstance(results.get("test"), dict) or not results["test"]:
-        refuse("\"test\"", "a non-empty dict")
-    if not isinstance(results.get("baselines", {}), dict):
-        refuse("\"baselines\"", "a dict")
     config = results.get("config") or {}
-    for name, entries in {"test": results["test"], **results.get("baselines", {})}.items():
-        if not isinstance(entries, dict):
-            refuse(f"entry {shortened(name)}", "a dict of \"<way>way-<shot>shot\" entries")
+    for field, (valid, expected) in CONFIG_FIELDS.items():
+        if field in config and not valid(config[field]):
+            refuse(f"config/{field} ({_shown(config[field])})", expected)
+    if "hidden_size" in config and "shot" in config:
+        refuse("\"config\" (both hidden_size and shot)", "the flags of one dataset's run (Omniglot's have "
+               "hidden_size, Mini-ImageNet's shot)")
+    iters = results.get("train_iters")
+    if iters is not None and config.get("train_iters", iters) != iters:
+        refuse(f"\"train_iters\" ({_shown(iters)})",
+               f"the --train-iters {_shown(config['train_iters'])} that its \"config\" ran")
+    test, baselines = results.get("test"), results.get("baselines", {})
+    if not isinstance(test, dict) or not test:
+        refuse("\"test\"", "a non-empty dict")
+    if not isinstance(baselines, dict):
+        refuse("\"baselines\"", "a dict")
+    check_entries(test, "test", config, refuse)
+    ways = {int(KEY.fullmatch(key)[1]) for key in test}
+    missing = set(config.get("eval_shots", [])) - {int(KEY.fullmatch(key)[2]) for key in test}
+    if len(ways) > 1:
+        refuse(f"\"test\" ({shortened(', '.join(test))})", "entries of one way (a run tests one --eval-way)")
+    if missing:
+        refuse(f"\"test\" ({shortened(', '.join(test))})", f"an entry at each --eval-shots {config['eval_shots']} "
+               f"that its \"config\" tested (none at shot {', '.join(map(str, sorted(missing)))})")
+    for name, entries in baselines.items():
+        if not BASELINE_NAME.fullmatch(name) or name == "test":
+            refuse(f"baseline name {_shown(name)}", "a name as a run writes it (lowercase a-z, 0-9, _, up to 64), "
+                   f"other than \"test\": the model's entries are \"test\", its rows {MODEL_ROWS}")
+        check_entries(entries, f"baselines/{name}", config, refuse)
+        if not set(entries) <= set(test):
+            refuse(f"baselines/{name} ({shortened(', '.join(entries))})",
+                   f"keys among those of \"test\" ({shortened(', '.join(test))}): a baseline is scored on the "
+                   "model's episodes")
         for key, res in entries.items():
-            match = KEY.fullmatch(key)
-            if not match or int(match[1]) < 2 or not isinstance(res, dict):
-                refuse(f"entry {name}/{shortened(key)}", "\"<way>way-<shot>shot\" (way >= 2, shot >= 1, written "
-                       "without leading zeros): {\"mean\", \"ci95\", \"episodes\"}")
-            way, shot = map(int, match.groups())
-            if config.get("eval_way", way) != way or shot not in config.get("eval_shots", [shot]):
-                refuse(f"entry {name}/{key}", f"the {config.get('eval_way')}-way episodes at --eval-shots "
-                       f"{config.get('eval_shots')} that its \"config\" tested")
-            for field, (valid, expected) in ENTRY_FIELDS.items():
-                if not valid(res.get(field)):
-                    refuse(f"{name}/{key}/{field} ({_shown(res.get(field))})", expected)
-            if config.get("eval_episodes", res["episodes"]) != res["episodes"]:
-                refuse(f"{name}/{key}/episodes ({_shown(res['episodes'])})",
-                       f"the --eval-episodes {_shown(config['eval_episodes'])} that its \"config\" tested")
-            if res["ci95"] > possible_ci95(res["mean"], res["episodes"]) * (1 + 1e-9) + 1e-12:
-                refuse(f"{name}/{key}/ci95 ({_shown(res['ci95'])})",
-                       f"at most {possible_ci95(res['mean'], res['episodes']):.4g}, the widest 95% CI of "
-                       f"{res['episodes']} accuracies in [0, 1] with mean {res['mean']:.4g}")
+            if res["episodes"] != test[key]["episodes"]:
+                refuse(f"baselines/{name}/{key}/episodes ({_shown(res['episodes'])})",
+                       f"the {test[key]['episodes']} episodes of test/{key}, on which the baseline is scored")
+
+
+def check_entries(entries, name, config, refuse):
+    """Refuse `entries` ({"<way>way-<shot>shot": {"mean", "ci95", "episodes"}}, named `name` in messages) that
+    are not what a run of `config` writes (see check_results)."""
+    if not isinstance(entries, dict):
+        refuse(f"entry {shortened(name)}", "a dict of \"<way>way-<shot>shot\" entries")
+    for key, res in entries.items():
+        match = KEY.fullmatch(key)
+        if not match or int(match[1]) < 2 or not isinstance(res, dict):
+            refuse(f"entry {name}/{shortened(key)}", "\"<way>way-<shot>shot\" (way >= 2, shot >= 1, written "
+                   "without leading zeros): {\"mean\", \"ci95\", \"episodes\"}")
+        way, shot = map(int, match.groups())
+        if config.get("eval_way", way) != way or shot not in config.get("eval_shots", [shot]):
+            refuse(f"entry {name}/{key}", f"the {config.get('eval_way', way)}-way episodes at --eval-shots "
+                   f"{config.get('eval_shots', [shot])} that its \"config\" tested")
+        for field, (valid, expected) in ENTRY_FIELDS.items():
+            if not valid(res.get(field)):
+                refuse(f"{name}/{key}/{field} ({_shown(res.get(field))})", expected)
+        if config.get("eval_episodes", res["episodes"]) != res["episodes"]:
+            refuse(f"{name}/{key}/episodes ({_shown(res['episodes'])})",
+                   f"the --eval-episodes {_shown(config['eval_episodes'])} that its \"config\" tested")
+        if res["ci95"] > possible_ci95(res["mean"], res["episodes"]) * (1 + 1e-9) + 1e-12:
+            refuse(f"{name}/{key}/ci95 ({_shown(res['ci95'])})",
+                   f"at most {possible_ci95(res['mean'], res['episodes']):.4g}, the widest 95% CI of "
+                   f"{res['episodes']} accuracies in [0, 1] with mean {res['mean']:.4g}")
 
 
 def load_results(path):
@@ -180,15 +233,15 @@ def table_rows(run, results):
     config = results.get("config") or {}
     common = [run, dataset_name(config)]
     train = [str(results.get("train_iters", "-")), format_wall_time(results.get("wall_time_s"))]
-    methods = {"Meta-GMVAE": results["test"], **results.get("baselines", {})}
+    methods = [(MODEL_ROWS, results["test"]), *results.get("baselines", {}).items()]  # names checked: none is another's
     rows = []
-    for method, entries in methods.items():
+    for method, entries in methods:
         # results.json sorts its keys as text (5way-20shot before 5way-5shot): order by number instead
         for key, res in sorted(entries.items(), key=lambda item: tuple(map(int, KEY.fullmatch(item[0]).groups()))):
             way, shot = KEY.fullmatch(key).groups()
             accuracy = f"{100 * res['mean']:.2f} +- {100 * res['ci95']:.2f}"
             rows.append([*common, method, way, shot, accuracy, str(res["episodes"]),
-                         *(train if method == "Meta-GMVAE" else ["-", "-"])])
+                         *(train if method == MODEL_ROWS else ["-", "-"])])
     return rows
 
 

@@ -157,6 +157,78 @@ def test_report_prints_a_valid_file_and_refuses_a_fifo(tmp_path, capsys):
                               roots=[tmp_path], capsys=capsys)
 
 
+
+ENTRY = GOOD_RESULTS["test"]["5way-1shot"]
+
+
+def with_baselines(baselines, **fields):
+    return {**GOOD_RESULTS, "baselines": baselines, **fields}
+
+
+def with_config(**config):
+    return {**GOOD_RESULTS, "config": {**GOOD_RESULTS["config"], **config}}
+
+
+@pytest.mark.parametrize("text, results", [
+    # a baseline named "test" checked in place of the model's entries, which were printed unchecked or crashed
+    ("test/5way-1shot/mean (7.5)", with_baselines({"test": {"5way-1shot": ENTRY}}, test={"5way-1shot": {
+        "mean": 7.5, "ci95": -3, "episodes": 100}})),
+    ("entry test/garbage, expected", with_baselines({"test": {"5way-1shot": ENTRY}}, test={"garbage": 1})),
+    # baseline names that read as the model's entries or rows (which they replaced in the table), or no run writes
+    ("baseline name \"test\", expected a name as a run writes it", with_baselines({"test": {"5way-1shot": ENTRY}})),
+    ("baseline name \"Meta-GMVAE\"", with_baselines({"Meta-GMVAE": {"5way-1shot": ENTRY}})),
+    ("baseline name \"meta-gmvae \"", with_baselines({"meta-gmvae ": {"5way-1shot": ENTRY}})),
+    ("baseline name \"\"", with_baselines({"": {"5way-1shot": ENTRY}})),
+    ("baseline name \"a|b\"", with_baselines({"a|b": {"5way-1shot": ENTRY}})),
+    # a baseline's entries are named by their path and scored on the model's episodes
+    ("entry baselines/knn, expected a dict", with_baselines({"knn": 5})),
+    ("baselines/knn/5way-1shot/mean (2)", with_baselines({"knn": {"5way-1shot": {**ENTRY, "mean": 2}}})),
+    ("baselines/knn (5way-5shot), expected keys among those of \"test\" (5way-1shot)",
+     with_baselines({"knn": {"5way-5shot": ENTRY}})),
+    ("baselines/knn/5way-1shot/episodes (200), expected the 100 episodes of test/5way-1shot",
+     with_baselines({"knn": {"5way-1shot": {**ENTRY, "episodes": 200}}})),
+    # config fields the checks use, of a type no run writes (true is 1, 100.0 == 100, 5 is no list)
+    ("config/eval_shots (5), expected a non-empty list of positive integers", with_config(eval_shots=5)),
+    ("config/eval_shots (\"15\")", with_config(eval_shots="15")),
+    ("config/eval_shots ([true])", with_config(eval_shots=[True])),
+    ("config/eval_shots ([1.0])", with_config(eval_shots=[1.0])),
+    ("config/eval_shots ([])", with_config(eval_shots=[])),
+    ("config/eval_way (\"5\"), expected an integer >= 2", with_config(eval_way="5")),
+    ("config/eval_way (1)", with_config(eval_way=1)),
+    ("config/eval_episodes (100.0), expected an integer >= 2", with_config(eval_episodes=100.0)),
+    ("config/train_iters (\"100\")", with_config(train_iters="100")),
+    ("config/hidden_size (true)", with_config(hidden_size=True)),
+    ("config/data_dir (5), expected a folder", with_config(data_dir=5)),
+    ("\"config\" (both hidden_size and shot)", with_config(shot=1)),
+    # what the table prints beside what the config ran
+    ("\"train_iters\" (60000), expected the --train-iters 100 that its \"config\" ran",
+     {**with_config(train_iters=100), "train_iters": 60000}),
+    ("\"test\" (5way-1shot), expected an entry at each --eval-shots [1, 5] that its \"config\" tested (none at shot "
+     "5)", with_config(eval_way=5, eval_shots=[1, 5])),
+    ("\"test\" (5way-1shot, 20way-1shot), expected entries of one way",
+     {**GOOD_RESULTS, "test": {"5way-1shot": ENTRY, "20way-1shot": ENTRY}}),
+])
+def test_report_refuses_fields_trusted_for_their_type_or_name(tmp_path, capsys, text, results):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    line = assert_refused_in_process(report.main, tmp_path, text=text, roots=[tmp_path], capsys=capsys)
+    assert f"{path}: malformed" in line
+
+
+def test_report_prints_a_run_with_baselines(tmp_path, capsys):
+    """A file as a run writes it: the model's rows with its training, then each baseline's on the same keys."""
+    test = {"5way-5shot": {**ENTRY, "mean": 0.9}, "5way-1shot": ENTRY}
+    config = {"hidden_size": 8, "data_dir": "data/omniglot", "eval_way": 5, "eval_shots": [1, 5],
+              "eval_episodes": 100, "train_iters": 100}
+    (tmp_path / "results.json").write_text(json.dumps({**GOOD_RESULTS, "test": test, "config": config, "baselines": {
+        "pixel_nearest_class_mean": {"5way-1shot": {**ENTRY, "mean": 0.3}, "5way-5shot": {**ENTRY, "mean": 0.4}}}}))
+    report.main([str(tmp_path)])
+    rows = [line.split(" | ")[2:8] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [["Meta-GMVAE", "5", "1", "50.00 +- 1.00", "100", "100"],
+                    ["Meta-GMVAE", "5", "5", "90.00 +- 1.00", "100", "100"],
+                    ["pixel_nearest_class_mean", "5", "1", "30.00 +- 1.00", "100", "-"],
+                    ["pixel_nearest_class_mean", "5", "5", "40.00 +- 1.00", "100", "-"]]
+
 # ---- Mini-ImageNet features: the label-free layout, labels, feature size
 
 def save_features(folder, rows, labels=None, splits=("train", "val", "test"), feature_size=8):
