@@ -2,11 +2,12 @@
 checks, and the printed results."""
 import argparse
 import math
+from pathlib import Path
 
 from . import distributed
 from .episodes import STREAM_BYTES
 from .evaluation import MIN_EPISODES
-from .folders import EVAL_RESULTS, RunDir, check_outside_inputs
+from .folders import EVAL_RESULTS, FIGURES, RunDir, check_outside_inputs
 from .runfiles import UserError, check_fits_in_memory, check_writable_folder
 
 # Flags that define the model, the objective or the validation scores that select a checkpoint (scores of
@@ -220,6 +221,8 @@ def check_args(args, model, positive=(), item_floats=None):
         raise UserError("--resume and --overwrite exclude each other")
     if args.save_dir is not None:
         check_writable_folder(args.save_dir, "--save-dir")
+        if not args.eval_only and (Path(args.save_dir) / FIGURES).is_dir():  # written at every validation
+            check_writable_folder(Path(args.save_dir) / FIGURES, "--save-dir")
         check_outside_inputs(args.save_dir, "--save-dir", [("--data-dir", args.data_dir)])
         if args.eval_only:
             RunDir(args.save_dir, model).check([EVAL_RESULTS])

@@ -40,19 +40,39 @@ def exit_on_user_error(prog):
     """Turn a UserError raised inside the block into one line `prog: error: ...` (a message quoting a
     multi-line text, a file name with a newline say, is joined) and its exit code; a Ctrl-C that nothing
     inside turned into Interrupted becomes `prog: error: interrupted` and exit code 130 (before the block,
-    startup.quiet_ctrl_c says the same).  In a command, a Ctrl-C after the block is ignored
-    (startup.ignore_ctrl_c_from_now): the command's work is over."""
+    startup.quiet_ctrl_c says the same).  What the system refuses on a path the user gave (an OSError that
+    names its file: a name too long, no permission) and running out of memory are one line and exit code 2
+    too.  In a command, a Ctrl-C after the block is ignored (startup.ignore_ctrl_c_from_now): the command's
+    work is over."""
     end_quiet_ctrl_c()
     try:
         yield
     except UserError as e:
         print(f"{prog}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:
+        if e.filename is None:
+            raise
+        print(f"{prog}: error: {' '.join(str(e.filename).splitlines())}: {e.strerror}", file=sys.stderr)
+        sys.exit(UserError.exit_code)
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        print(f"{prog}: error: out of memory ({str(e).splitlines()[0] if str(e) else 'MemoryError'}): lower the "
+              "batch, sample or MC sample sizes; files already written are kept (a run continues with --resume)",
+              file=sys.stderr)
+        sys.exit(UserError.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: error: interrupted", file=sys.stderr)
         sys.exit(Interrupted.exit_code)
     finally:
         ignore_ctrl_c_from_now()
+
+
+def out_of_memory(error):
+    """Whether `error` says that memory ran out: Python's MemoryError, torch's on CPU ("can't allocate
+    memory") or on a GPU (torch.OutOfMemoryError)."""
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(error)
 
 
 # ---- safe reads

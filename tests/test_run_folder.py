@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -501,3 +502,50 @@ def test_eval_only_refuses_a_save_dir_it_cannot_write_before_evaluating(omniglot
                               tmp_path / "model.pt", "--save-dir", save_dir, *OMNIGLOT_FLAGS,
                               text=f"cannot write to --save-dir {save_dir}: {tmp_path / 'results'} is not a folder",
                               roots=[tmp_path])
+
+
+def test_what_the_system_refuses_on_a_path_and_running_out_of_memory_are_one_line(omniglot_data, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """A name longer than the file system allows (an OSError naming the path, raised wherever the path is first
+    touched) and torch's CPU allocator failing mid-step: one line, exit code 2, the checkpoints kept."""
+    long_name = tmp_path / ("j" * 256)
+    for flags in (["--save-dir", long_name], ["--data-dir", long_name, "--save-dir", tmp_path / "x"]):
+        code, _, err = run_in_process(omniglot_main.main, list(map(str, [
+            *train_args(omniglot_data, tmp_path / "run"), *flags])), capsys)
+        lines = error_lines(err)
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].startswith(f"omniglot/main.py: error: {long_name}") and lines[0].endswith(": File name too long")
+    save = tmp_path / "run"
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "2"), capsys)
+    assert code == 0, err
+    real_train_step = omniglot_trainer.train_step
+
+    def out_of_memory(model, optimizer, x, rng, objective, at, *args):
+        if at == 3:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: you "
+                               "tried to allocate 1342177280 bytes. Error code 12 (Cannot allocate memory)")
+        return real_train_step(model, optimizer, x, rng, objective, at, *args)
+    monkeypatch.setattr(omniglot_trainer, "train_step", out_of_memory)
+    before = (save / "last.pt").read_bytes()
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "4",
+                                                                 "--resume"), capsys)
+    assert code == 2 and error_lines(err) == [
+        "omniglot/main.py: error: out of memory ([enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't "
+        "allocate memory: you tried to allocate 1342177280 bytes. Error code 12 (Cannot allocate memory)): lower the "
+        "batch, sample or MC sample sizes; files already written are kept (a run continues with --resume)"], err
+    assert (save / "last.pt").read_bytes() == before
+
+
+def test_an_unwritable_figures_folder_is_refused_at_start(omniglot_data, tmp_path, capsys, monkeypatch):
+    """figures/ is written at every validation: a run would train up to the first one, then stop."""
+    save = tmp_path / "run"
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "2"), capsys)
+    assert code == 0, err
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != save / "figures" and access(path, mode))
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "4",
+                                                                 "--resume"), capsys)
+    assert code == 2 and error_lines(err) == [
+        f"omniglot/main.py: error: cannot write to --save-dir {save / 'figures'}: {save / 'figures'} is not "
+        "writable"], err
+    assert load_checkpoint(save / "last.pt")["step"] == 2
