@@ -24,6 +24,10 @@ def full_precision(t):
     return t.float() if t.dtype == torch.bfloat16 else t
 
 
+class ItemsAlike(UserError):
+    """The model encodes all items of an episode alike (check_items_told_apart)."""
+
+
 def check_items_told_apart(mean, logvar):
     """Refuse sets whose items the model does not tell apart: mean, logvar (B, M, D) of an episode whose
     items' posterior means lie, in every latent dimension, within TOLD_APART of the smallest posterior std
@@ -31,7 +35,7 @@ def check_items_told_apart(mean, logvar):
     spread = mean.amax(1) - mean.amin(1)  # (B, D)
     noise = (0.5 * logvar).exp().amin(1)  # (B, D)
     if bool((spread <= TOLD_APART * noise).all(-1).any()):
-        raise UserError("the model encodes all items of an episode alike (their posterior means differ by less "
+        raise ItemsAlike("the model encodes all items of an episode alike (their posterior means differ by less "
                         f"than {TOLD_APART:g} of its std), so every prediction would be chance: items that are "
                         "nearly one picture, or weights that send every item to one point (a damaged checkpoint, "
                         "or one trained into a degenerate state)")

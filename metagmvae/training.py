@@ -19,7 +19,7 @@ from . import distributed
 from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRandom, check_episodes_fit, make_eval_sets,
                        sample_unlabeled_sets)
 from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
-from .gmvae import autocast
+from .gmvae import ItemsAlike, autocast
 from .folders import LAST_CHECKPOINT, RECORD, RunDir
 from .runfiles import (DATA_DIGEST, FLOAT32_MAX, Interrupted, NonFiniteCheckpoint, UserError, build_model,
                        check_distinct_classes, check_finite_result, check_run_checkpoint, check_same_data,
@@ -290,7 +290,8 @@ def run_folder(save_dir, model, resume, progress="step"):
     """The run folder (a RunDir) of a training process of `model` ("Omniglot"), opened for the block: a
     second process on it is refused naming this one (rank 0 holds the lock; folders.py says which folders
     and files a run may write).  A Ctrl-C or a diverged loss inside the block ends in one line (from rank 0)
-    naming the checkpoint, with its `progress` count ("step", "epoch"), that the run can continue from.
+    naming the checkpoint, with its `progress` count ("step", "epoch"), that the run can continue from; a
+    model that came to encode all items alike (validation, test) is said to have diverged.
     With resume, a folder without last.pt is refused before anything is created."""
     run = RunDir(save_dir, model)
 
@@ -303,10 +304,16 @@ def run_folder(save_dir, model, resume, progress="step"):
         distributed.from_main(open_folder)
         try:
             yield run
-        except (KeyboardInterrupt, TrainingDiverged) as e:
+        except (KeyboardInterrupt, TrainingDiverged, ItemsAlike) as e:
             if not distributed.is_main():  # the others may not see the folder
                 raise
             saved = last_saved(run, progress)
+            if isinstance(e, ItemsAlike):  # the model this run trained: its weights diverged
+                raise TrainingDiverged(f"{e}. Here the model is the one this run trained: the training diverged "
+                                       "(a --lr too high for it; --grad-clip bounds the steps). The checkpoints may "
+                                       f"hold the diverged weights{f' (the last: {saved})' if saved else ''}, so "
+                                       "--resume would diverge again: start anew with --overwrite and a lower "
+                                       "--lr") from None
             if isinstance(e, TrainingDiverged):
                 raise TrainingDiverged(f"{e}; " + (f"the last good checkpoint, {saved}, is kept" if saved else
                                                    "no checkpoint was written yet")) from None

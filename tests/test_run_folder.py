@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from metagmvae.folders import LOCK_FILE, RECORD, OutputFolder, RunDir
+from metagmvae.gmvae import ItemsAlike
 from metagmvae.runfiles import UserError, load_checkpoint
 from metagmvae.training import TrainingDiverged, save_after_validation
 from mimgnet import main as mimgnet_main
@@ -266,6 +267,29 @@ def test_a_run_folder_deleted_during_the_run_ends_in_one_line(omniglot_data, tmp
     code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "2"), capsys)
     assert code == 2 and len(error_lines(err)) == 1 and "Traceback" not in err, err
     assert f"{save} no longer exists (deleted while this command ran)" in err
+
+
+def test_a_model_trained_into_encoding_items_alike_is_said_to_have_diverged(omniglot_data, tmp_path, capsys,
+                                                                           monkeypatch):
+    """A loss that grows huge but stays finite: the validation finds the items encoded alike. The line says the
+    training diverged and that --resume would continue from the diverged weights, not that the items are alike."""
+    real_validate = omniglot_trainer.validate
+    calls = []
+
+    def diverged_at_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ItemsAlike("the model encodes all items of an episode alike (...)")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(omniglot_trainer, "validate", diverged_at_second)
+    save = tmp_path / "run"
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "4"), capsys)
+    assert code == 2 and error_lines(err) == [
+        "omniglot/main.py: error: the model encodes all items of an episode alike (...). Here the model is the one "
+        "this run trained: the training diverged (a --lr too high for it; --grad-clip bounds the steps). The "
+        f"checkpoints may hold the diverged weights (the last: {save / 'last.pt'} (step 2)), so --resume would "
+        "diverge again: start anew with --overwrite and a lower --lr"], err
 
 
 def test_ctrl_c_says_where_the_run_resumes(omniglot_data, tmp_path):
