@@ -52,7 +52,8 @@ def experiment_parser(description, data_dir, **defaults):
     p.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate")
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"],
                    help="L2 added to the gradient (Adam, not AdamW)")
-    p.add_argument("--debug", action="store_true", help="smoke run: 20 steps, validation every 10 on 20 episodes")
+    p.add_argument("--debug", action="store_true", help="smoke run: 20 steps, validation every 10 on 20 episodes "
+                                                        "(--train-iters, --freq-iters, --eval-episodes are its own)")
     p.add_argument("--gpu-id", type=int, default=0, help="CUDA device index (under torchrun: LOCAL_RANK)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
     p.add_argument("--seed", type=int, default=d["seed"], help="seeds python, numpy, torch and the episode draws")
@@ -73,13 +74,27 @@ def experiment_parser(description, data_dir, **defaults):
     return p
 
 
-def finish_args(args):
-    """Fill derived defaults after parsing; returns args."""
+DEBUG_SETTINGS = dict(train_iters=20, freq_iters=10, eval_episodes=20)
+
+
+def finish_args(parser, args):
+    """Fill derived defaults after parsing; returns args.  --debug sets DEBUG_SETTINGS: a value given for one
+    of them is refused (argparse's error), as it would not be used."""
     if args.eval_way is None:
         args.eval_way = args.way
     if args.debug:
-        args.train_iters, args.freq_iters, args.eval_episodes = 20, 10, 20
+        refuse_overridden(parser, args, "--debug", DEBUG_SETTINGS)
+        vars(args).update(DEBUG_SETTINGS)
     return args
+
+
+def refuse_overridden(parser, args, flag, settings):
+    """argparse's error (exit code 2) if args holds, for a flag that `flag` sets to `settings`, a value other
+    than its default: the user gave it, and it would be ignored."""
+    given = [name for name in settings if getattr(args, name) != parser.get_default(name)]
+    if given:
+        parser.error(f"{flag} sets " + ", ".join(f"--{n.replace('_', '-')} {settings[n]}" for n in settings)
+                     + ": leave out " + ", ".join(f"--{n.replace('_', '-')} {getattr(args, n)}" for n in given))
 
 
 SEED_LIMIT = 2 ** 32  # numpy's global seed (seed_everything) takes 0 <= seed < 2**32

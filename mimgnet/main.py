@@ -26,7 +26,7 @@ REFERENCE_DEFAULTS = dict(latent_size=32, train_mc_sample_size=256, test_mc_samp
 def parse_args(argv=None):
     parser = cli.experiment_parser(__doc__, DEFAULT_DATA_DIR, **REFERENCE_DEFAULTS)
     parser.add_argument("--shot", type=int, default=1, help="shot whose validation accuracy selects the checkpoint")
-    return cli.finish_args(parser.parse_args(argv))
+    return cli.finish_args(parser, parser.parse_args(argv))
 
 
 def main(argv=None):

@@ -41,12 +41,14 @@ def parse_args(argv=None):
                         help=f"about 5 CPU minutes on a procedural Omniglot-like set built in {DEMO_DATA_DIR} "
                              f"(no download); --save-dir defaults to {DEMO_SAVE_DIR}")
     args = parser.parse_args(argv)
+    if args.demo and args.debug:
+        parser.error("--demo and --debug exclude each other: the demo is a run of its own settings")
     if args.demo:
         vars(args).update(DEMO_SETTINGS)
         if args.data_dir == str(DEFAULT_DATA_DIR):
             args.data_dir = str(DEMO_DATA_DIR)
         args.save_dir = args.save_dir or str(DEMO_SAVE_DIR)
-    return cli.finish_args(args)
+    return cli.finish_args(parser, args)
 
 
 def main(argv=None):

@@ -16,7 +16,7 @@ quiet_ctrl_c(__name__, "simclr/main.py")  # a Ctrl-C from here on: one line, exi
 
 from metagmvae import distributed  # noqa: E402
 from metagmvae import cpu_memory  # noqa: E402
-from metagmvae.cli import check_lr, check_number, check_positive, check_seed  # noqa: E402
+from metagmvae.cli import check_lr, check_number, check_positive, check_seed, refuse_overridden  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
 from metagmvae.runfiles import UserError, check_writable_folder, exit_on_user_error, seed_everything  # noqa: E402
 from simclr.trainer import (DEBUG_BATCHES, FEATURE_FILES, FEATURES_KIND, export_checkpoint,  # noqa: E402
@@ -50,6 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", help="checkpoint for --export-only")
     args = p.parse_args(argv)
     if args.debug:
+        refuse_overridden(p, args, "--debug", {"train_epochs": DEBUG_EPOCHS})
         args.train_epochs = DEBUG_EPOCHS
     return args
 

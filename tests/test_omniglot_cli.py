@@ -171,6 +171,27 @@ def test_demo_flags_pick_the_cpu_configuration_and_synthetic_data(tmp_path):
     assert mine.data_dir == str(tmp_path) and mine.save_dir == str(tmp_path / "run")
 
 
+@pytest.mark.parametrize("script, flags, text", [
+    ("omniglot", ["--debug", "--train-iters", "-5", "--freq-iters", "0"],
+     "--debug sets --train-iters 20, --freq-iters 10, --eval-episodes 20: leave out --train-iters -5, --freq-iters 0"),
+    ("mimgnet", ["--debug", "--eval-episodes", "7"], "leave out --eval-episodes 7"),
+    ("omniglot", ["--demo", "--debug"], "--demo and --debug exclude each other"),
+    ("simclr", ["--debug", "--train-epochs", "-3", "--feature-save-dir", "f"],
+     "--debug sets --train-epochs 2: leave out --train-epochs -3"),
+])
+def test_flags_that_debug_sets_are_refused_when_given(capsys, script, flags, text):
+    """--debug replaces them: a value given (invalid or not) would be silently ignored."""
+    from mimgnet import main as mimgnet_main
+    from omniglot import main as omniglot_main
+    from simclr import main as simclr_main
+
+    parse = {"omniglot": omniglot_main, "mimgnet": mimgnet_main, "simclr": simclr_main}[script].parse_args
+    with pytest.raises(SystemExit) as exit_info:
+        parse(flags)
+    assert exit_info.value.code == 2 and text in capsys.readouterr().err
+    assert parse(["--debug", *(flags[3:] if script == "simclr" else [])]).debug
+
+
 def test_overwrite_replaces_every_file_of_the_old_run(trained, omniglot_sample, tmp_path):
     save, _ = trained
     run = tmp_path / "copy"
