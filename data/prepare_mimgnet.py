@@ -186,7 +186,8 @@ def check_files_exist(images_dir, csvs):
             for name in files:
                 check_regular_file(images_dir / name)
                 if not (images_dir / name).is_file():
-                    raise UserError(f"{images_dir / name}: image not found (listed in {split}.csv); "
+                    found = "a folder, not an image" if (images_dir / name).is_dir() else "image not found"
+                    raise UserError(f"{images_dir / name}: {found} (listed in {split}.csv); "
                                     "pass --skip-bad to replace unreadable images")
 
 
@@ -198,7 +199,7 @@ def prepare_mimgnet(images_dir, splits_dir, out, skip_bad=False):
     """
     images_dir, splits_dir, out = Path(images_dir), Path(splits_dir), Path(out)
     if not images_dir.is_dir():
-        raise UserError(f"--images {images_dir}: no such folder")
+        raise UserError(f"--images {images_dir}: {'a file, not a folder' if images_dir.exists() else 'no such folder'}")
     check_outside_inputs(out, "--out", [("--images", images_dir)])
     OutputFolder(out, BUILD_KIND, "--out").check(["manifest.json", *(f"{split}_images.npy" for split in SPLITS)])
     csv_paths = {split: splits_dir / f"{split}.csv" for split in SPLITS}

@@ -42,6 +42,7 @@ LOCK_FILE = ".metagmvae-lock"  # a name of this project's own: another tool's .l
 LOCK_TEXT = re.compile(r"meta-gmvae PID (\d+)\n")  # what the lock holder writes into LOCK_FILE
 PID_WAIT_S = 1.0  # how long a refused process waits for the lock holder to have written its PID
 HASH_BLOCK = 1 << 20
+SHELL_VARIABLE = re.compile(r"\$\{?[A-Za-z_]\w*")  # a path part that starts as an unexpanded $NAME or ${NAME}
 
 
 def file_digest(fd):
@@ -114,10 +115,15 @@ class OutputFolder:
         self._created = []  # the folders entering created, deepest first
 
     def _check_tilde(self):
-        """Refuse a path whose first part starts with ~: "~/x" quoted reaches us unexpanded."""
+        """Refuse a path whose first part starts with ~, or with a part that starts as a shell variable ($HOME,
+        ${RUNS}): "~/x" or '$HOME/x' quoted, or read from a file, reach us unexpanded."""
         if self.path.parts and self.path.parts[0].startswith("~"):
             raise UserError(f"{self.flag} {self.path}: the shell did not expand its ~ (quoted?), so it would be a "
                             f"folder named {self.path.parts[0]!r} here; write it unquoted, or ./{self.path} for that")
+        variable = next((part for part in self.path.parts if SHELL_VARIABLE.match(part)), None)
+        if variable is not None:
+            raise UserError(f"{self.flag} {self.path}: the shell did not expand {variable} (single-quoted, or read "
+                            f"from a file?), so it would be a folder named {variable!r}; give the path it stands for")
 
     def _check_outside_runs(self):
         """Refuse a folder inside a run folder of this project (a record of kind "... run" in a folder above):
@@ -143,7 +149,11 @@ class OutputFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
-            reason = "it is not a folder" if e.errno in (errno.EEXIST, errno.ENOTDIR) else e.strerror or e
+            if e.errno in (errno.EEXIST, errno.ENOTDIR):  # the path, or a folder it names, is a file
+                file = next(p for p in (self.path, *self.path.parents) if os.path.lexists(p) and not p.is_dir())
+                reason = "it is not a folder" if file == self.path else f"{file} is not a folder"
+            else:
+                reason = e.strerror or e
             raise UserError(f"cannot write to {self.flag} {self.path}: {reason}") from None
         try:
             self._check_claimable()

@@ -23,6 +23,7 @@ import argparse
 import csv
 import io
 import os
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,10 +313,11 @@ def load_episode(folder, load_image):
     """An Episode from <folder>/support/<class>/* and <folder>/query/[<class>/]*, each image through
     load_image(path) -> array."""
     support_dir, query_dir = folder / "support", folder / "query"
-    if not support_dir.is_dir():
-        raise UserError(f"{folder}: episode without a support/ folder")
-    if not query_dir.is_dir():
-        raise UserError(f"{folder}: episode without a query/ folder")
+    for part in (support_dir, query_dir):
+        if not part.is_dir():
+            other = [d.name for d in class_folders(folder) if d.name.lower() == part.name]
+            raise UserError(f"{folder}: episode without a {part.name}/ folder"
+                            + (f" ({other[0]}/ is there: the names are lowercase)" if other else ""))
     for entry in class_folders(folder):
         if entry not in (support_dir, query_dir):
             raise UserError(f"{entry}: a folder beside support/ and query/; the layout is <episode>/support/<class>/"
@@ -340,7 +342,10 @@ def load_episode(folder, load_image):
         query, y_query, files = [], [], []
         for d in query_classes:
             if d.name not in classes:
-                raise UserError(f"{d}: class {d.name!r} is not among the support classes of {folder}")
+                alike = [c for c in classes if unicodedata.normalize("NFC", c) == unicodedata.normalize("NFC", d.name)]
+                raise UserError(f"{d}: class {d.name!r} is not among the support classes of {folder}" + (
+                    f" (support/{alike[0]} looks the same but is written with other Unicode code points, NFC "
+                    "against NFD: rename one of the two)" if alike else ""))
             images, paths = load_images(d, load_image)
             query.append(images)
             y_query += [classes.index(d.name)] * len(images)
@@ -504,8 +509,9 @@ def check_output(args, input_flag, suffix, kind, names):
     """Refuse, before any work, an --out that lies in the input folder or where `names` may not be written;
     returns the output folder."""
     out = output_folder(args, input_flag, suffix)
-    check_outside_inputs(out, "--out", [(input_flag, getattr(args, input_flag.lstrip("-")))])
-    OutputFolder(out, kind, "--out").check(names)
+    flag = "--out" if args.out else f"--out (not given: its default, beside {input_flag})"
+    check_outside_inputs(out, flag, [(input_flag, getattr(args, input_flag.lstrip("-")))])
+    OutputFolder(out, kind, flag).check(names)
     return out
 
 
@@ -564,7 +570,7 @@ def find_images(root):
     files and folders and files whose suffix is not an image format Pillow opens are skipped, other files
     that are not regular refused (is_image_file), names refused as visible_entries refuses them."""
     if not root.is_dir():
-        raise UserError(f"--images {root}: no such folder")
+        raise UserError(f"--images {root}: {'a file, not a folder' if root.exists() else 'no such folder'}")
     files, folders = [], [root]
     while folders:
         for entry in visible_entries(folders.pop()):

@@ -513,3 +513,8 @@ def test_an_output_path_with_an_unexpanded_tilde_is_refused(omniglot_data, tmp_p
             text="--save-dir ~/x: the shell did not expand its ~ (quoted?), so it would be a folder named '~' here",
             roots=[tmp_path], capsys=capsys)
     assert not (tmp_path / "~").exists()
+    for path, variable in (("$HOME/x", "$HOME"), ("runs/${USER}", "${USER}")):  # '$HOME/x' single-quoted
+        refused(omniglot_main.main, "--data-dir", omniglot_data, "--save-dir", path, *TINY, roots=[tmp_path],
+                capsys=capsys, text=f"--save-dir {path}: the shell did not expand {variable} (single-quoted, or "
+                                    f"read from a file?), so it would be a folder named '{variable}'")
+    assert sorted(os.listdir(tmp_path)) == []

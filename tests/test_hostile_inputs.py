@@ -12,12 +12,14 @@ from numpy.lib import format as npy_format
 from PIL import Image, ImageDraw
 
 from data import prepare_mimgnet
+from data.synthetic_mimgnet import main as synthetic_mimgnet_main
 from metagmvae.folders import OutputFolder
 from metagmvae.runfiles import MAX_NAMES_SHOWN, UserError, build_model, load_npy
 from mimgnet import main as mimgnet_main
 from mimgnet.model import REFERENCE_PREFIXES as MIMGNET_PREFIXES
 from mimgnet.model import FeatureGMVAE
 from omniglot import draw_figures, evaluate
+from omniglot.cluster import main as cluster_main
 from omniglot import main as omniglot_main
 from omniglot.model import REFERENCE_PREFIXES as OMNIGLOT_PREFIXES
 from omniglot.model import OmniglotGMVAE
@@ -347,3 +349,17 @@ def test_evaluate_skips_hidden_and_non_image_files(episode):
     loaded = evaluate.load_episode(episode / "e1")
     assert loaded.classes == ["a", "b"] and loaded.support.shape == (2, 1, 28, 28)
     assert loaded.query_files == ["a/1.png", "b/1.png"]
+
+
+def test_a_file_where_a_folder_is_expected_is_named(tmp_path, capsys):
+    """--images a file, an --out below a file, a listed image that is a folder: each named as what it is."""
+    (tmp_path / "picture.png").write_bytes(b"x")
+    assert_refused_in_process(cluster_main, "--checkpoint", "x.pt", "--images", tmp_path / "picture.png",
+                              "--clusters", "2", text=f"--images {tmp_path / 'picture.png'}: a file, not a folder",
+                              roots=[tmp_path], capsys=capsys)
+    assert_refused_in_process(synthetic_mimgnet_main, "--out", tmp_path / "picture.png" / "sub" / "deeper",
+                              text=f"cannot write to --out {tmp_path / 'picture.png' / 'sub' / 'deeper'}: "
+                                   f"{tmp_path / 'picture.png'} is not a folder", roots=[tmp_path], capsys=capsys)
+    (tmp_path / "images" / "n1.jpg").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"n1.jpg: a folder, not an image \(listed in train.csv\)"):
+        prepare_mimgnet.check_files_exist(tmp_path / "images", {"train": {"n1": ["n1.jpg"]}})

@@ -663,3 +663,28 @@ def test_prepare_mimgnet_refuses_a_class_saved_again_as_another_class(tmp_path, 
                                    "2 of the 2 items of class 0 of test_images.npy are items of class 0 of "
                                    "val_images.npy or copies of them", roots=[root], capsys=capsys)
     assert not (tmp_path / "arrays").exists()
+
+
+def test_messages_name_what_the_user_gave(models, tmp_path, capsys):
+    """The default output folder is not called a flag the user never passed; a support/ folder written
+    Support/, and a query class whose name looks like a support class's but is written with other Unicode
+    code points (NFD, as macOS writes names, against NFC), are named as such."""
+    root = tmp_path / "episodes"
+    write_drawing_episode(root / "ep0", 2)
+    (tmp_path / "episodes-predictions").write_text("mine\n")
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root), roots=[tmp_path], capsys=capsys,
+                              text=f"cannot write to --out (not given: its default, beside --episodes) "
+                                   f"{tmp_path / 'episodes-predictions'}: {tmp_path / 'episodes-predictions'} is not "
+                                   "a folder")
+    (tmp_path / "episodes-predictions").unlink()
+    (root / "ep0" / "support").rename(root / "ep0" / "Support")
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root), roots=[tmp_path], capsys=capsys,
+                              text=f"{root / 'ep0'}: episode without a support/ folder (Support/ is there: the "
+                                   "names are lowercase)")
+    (root / "ep0" / "Support").rename(root / "ep0" / "support")
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    (root / "ep0" / "support" / "c1").rename(root / "ep0" / "support" / nfc)
+    (root / "ep0" / "query" / "c1").rename(root / "ep0" / "query" / nfd)
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root), roots=[tmp_path], capsys=capsys,
+                              text=f"is not among the support classes of {root / 'ep0'} (support/{nfc} looks the "
+                                   "same but is written with other Unicode code points, NFC against NFD")
