@@ -36,7 +36,8 @@ def experiment_parser(description, data_dir, **defaults):
     p.add_argument("--unsupervised-em-iters", type=int, default=10, help="EM iterations of the training prior")
     p.add_argument("--semisupervised-em-iters", type=int, default=10, help="EM iterations at prediction")
     p.add_argument("--fix-pi", action="store_true", help="keep the training mixture weights uniform")
-    p.add_argument("--latent-size", type=int, default=d["latent_size"], help="latent size D")
+    p.add_argument("--latent-size", type=int, default=d["latent_size"],
+                   help="latent size D; with --eval-only, the checkpoint's")
     p.add_argument("--train-mc-sample-size", type=int, default=d["train_mc_sample_size"],
                    help="MC samples S per item in training")
     p.add_argument("--test-mc-sample-size", type=int, default=d["test_mc_sample_size"],
@@ -77,11 +78,16 @@ def experiment_parser(description, data_dir, **defaults):
 DEBUG_SETTINGS = dict(train_iters=20, freq_iters=10, eval_episodes=20)
 
 
-def finish_args(parser, args):
+def finish_args(parser, args, model_flags=("latent_size",)):
     """Fill derived defaults after parsing; returns args.  --debug sets DEBUG_SETTINGS: a value given for one
-    of them is refused (argparse's error), as it would not be used."""
+    of them is refused (argparse's error), as it would not be used.  With --eval-only, `model_flags` left at
+    their defaults become None: the checkpoint's (take_checkpoint_sizes)."""
     if args.eval_way is None:
         args.eval_way = args.way
+    if args.eval_only:
+        for name in model_flags:
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, None)
     if args.debug:
         refuse_overridden(parser, args, "--debug", DEBUG_SETTINGS)
         vars(args).update(DEBUG_SETTINGS)
@@ -156,7 +162,7 @@ def check_latents_fit(args):
              "test_mc_sample_size": args.eval_way * (max(args.eval_shots) + args.query)}
     for name, per_episode in items.items():
         samples = getattr(args, name)
-        size = LATENT_BYTES * args.batch_size * per_episode * samples * args.latent_size
+        size = LATENT_BYTES * args.batch_size * per_episode * samples * (args.latent_size or 1)  # None: not yet read
         check_fits_in_memory(size, f"--{name.replace('_', '-')} {samples}: the latent samples of one batch "
                                    f"({args.batch_size} episodes x {per_episode} items x {samples} samples x "
                                    f"{args.latent_size} floats)")
@@ -190,10 +196,24 @@ def check_episode_counts(args):
                              f"validation sets ({args.val_elbo_sets} sets x {args.sample_size} items)")
 
 
+def take_checkpoint_sizes(args, model_config, checkpoint):
+    """A checkpoint decides its model's sizes: each flag of args named in model_config ({"hidden_size": 64,
+    ...}) that is None (not given) takes the checkpoint's value, so that the results record it; a value given
+    that differs is refused, as it would be ignored."""
+    for name, value in model_config.items():
+        given = getattr(args, name, value)
+        if given is not None and given != value:
+            raise UserError(f"--{name.replace('_', '-')} {given}: {checkpoint} holds a model of {name} {value}, which "
+                            f"is tested as it is; leave --{name.replace('_', '-')} out")
+        if hasattr(args, name):
+            setattr(args, name, value)
+
+
 def check_positive(args, names):
-    """Refuse an integer flag among `names` (attributes of args) below 1."""
+    """Refuse an integer flag among `names` (attributes of args) below 1; None (a checkpoint's, not yet read)
+    passes."""
     for name in names:
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})")
 
 

@@ -9,7 +9,7 @@ rank 0 alone writes files and prints (metagmvae/distributed.py).
 import torch
 
 from metagmvae import distributed
-from metagmvae.cli import RESUME_INVARIANT_FLAGS, check_batches_fit
+from metagmvae.cli import RESUME_INVARIANT_FLAGS, check_batches_fit, check_latents_fit, take_checkpoint_sizes
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import logistic_regression_accuracies, nearest_class_mean_accuracies, with_baselines
 from metagmvae.runfiles import new_model
@@ -29,13 +29,16 @@ BASELINES = {"feature_nearest_class_mean": nearest_class_mean_accuracies,
 def evaluate(args, device):
     """--eval-only: test --checkpoint (ours or the authors') at every --eval-shots; returns the results."""
     test = load_test_split(args.data_dir)
-    check_not_trained_on(args.checkpoint, test, args.data_dir, load_features)
     check_batches_fit(args, test.shape[-1])
     model = load_model(args.checkpoint, device)
+    take_checkpoint_sizes(args, {"latent_size": model.config["latent_size"]}, args.checkpoint)
+    check_latents_fit(args)
     check_feature_size(model, test.shape[-1], args.checkpoint, source=f"--data-dir {args.data_dir}",
                        remedy="pass the features the model was trained on")
     check_same_encoder(args.checkpoint, features_encoder(args.data_dir), f"--data-dir {args.data_dir}",
                        remedy="pass the features the model was trained on")
+    # then its training features, of the same encoder, can be compared with these
+    check_not_trained_on(args.checkpoint, test, args.data_dir, load_features)
     results = evaluate_checkpoint(model, args.checkpoint, test, BASELINES, args.eval_way,
                                   args.eval_shots, args.query, args.eval_episodes, args.seed, args.test_mc_sample_size,
                                   args.semisupervised_em_iters, args.batch_size, device, args.amp)

@@ -36,7 +36,7 @@ DEMO_SETTINGS = dict(way=5, eval_way=5, sample_size=100, batch_size=1, train_mc_
 
 def parse_args(argv=None):
     parser = cli.experiment_parser(__doc__, DEFAULT_DATA_DIR, **REFERENCE_DEFAULTS)
-    parser.add_argument("--hidden-size", type=int, default=64, help="conv channels h")
+    parser.add_argument("--hidden-size", type=int, default=64, help="conv channels h; with --eval-only, the checkpoint's")
     parser.add_argument("--demo", action="store_true",
                         help=f"about 5 CPU minutes on a procedural Omniglot-like set built in {DEMO_DATA_DIR} "
                              f"(no download); --save-dir defaults to {DEMO_SAVE_DIR}")
@@ -48,7 +48,7 @@ def parse_args(argv=None):
         if args.data_dir == str(DEFAULT_DATA_DIR):
             args.data_dir = str(DEMO_DATA_DIR)
         args.save_dir = args.save_dir or str(DEMO_SAVE_DIR)
-    return cli.finish_args(parser, args)
+    return cli.finish_args(parser, args, model_flags=("latent_size", "hidden_size"))
 
 
 def main(argv=None):

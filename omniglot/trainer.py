@@ -8,7 +8,7 @@ rank 0 alone writes files and prints (metagmvae/distributed.py).
 import torch
 
 from metagmvae import distributed
-from metagmvae.cli import RESUME_INVARIANT_FLAGS
+from metagmvae.cli import RESUME_INVARIANT_FLAGS, check_latents_fit, take_checkpoint_sizes
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import nearest_class_mean_accuracies, with_baselines
 from metagmvae.folders import FIGURES
@@ -30,8 +30,11 @@ def evaluate(args, device):
     """--eval-only: test --checkpoint (ours or the authors') at every --eval-shots; returns the results."""
     test = load_test_split(args.data_dir)
     check_not_trained_on(args.checkpoint, test, args.data_dir, load_omniglot)
-    return {**evaluate_checkpoint(load_model(args.checkpoint, device), args.checkpoint, test, BASELINES, args.eval_way,
-                                  args.eval_shots, args.query, args.eval_episodes, args.seed, args.test_mc_sample_size,
+    model = load_model(args.checkpoint, device)
+    take_checkpoint_sizes(args, model.config, args.checkpoint)
+    check_latents_fit(args)
+    return {**evaluate_checkpoint(model, args.checkpoint, test, BASELINES, args.eval_way, args.eval_shots, args.query,
+                                  args.eval_episodes, args.seed, args.test_mc_sample_size,
                                   args.semisupervised_em_iters, args.batch_size, device, args.amp),
             "config": vars(args)}
 

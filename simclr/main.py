@@ -32,7 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder with <split>_images.npy and manifest.json")
     p.add_argument("--save-dir", help="run folder: config, metrics, last.pt (required to train)")
     p.add_argument("--feature-save-dir", required=True, help="where to write <split>_features.npy and labels")
-    p.add_argument("--hidden-size", type=int, default=64, help="conv channels h (features F = 4h)")
+    p.add_argument("--hidden-size", type=int, default=64, help="conv channels h (features F = 4h); with --export-only, the checkpoint's")
     p.add_argument("--batch-size", type=int, default=512,
                    help="images per step, split over the torchrun processes (and per export pass)")
     p.add_argument("--train-epochs", type=int, default=400, help="epochs; the cosine decay spans all of them")
@@ -49,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--export-only", action="store_true", help="only export the features of --checkpoint")
     p.add_argument("--checkpoint", help="checkpoint for --export-only")
     args = p.parse_args(argv)
+    if args.export_only and args.hidden_size == p.get_default("hidden_size"):
+        args.hidden_size = None  # the checkpoint's (trainer.export_checkpoint)
     if args.debug:
         refuse_overridden(p, args, "--debug", {"train_epochs": DEBUG_EPOCHS})
         args.train_epochs = DEBUG_EPOCHS

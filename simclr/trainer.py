@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from metagmvae import distributed
+from metagmvae.cli import take_checkpoint_sizes
 from metagmvae.folders import OutputFolder, canonical_json, check_as_written
 from metagmvae.runfiles import (UserError, build_model, check_distinct_classes, check_finite_result, load_checkpoint,
                                rng_state)
@@ -261,4 +262,5 @@ def export_checkpoint(args, device):
     """--export-only: the features of --checkpoint; returns the features manifest."""
     check_data(args.data_dir)
     model = load_model(args.checkpoint, device)
+    take_checkpoint_sizes(args, {"hidden_size": model.encoder.blocks[0][0].out_channels}, args.checkpoint)
     return export_features(model, args.data_dir, args.feature_save_dir, args.checkpoint, args.batch_size, device)

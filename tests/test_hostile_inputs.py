@@ -1,5 +1,6 @@
 """Hostile and mistaken inputs to every command: each ends in exit code 2 with one line on stderr naming
 what is wrong, no traceback, and no file that existed before changed (nor any written)."""
+import json
 import struct
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from omniglot import main as omniglot_main
 from omniglot.model import REFERENCE_PREFIXES as OMNIGLOT_PREFIXES
 from omniglot.model import OmniglotGMVAE
 from simclr import main as simclr_main
+from simclr.model import SimCLR
 
 from .conftest import REPO_ROOT, to_reference_state_dict
 
@@ -363,3 +365,26 @@ def test_a_file_where_a_folder_is_expected_is_named(tmp_path, capsys):
     (tmp_path / "images" / "n1.jpg").mkdir(parents=True)
     with pytest.raises(UserError, match=r"n1.jpg: a folder, not an image \(listed in train.csv\)"):
         prepare_mimgnet.check_files_exist(tmp_path / "images", {"train": {"n1": ["n1.jpg"]}})
+
+
+def test_eval_and_export_only_take_the_sizes_of_the_checkpoint(omniglot_data, simclr_data, tmp_path, capsys):
+    """A size flag that contradicts the checkpoint would be ignored: refused; left out, the checkpoint's size is
+    the one recorded in eval_results.json."""
+    model = OmniglotGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, tmp_path / "omniglot.pt")
+    flags = ["--data-dir", omniglot_data, "--eval-only", "--checkpoint", tmp_path / "omniglot.pt", *OMNIGLOT_FLAGS[4:]]
+    for given, text in ((["--hidden-size", "16"], "--hidden-size 16: "), (["--latent-size", "8"], "--latent-size 8: ")):
+        assert_refused_in_process(omniglot_main.main, *flags, *given, roots=[omniglot_data], capsys=capsys,
+                                  text=f"{text}{tmp_path / 'omniglot.pt'} holds a model of {given[0][2:].replace('-', '_')}")
+    omniglot_main.main(list(map(str, [*flags, "--hidden-size", "8", "--save-dir", tmp_path / "same"])))
+    omniglot_main.main(list(map(str, [*flags, "--save-dir", tmp_path / "left-out"])))
+    for run in ("same", "left-out"):
+        config = json.loads((tmp_path / run / "eval_results.json").read_text())["config"]
+        assert (config["hidden_size"], config["latent_size"]) == (8, 4)
+    torch.save({"model": SimCLR(hidden_size=4).state_dict(), "model_config": {"hidden_size": 4, "image_size": 84}},
+               tmp_path / "simclr.pt")
+    assert_refused_in_process(simclr_main.main, "--data-dir", simclr_data, "--export-only", "--checkpoint",
+                              tmp_path / "simclr.pt", "--feature-save-dir", tmp_path / "features", "--hidden-size",
+                              "16", text=f"--hidden-size 16: {tmp_path / 'simclr.pt'} holds a model of hidden_size 4",
+                              roots=[simclr_data], capsys=capsys)
+    assert not (tmp_path / "features").exists()

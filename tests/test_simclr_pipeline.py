@@ -245,6 +245,7 @@ def test_refusals(prepared, trained, tmp_path, capsys):
 def test_resume_on_other_images_is_refused_before_writing(prepared, trained, tmp_path, capsys):
     save, _, _ = trained
     other = shutil.copytree(prepared[0], tmp_path / "other")
+    (other / RECORD).unlink()  # data of the user's own (with its record, a changed file is refused as such)
     images = np.load(other / "train_images.npy")
     images[0, 0] = 255 - images[0, 0]
     np.save(other / "train_images.npy", images)
@@ -261,6 +262,7 @@ def test_a_class_in_two_splits_is_refused_before_training(prepared, trained, tmp
     SimCLR trains for hours on data whose features mimgnet/main.py would refuse."""
     save, _, _ = trained
     data = shutil.copytree(prepared[0], tmp_path / "data")
+    (data / RECORD).unlink()  # data of the user's own (with its record, a changed file is refused as such)
     test, val = np.load(data / "test_images.npy"), np.load(data / "val_images.npy")
     test[0] = val[0] if change == "copied" else [jpeg_copy(image) for image in val[0]]
     np.save(data / "test_images.npy", test)
