@@ -36,9 +36,9 @@ def check_items_told_apart(mean, logvar):
     noise = (0.5 * logvar).exp().amin(1)  # (B, D)
     if bool((spread <= TOLD_APART * noise).all(-1).any()):
         raise ItemsAlike("the model encodes all items of an episode alike (their posterior means differ by less "
-                        f"than {TOLD_APART:g} of its std), so every prediction would be chance: items that are "
-                        "nearly one picture, or weights that send every item to one point (a damaged checkpoint, "
-                        "or one trained into a degenerate state)")
+                         f"than {TOLD_APART:g} of its std), so every prediction would be chance: items that are "
+                         "nearly one picture, or weights that send every item to one point (a damaged checkpoint, "
+                         "or one trained into a degenerate state)")
 
 
 class SetPosterior(nn.Sequential):
