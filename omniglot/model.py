@@ -109,6 +109,16 @@ class OmniglotGMVAE(SetGMVAE):
 
 
 MODEL_NAME = "Omniglot"  # in checkpoints and their error messages
+# A training step holds about this many float32 values per decoded image, channel and pixel of the decoder's
+# 14 x 14 layer, its largest (activations and their gradients); measured 5.6 at the 5-way defaults
+# (docs/performance.md: a 6.66 GiB peak for 25,600 images at h = 64)
+DECODER_FLOATS_PER_UNIT = 5
+
+
+def training_step_bytes(images, hidden_size):
+    """A lower bound of the memory of a training step that decodes `images` images (B x M x S) at hidden
+    size h: DECODER_FLOATS_PER_UNIT float32 values per image, channel and pixel of the 14 x 14 layer."""
+    return 4 * DECODER_FLOATS_PER_UNIT * images * hidden_size * 14 * 14
 
 
 def load_model(path, device):

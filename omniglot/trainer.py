@@ -12,7 +12,7 @@ from metagmvae.cli import RESUME_INVARIANT_FLAGS, check_latents_fit, take_checkp
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import nearest_class_mean_accuracies, with_baselines
 from metagmvae.folders import FIGURES
-from metagmvae.runfiles import new_model
+from metagmvae.runfiles import check_fits_in_memory, new_model
 from metagmvae.training import (Objective, check_not_trained_on, draw_training_sets, evaluate_checkpoint, format_row,
                                 run_config, run_folder, save_after_validation, save_results, selected_checkpoint,
                                 start_run, step_progress, test_checkpoints, train_step, validate, validation_due,
@@ -20,7 +20,7 @@ from metagmvae.training import (Objective, check_not_trained_on, draw_training_s
 
 from .dataset import load_omniglot, load_test_split
 from .figures import check_run_figures, write_run_figures
-from .model import MODEL_NAME, OmniglotGMVAE, load_model
+from .model import MODEL_NAME, OmniglotGMVAE, load_model, training_step_bytes
 
 
 BASELINES = {"pixel_nearest_class_mean": nearest_class_mean_accuracies}
@@ -39,10 +39,15 @@ def evaluate(args, device):
             "config": vars(args)}
 
 
-def check_run_fits(args, data):
-    """Refuse, before the first step and the first write, a run that could not finish: validation episodes
-    (val-acc), the figures drawn at each validation, the test episodes and the batch split over the processes.
-    data: {split: (C, I, 1, 28, 28)}."""
+def check_run_fits(args, data, device):
+    """Refuse, before the first step and the first write, a run that could not finish: a training step beyond
+    this machine's memory (on the CPU), validation episodes (val-acc), the figures drawn at each validation, the
+    test episodes and the batch split over the processes.  data: {split: (C, I, 1, 28, 28)}."""
+    if device.type == "cpu":  # else torch's out-of-memory error says it at the first step
+        images = args.batch_size * args.sample_size * args.train_mc_sample_size
+        check_fits_in_memory(training_step_bytes(images, args.hidden_size),
+                             f"--hidden-size {args.hidden_size} with {images} images decoded a step (--batch-size x "
+                             "--sample-size x --train-mc-sample-size): the decoder's activations of one step")
     if args.select_by == "val-acc":  # the only mode that reads validation labels
         check_episodes_fit("val", data["val"], args.eval_way, args.query, args.eval_shots)
     check_run_figures(data, args.way, args.eval_way, args.sample_size, args.query)
@@ -54,7 +59,7 @@ def train(args, device):
     """Meta-train, keep the checkpoints --select-by picks, test them; returns results.json's content."""
     # Data: training images pooled without labels; labeled validation and test episodes.
     data = load_omniglot(args.data_dir)
-    check_run_fits(args, data)
+    check_run_fits(args, data, device)
     config = run_config(args, data)  # the flags and the data's sha256: --resume refuses other data
     train_pool = data["train"].flatten(0, 1)  # (C * I, 1, 28, 28)
 

@@ -18,6 +18,7 @@ import torch
 
 from metagmvae.folders import LOCK_FILE, RECORD, OutputFolder, RunDir
 from metagmvae.gmvae import ItemsAlike
+from metagmvae import runfiles
 from metagmvae.runfiles import UserError, load_checkpoint
 from metagmvae.training import TrainingDiverged, save_after_validation
 from mimgnet import main as mimgnet_main
@@ -573,3 +574,18 @@ def test_an_unwritable_figures_folder_is_refused_at_start(omniglot_data, tmp_pat
         f"omniglot/main.py: error: cannot write to --save-dir {save / 'figures'}: {save / 'figures'} is not "
         "writable"], err
     assert load_checkpoint(save / "last.pt")["step"] == 2
+
+
+def test_a_training_step_beyond_the_machines_memory_is_refused_at_start(omniglot_data, tmp_path, capsys,
+                                                                        monkeypatch):
+    """The decoder's activations (measured: 5.6 float32 values per decoded image, channel and 14 x 14 pixel)
+    are counted before the first step: a run that the system would kill minutes later, without a word."""
+    monkeypatch.setattr(runfiles, "physical_memory", lambda: 1_000_000)  # 1 x 10 x 2 images a step, h = 64
+    save = tmp_path / "run"
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--batch-size", "1",
+                                                                 "--hidden-size", "64"), capsys)
+    assert code == 2 and error_lines(err) == [
+        "omniglot/main.py: error: --hidden-size 64 with 20 images decoded a step (--batch-size x --sample-size x "
+        "--train-mc-sample-size): the decoder's activations of one step would take 4.79 MiB, more than the 977 KiB "
+        "of memory of this machine"], err
+    assert not save.exists()
