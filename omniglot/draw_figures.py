@@ -58,8 +58,7 @@ def main(argv=None):
         check_seed(args.seed)
         if args.metrics is not None and not Path(args.metrics).exists():
             raise UserError(f"--metrics {args.metrics}: no such file")
-        if args.metrics is not None:
-            read_metrics_table(args.metrics)  # checked before anything is computed or written
+        metrics = read_metrics_table(args.metrics) if args.metrics is not None else None  # before any work
         check_outside_inputs(args.out, "--out", [("--data-dir", args.data_dir)])
         out = OutputFolder(args.out, FIGURES_KIND, "--out")
         out.check(FIGURE_NAMES)
@@ -70,7 +69,7 @@ def main(argv=None):
         data = load_omniglot(args.data_dir, ("train", "val"))
         check_run_figures(data, args.way, args.eval_way, args.sample_size, args.query)
         with out:
-            paths = write_run_figures(model, data, out, args.metrics, args.way, args.eval_way, args.sample_size,
+            paths = write_run_figures(model, data, out, metrics, args.way, args.eval_way, args.sample_size,
                                       args.query, args.unsupervised_em_iters, args.semisupervised_em_iters,
                                       args.test_mc_sample_size, args.seed)
             removed = remove_earlier_result(out, [Path(path).name for path in paths])  # curves.png of an earlier call

@@ -14,7 +14,6 @@ import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from metagmvae.episodes import FIGURES, EpisodeRandom, EpisodeSampler, check_episodes_fit
 from metagmvae.evaluation import seeded_eval
 from metagmvae.gmm import fit_gmm_em, log_normal_identity
+from metagmvae.folders import METRICS
 from metagmvae.runfiles import UserError, check_finite_result, check_regular_file, metric_number
 
 SCALE = 3
@@ -175,14 +175,17 @@ def _metric_cell(text, column):
     return value
 
 
-def read_metrics_table(metrics_csv):
+def read_metrics_table(metrics_csv, data=None):
     """Columns of a run's metrics.csv as {name: [float or None]}, checked before anything is drawn: a file
     that is not a regular text file, a cell that is not a finite float32 number (runfiles.metric_number), an
     accuracy outside [0, 1], or a `step` column that is missing or not increasing positive integers raises
-    UserError naming the file (and the line and column)."""
-    check_regular_file(metrics_csv)
+    UserError naming the file (and the line and column).  data: the file's bytes, already read (a run's own,
+    read through its folder); metrics_csv then only names it."""
+    if data is None:
+        check_regular_file(metrics_csv)
     try:
-        with open(metrics_csv, newline="", encoding="utf-8-sig") as f:
+        with (open(metrics_csv, newline="", encoding="utf-8-sig") if data is None else
+              io.StringIO(data.decode("utf-8-sig"), newline="")) as f:
             reader = csv.DictReader(f)
             columns = {name: [] for name in reader.fieldnames or []}
             for row in reader:
@@ -206,6 +209,13 @@ def read_metrics_table(metrics_csv):
     if not positive_integers or any(later <= earlier for earlier, later in zip(steps, steps[1:])):
         raise UserError(f"{metrics_csv}: the 'step' column is not increasing positive integers")
     return columns
+
+
+def run_metrics(run):
+    """The metrics.csv of the opened RunDir `run` as read_metrics_table's columns, read as the run wrote it
+    through its folder (wherever the folder is now), or None if it is not the run's."""
+    data = run.folder.read_owned(METRICS)
+    return read_metrics_table(run.metrics, data) if data is not None else None
 
 
 def _limits(values):
@@ -321,18 +331,18 @@ class DrawnFigure:
         self.figures.pngs[self.name] = buffer.getvalue()
 
 
-def write_run_figures(model, data, folder, metrics_csv, way, eval_way, sample_size, query, unsupervised_em_iters,
+def write_run_figures(model, data, folder, metrics, way, eval_way, sample_size, query, unsupervised_em_iters,
                       semisupervised_em_iters, mc_samples, seed):
     """All four figures of a run into `folder` (an opened OutputFolder, or a FolderPath in one), from fixed
     draws (seeded by `seed`) that leave the global RNG untouched, so a run with figures gives the same numbers
     as one without; none is written unless all are drawn (DrawnFigures).
 
-    data: {"train": (C, I, 1, 28, 28), "val": ...}; the mixture figure fits `way` components to
+    data: {"train": (C, I, 1, 28, 28), "val": ...}; metrics: read_metrics_table's columns, or None (no curves
+    figure); the mixture figure fits `way` components to
     mixture_items(way, sample_size) training items, the test episode of the validation split is eval_way-way
     1-shot with at most FIGURE_QUERIES queries per class (check_run_figures checks they can be drawn).
     Returns the paths written.
     """
-    metrics = read_metrics_table(metrics_csv) if metrics_csv is not None and Path(metrics_csv).exists() else None
     drawn = DrawnFigures(folder)  # every figure is drawn first, then all are written
     device = next(model.parameters()).device
     rng = EpisodeRandom([(seed, FIGURES)])  # one stream: the same items and episode at every validation

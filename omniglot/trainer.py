@@ -19,7 +19,7 @@ from metagmvae.training import (Objective, check_not_trained_on, draw_training_s
                                 validation_episodes)
 
 from .dataset import load_omniglot, load_test_split
-from .figures import check_run_figures, write_run_figures
+from .figures import check_run_figures, run_metrics, write_run_figures
 from .model import MODEL_NAME, OmniglotGMVAE, load_model, training_step_bytes
 
 
@@ -93,7 +93,7 @@ def train(args, device):
                 if distributed.is_main():
                     save_after_validation(run, log, log.checkpoint(model, optimizer, config))
                     progress.write(format_row(row))
-                    write_run_figures(model, data, run.folder / FIGURES, run.metrics, args.way, args.eval_way,
+                    write_run_figures(model, data, run.folder / FIGURES, run_metrics(run), args.way, args.eval_way,
                                       args.sample_size, args.query, args.unsupervised_em_iters,
                                       args.semisupervised_em_iters, args.test_mc_sample_size, args.seed)
                 log.restart_clock()

@@ -248,8 +248,9 @@ def test_the_final_test_refuses_a_checkpoint_replaced_during_the_run(omniglot_da
 
 def test_a_run_folder_moved_during_the_run_is_tested_and_finished_where_it_is(omniglot_data, tmp_path, capsys,
                                                                              monkeypatch):
-    """The folder renamed after its last checkpoint: the test reads the checkpoints where the folder is now, not
-    at the old path (which holds another folder), and results.json lands beside them."""
+    """The folder renamed after its last checkpoint: the figures read its metrics.csv and the test its
+    checkpoints where the folder is now, not at the old path (which holds another folder), and results.json
+    lands beside them."""
     save, moved = tmp_path / "run", tmp_path / "moved"
 
     def move():
@@ -259,6 +260,7 @@ def test_a_run_folder_moved_during_the_run_is_tested_and_finished_where_it_is(om
     code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "2"), capsys)
     assert code == 0, err
     assert set(json.loads((moved / "results.json").read_text())["test"]) == {"5way-1shot", "5way-5shot"}
+    assert (moved / "figures" / "curves.png").is_file()  # from its own metrics.csv, read where it is now
     assert os.listdir(save) == []
 
 
