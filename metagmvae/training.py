@@ -21,8 +21,8 @@ from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRando
 from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import ItemsAlike, autocast
 from .folders import LAST_CHECKPOINT, RECORD, RunDir
-from .runfiles import (DATA_DIGEST, FLOAT32_MAX, Interrupted, NonFiniteCheckpoint, UserError, build_model,
-                       check_distinct_classes, check_finite_result, check_run_checkpoint, check_same_data,
+from .runfiles import (DATA_DIGEST, FLOAT32_MAX, SPLIT_DIGESTS, Interrupted, NonFiniteCheckpoint, UserError,
+                       build_model, check_distinct_classes, check_finite_result, check_run_checkpoint, check_same_data,
                        check_same_flags, data_sha256, load_checkpoint, load_weights, rng_state, set_rng_state,
                        shortened)
 
@@ -263,26 +263,29 @@ def saved_run_config(path):
     return config if isinstance(config, dict) else {}
 
 
-def check_not_trained_on(checkpoint, test, data_dir, load_data):
-    """Refuse --eval-only on a test split (C, I, ...) of --data-dir that holds classes of the train split
-    `checkpoint` trained on: its accuracy would measure memory, not few-shot learning.  The run config saved
-    in the checkpoint names that data's folder and sha256; where the folder, other than --data-dir (whose
-    own train split load_test_split compares), still holds that data (load_data: folder -> {split: tensor},
-    as training read it), runfiles.check_distinct_classes compares the two.  Moved or changed training data,
-    and the authors' checkpoints, are not checked."""
+def check_not_trained_on(checkpoint, name, array, data_dir, load_split, flag):
+    """Refuse a split `name` ("test") of --data-dir, array (C, I, ...), that holds classes of the train split
+    `checkpoint` trained on or of the val split that selected it: an accuracy on them would measure memory,
+    not few-shot learning.  The run config saved in the checkpoint names its data folder and each split's
+    sha256 (SPLIT_DIGESTS); each of those two splits that its folder, other than --data-dir (whose own
+    splits the loader compares), still holds (load_split: (folder, split) -> tensor, as training read it) is
+    compared by runfiles.check_distinct_classes.  Moved or changed splits, runs saved without split digests
+    and the authors' checkpoints are not checked.  flag: the command's mode, for the message."""
     config = saved_run_config(checkpoint)
-    trained_on, digest = config.get("data_dir"), config.get(DATA_DIGEST)
-    if not isinstance(trained_on, str) or not isinstance(digest, str) or \
-            not Path(trained_on).is_dir() or Path(trained_on).resolve() == Path(data_dir).resolve():
+    trained_on, digests = config.get("data_dir"), config.get(SPLIT_DIGESTS)
+    if not isinstance(trained_on, str) or not isinstance(digests, dict) or not Path(trained_on).is_dir() or \
+            Path(trained_on).resolve() == Path(data_dir).resolve():
         return
-    try:
-        data = load_data(trained_on)
-    except UserError:  # no longer the data it trained on
-        return
-    if data_sha256(data) == digest:
-        check_distinct_classes({f"the test split of --data-dir {data_dir}": test,
-                                f"the train split of {trained_on}, which {checkpoint} trained on": data["train"]},
-                               "--eval-only")
+    seen = {}
+    for split, role in (("train", "trained on"), ("val", "was selected on")):
+        try:
+            saved = load_split(trained_on, split)
+        except UserError:  # gone, or no longer what it was
+            continue
+        if data_sha256({split: saved}) == digests.get(split):
+            seen[f"the {split} split of {trained_on}, which {checkpoint} {role}"] = saved
+    if seen:
+        check_distinct_classes({f"the {name} split of --data-dir {data_dir}": array, **seen}, flag)
 
 
 @contextmanager
@@ -333,8 +336,8 @@ def last_saved(run, progress):
 
 def refuse_field(path, field, value, expected):
     """Refuse checkpoint `path` whose entry `field` holds `value` (shown shortened), not `expected`."""
-    raise UserError(f"{path}: {field!r} is {shortened(repr(value))}, not {expected}: no run writes that (a damaged or edited "
-                    "checkpoint)")
+    raise UserError(f"{path}: {field!r} is {shortened(repr(value))}, not {expected}: no run writes that (a damaged or "
+                    "edited checkpoint)")
 
 
 def is_float_in(value, low, high=math.inf):
@@ -344,8 +347,10 @@ def is_float_in(value, low, high=math.inf):
 
 def run_config(args, splits):
     """What a run saves as its config (checkpoints, config.json, results.json): the flags, and the sha256 of
-    its data (splits: {name: tensor}), which --resume checks."""
-    return {**vars(args), DATA_DIGEST: data_sha256(splits)}
+    its data (splits: {name: tensor}), which --resume checks, and of each split, which --eval-only checks
+    (check_not_trained_on)."""
+    return {**vars(args), DATA_DIGEST: data_sha256(splits),
+            SPLIT_DIGESTS: {name: data_sha256({name: split}) for name, split in splits.items()}}
 
 
 def read_resume_state(run, config, keys, invariant_flags, name):

@@ -72,6 +72,11 @@ def load_split(data_dir, split):
     return torch.from_numpy(array), labelled
 
 
+def split_features(data_dir, split):
+    """One split's features (C, I, F), as load_split reads them."""
+    return load_split(data_dir, split)[0]
+
+
 def check_manifest(data_dir, data):
     """With simclr/main.py's manifest.json beside the features, each split must have the rows and the
     feature size it lists (the images of the split CSVs)."""

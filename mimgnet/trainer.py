@@ -18,7 +18,7 @@ from metagmvae.training import (Objective, check_not_trained_on, draw_training_s
                                 start_run, step_progress, test_checkpoints, train_step, validate, validation_due,
                                 validation_episodes)
 
-from .dataset import features_encoder, load_features, load_test_split
+from .dataset import features_encoder, load_features, load_test_split, split_features
 from .model import FEATURES_ENCODER, MODEL_NAME, FeatureGMVAE, check_feature_size, check_same_encoder, load_model
 
 
@@ -38,7 +38,7 @@ def evaluate(args, device):
     check_same_encoder(args.checkpoint, features_encoder(args.data_dir), f"--data-dir {args.data_dir}",
                        remedy="pass the features the model was trained on")
     # then its training features, of the same encoder, can be compared with these
-    check_not_trained_on(args.checkpoint, test, args.data_dir, load_features)
+    check_not_trained_on(args.checkpoint, "test", test, args.data_dir, split_features, "--eval-only")
     results = evaluate_checkpoint(model, args.checkpoint, test, BASELINES, args.eval_way,
                                   args.eval_shots, args.query, args.eval_episodes, args.seed, args.test_mc_sample_size,
                                   args.semisupervised_em_iters, args.batch_size, device, args.amp)

@@ -19,7 +19,8 @@ from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
 from metagmvae.imagefolders import check_samples_fit, remove_earlier_result  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
-from omniglot.dataset import load_omniglot  # noqa: E402
+from metagmvae.training import check_not_trained_on  # noqa: E402
+from omniglot.dataset import load_omniglot, load_split  # noqa: E402
 from omniglot.figures import (FIGURE_NAMES, FIGURE_QUERIES, check_run_figures, read_metrics_table,  # noqa: E402
                               write_run_figures)
 from omniglot.model import load_model  # noqa: E402
@@ -68,6 +69,8 @@ def main(argv=None):
                           model.config["latent_size"], "--test-mc-sample-size")
         data = load_omniglot(args.data_dir, ("train", "val"))
         check_run_figures(data, args.way, args.eval_way, args.sample_size, args.query)
+        # its test-episode figure is drawn on the val split: not on classes the checkpoint trained on
+        check_not_trained_on(args.checkpoint, "val", data["val"], args.data_dir, load_split, "draw_figures.py")
         with out:
             paths = write_run_figures(model, data, out, metrics, args.way, args.eval_way, args.sample_size,
                                       args.query, args.unsupervised_em_iters, args.semisupervised_em_iters,

@@ -18,7 +18,7 @@ from metagmvae.training import (Objective, check_not_trained_on, draw_training_s
                                 start_run, step_progress, test_checkpoints, train_step, validate, validation_due,
                                 validation_episodes)
 
-from .dataset import load_omniglot, load_test_split
+from .dataset import load_omniglot, load_split, load_test_split
 from .figures import check_run_figures, run_metrics, write_run_figures
 from .model import MODEL_NAME, OmniglotGMVAE, load_model, training_step_bytes
 
@@ -29,7 +29,7 @@ BASELINES = {"pixel_nearest_class_mean": nearest_class_mean_accuracies}
 def evaluate(args, device):
     """--eval-only: test --checkpoint (ours or the authors') at every --eval-shots; returns the results."""
     test = load_test_split(args.data_dir)
-    check_not_trained_on(args.checkpoint, test, args.data_dir, load_omniglot)
+    check_not_trained_on(args.checkpoint, "test", test, args.data_dir, load_split, "--eval-only")
     model = load_model(args.checkpoint, device)
     take_checkpoint_sizes(args, model.config, args.checkpoint)
     check_latents_fit(args)

@@ -2,6 +2,7 @@
 written (issue 22): exit code 2, one line on stderr naming the file or flag, no traceback, no file written."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -292,15 +293,17 @@ def test_eval_only_refuses_features_of_another_size_than_the_checkpoints(tmp_pat
 @pytest.mark.parametrize("experiment", ["omniglot", "mimgnet"])
 def test_eval_only_refuses_a_test_split_of_the_classes_the_checkpoint_trained_on(omniglot_data, tmp_path, capsys,
                                                                                experiment):
-    """The checkpoint's run config names its training data (folder and sha256); while that folder holds that
-    data, its train split is compared with the test split of --data-dir: five training classes as another
-    folder's test split are refused, the build's own test split copied to another folder is tested."""
+    """The checkpoint's run config names its training data folder and the sha256 of each split; while that
+    folder holds its train and val splits, they are compared with the test split of --data-dir, whatever
+    else changed there (its test split gone): five training classes, or the val classes that selected the
+    checkpoint, as another folder's test split are refused; the build's own test split copied elsewhere is
+    tested."""
     if experiment == "omniglot":
-        main, data, flags, split = omniglot_main.main, omniglot_data, OMNIGLOT_FLAGS, "{}.npy"
-        flags = [*flags, "--batch-size", "1"]
+        main, flags, split = omniglot_main.main, [*OMNIGLOT_FLAGS, "--batch-size", "1"], "{}.npy"
+        data = shutil.copytree(omniglot_data, tmp_path / "data")
     else:
         main, flags, split = mimgnet_main.main, [*MIMGNET_FLAGS, "--way", "5", "--query", "2"], "{}_features.npy"
-        data = tmp_path / "features"
+        data = tmp_path / "data"
         data.mkdir()
         rng = np.random.default_rng(0)
         for name in ("train", "val", "test"):
@@ -309,19 +312,39 @@ def test_eval_only_refuses_a_test_split_of_the_classes_the_checkpoint_trained_on
     main(list(map(str, ["--data-dir", data, "--save-dir", tmp_path / "run", *flags, "--train-iters", "2",
                         "--freq-iters", "2"])))
     checkpoint = tmp_path / "run" / "last.pt"
-    swapped, copied = tmp_path / "swapped", tmp_path / "copied"
-    for folder, source in ((swapped, "train"), (copied, "test")):
+    for source in ("train", "val", "test"):
+        folder = tmp_path / source
         folder.mkdir()
-        array = np.load(data / split.format(source))
-        np.save(folder / split.format("test"), array if source == "test" else array[:5 * 20])
+        array = np.load(data / split.format(source))[:5 * 20]
+        np.save(folder / split.format("test"), array)
         if experiment == "mimgnet":
-            np.save(folder / "test_labels.npy", np.repeat(np.arange(len(array) // 20), 20)[:len(np.load(
-                folder / split.format("test")))])
-    assert_refused_in_process(main, "--data-dir", swapped, "--eval-only", "--checkpoint", checkpoint, *flags,
-                              roots=[tmp_path], capsys=capsys,
-                              text=f"--eval-only: class 0 of the train split of {data}, which {checkpoint} trained on "
-                                   f"is class 0 of the test split of --data-dir {swapped}")
-    main(list(map(str, ["--data-dir", copied, "--eval-only", "--checkpoint", checkpoint, *flags])))
+            np.save(folder / "test_labels.npy", np.repeat(np.arange(5), 20))
+    shutil.move(data / split.format("test"), tmp_path / "moved away")
+    for source, role in (("train", "trained on"), ("val", "was selected on")):
+        assert_refused_in_process(main, "--data-dir", tmp_path / source, "--eval-only", "--checkpoint", checkpoint,
+                                  *flags, roots=[tmp_path], capsys=capsys,
+                                  text=f"--eval-only: class 0 of the {source} split of {data}, which {checkpoint} "
+                                       f"{role} is class 0 of the test split of --data-dir {tmp_path / source}")
+    main(list(map(str, ["--data-dir", tmp_path / "test", "--eval-only", "--checkpoint", checkpoint, *flags])))
+
+
+def test_draw_figures_refuses_a_val_split_of_the_classes_the_checkpoint_trained_on(omniglot_data, tmp_path, capsys):
+    """Its test-episode figure shows predictions on the val split: drawn on training classes, it would show
+    memory."""
+    data = shutil.copytree(omniglot_data, tmp_path / "data")
+    omniglot_main.main(list(map(str, ["--data-dir", data, "--save-dir", tmp_path / "run", *OMNIGLOT_FLAGS,
+                                      "--batch-size", "1", "--train-iters", "2", "--freq-iters", "2"])))
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copyfile(data / "train.npy", other / "val.npy")
+    shutil.copyfile(data / "test.npy", other / "train.npy")
+    figures = ["--checkpoint", tmp_path / "run" / "last.pt", "--out", tmp_path / "figures", "--way", "5",
+               "--eval-way", "5", "--sample-size", "10", "--query", "2", "--test-mc-sample-size", "2", "--device", "cpu"]
+    assert_refused_in_process(draw_figures.main, "--data-dir", other, *figures, roots=[tmp_path], capsys=capsys,
+                              text=f"draw_figures.py: class 0 of the train split of {data}, which "
+                                   f"{tmp_path / 'run' / 'last.pt'} trained on is class 0 of the val split of "
+                                   f"--data-dir {other}")
+    draw_figures.main(list(map(str, ["--data-dir", data, *figures])))
 
 
 def test_a_fifo_as_features_file_is_refused(tmp_path):
