@@ -11,6 +11,7 @@ Labeled episodes come from arrays shaped (C classes, I instances, ...): N-way, `
 query items per class. Unlabeled training sets are drawn with replacement from all training images
 pooled, so meta-training never reads a label.
 """
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ GROUPING_EM = 6        # (seed, GROUPING_EM, restart): one EM start when groupin
 GROUPING_NOISE = 7     # (seed, GROUPING_NOISE, 0): the MC noise of the grouped folder's set
 GROUPING_KMEANS = 8    # (seed, GROUPING_KMEANS, restart): one k-means++ start of the baseline
 SPLITS = {"val": 1, "test": 2}  # `split` in the evaluation keys: validation and test draw independently
+# evaluation episodes are drawn at random: from P distinct ones, E draws repeat about E / (2P) of them; at
+# least this many times more distinct episodes than drawn keeps that near a tenth or below
+DISTINCT_EPISODES_FACTOR = 5
 PARALLEL_DRAW_SIZE = 1 << 16  # numbers in one draw from which the episode streams are drawn in parallel
 STREAM_BYTES = 1100  # memory of one stream of an EpisodeRandom (a numpy PCG64 Generator), as measured
 
@@ -181,8 +185,10 @@ def make_eval_sets(data, way, shots, query, num_episodes, seed, split):
     return {shot: make_eval_set(data, way, shot, query, num_episodes, seed, split) for shot in shots}
 
 
-def check_episodes_fit(split, array, way, query, shots):
-    """Refuse evaluation episodes that a split (C, I, ...) cannot provide."""
+def check_episodes_fit(split, array, way, query, shots, num_episodes):
+    """Refuse evaluation episodes that a split (C, I, ...) cannot provide: more classes or items than it has,
+    or num_episodes episodes drawn from fewer than DISTINCT_EPISODES_FACTOR times as many distinct ones (about
+    a tenth or more would repeat, and the 95% CI counts the episodes as independent)."""
     classes, instances = array.shape[:2]
     if way > classes:
         raise UserError(f"--eval-way {way} is larger than the {classes} classes of the {split} split")
@@ -190,3 +196,17 @@ def check_episodes_fit(split, array, way, query, shots):
         if shot + query > instances:
             raise UserError(f"shot {shot} + --query {query} is larger than the {instances} items per class "
                             f"of the {split} split")
+        # distinct episodes: the class set, then each class's support and query items
+        log_distinct = log_binomial(classes, way) + way * (log_binomial(instances, shot)
+                                                           + log_binomial(instances - shot, query))
+        if log_distinct < math.log(DISTINCT_EPISODES_FACTOR * num_episodes):
+            raise UserError(f"--eval-episodes {num_episodes}: the {split} split ({classes} classes of {instances} "
+                            f"items) holds only {math.exp(log_distinct):.0f} distinct {way}-way {shot}-shot episodes "
+                            f"with {query} queries per class, fewer than {DISTINCT_EPISODES_FACTOR} x "
+                            f"{num_episodes}: drawn at random, many would repeat, and the 95% CI counts episodes as "
+                            "independent; ask for fewer episodes, or give more classes or items")
+
+
+def log_binomial(n, k):
+    """log(n choose k)."""
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)

@@ -244,7 +244,7 @@ def evaluate_checkpoint(model, checkpoint, test, baselines, way, shots, query, n
                         em_iters, batch_size, device, amp=False):
     """--eval-only: a model loaded from `checkpoint` on fixed way-way test episodes of test (C, I, ...) at
     each shot, beside `baselines` on the same episodes; returns results.json's "test" and "baselines"."""
-    check_episodes_fit("test", test, way, query, shots)
+    check_episodes_fit("test", test, way, query, shots, num_episodes)
     test_sets = make_eval_sets(test, way, shots, query, num_episodes, seed, "test")
     return with_baselines(test_model(model, test_sets, checkpoint, mc_samples, em_iters, batch_size, device, amp),
                           test_sets, baselines)

@@ -51,8 +51,8 @@ def check_run_fits(args, features):
     processes.  features: {split: (C, I, F)}."""
     check_batches_fit(args, features["train"].shape[-1])
     if args.select_by == "val-acc":  # the only mode that reads validation labels
-        check_episodes_fit("val", features["val"], args.eval_way, args.query, [args.shot])
-    check_episodes_fit("test", features["test"], args.eval_way, args.query, args.eval_shots)
+        check_episodes_fit("val", features["val"], args.eval_way, args.query, [args.shot], args.eval_episodes)
+    check_episodes_fit("test", features["test"], args.eval_way, args.query, args.eval_shots, args.eval_episodes)
     distributed.check_batch_divides(args.batch_size)
 
 

@@ -295,7 +295,7 @@ def check_run_figures(data, way, eval_way, sample_size, query):
     if way > items:
         raise UserError(f"--way {way} is more than the {items} items of the mixture figure (--sample-size "
                         f"{sample_size}): EM cannot fit more components than items")
-    check_episodes_fit("val", data["val"], eval_way, min(query, FIGURE_QUERIES), [1])
+    check_episodes_fit("val", data["val"], eval_way, min(query, FIGURE_QUERIES), [1], 1)
 
 
 class DrawnFigures:

@@ -49,9 +49,9 @@ def check_run_fits(args, data, device):
                              f"--hidden-size {args.hidden_size} with {images} images decoded a step (--batch-size x "
                              "--sample-size x --train-mc-sample-size): the decoder's activations of one step")
     if args.select_by == "val-acc":  # the only mode that reads validation labels
-        check_episodes_fit("val", data["val"], args.eval_way, args.query, args.eval_shots)
+        check_episodes_fit("val", data["val"], args.eval_way, args.query, args.eval_shots, args.eval_episodes)
     check_run_figures(data, args.way, args.eval_way, args.sample_size, args.query)
-    check_episodes_fit("test", data["test"], args.eval_way, args.query, args.eval_shots)
+    check_episodes_fit("test", data["test"], args.eval_way, args.query, args.eval_shots, args.eval_episodes)
     distributed.check_batch_divides(args.batch_size)
 
 

@@ -512,3 +512,24 @@ def test_prepare_omniglot_refuses_a_fifo_drawing_in_a_source_folder(tmp_path):
     os.mkfifo(drawing)
     assert_refused_by_process("data/prepare_omniglot.py", "--source", tmp_path / "src", "--out", tmp_path / "out",
                               text="0001_01.png is a FIFO (named pipe), not a regular file", roots=[tmp_path])
+
+
+def test_more_episodes_than_a_split_holds_distinct_ones_are_refused(tmp_path, capsys):
+    """2 classes of 2 drawings give 4 distinct 2-way 1-shot episodes with 1 query: 1000 of them would be the
+    same few episodes counted as independent (a CI 16x too narrow); 40 distinct for 7 are enough."""
+    model = OmniglotGMVAE(8, 4)
+    torch.save({"model": model.state_dict(), "model_config": model.config}, tmp_path / "model.pt")
+    rng = np.random.default_rng(0)
+    drawings = np.zeros((5, 2, 28, 28, 1), np.float32)
+    drawings[:, :, 6:22, 10:18] = rng.random((5, 2, 16, 8, 1)) < 0.3
+    for name, classes in (("tiny", 2), ("small", 5)):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "test.npy", drawings[:classes])
+    flags = ["--eval-only", "--checkpoint", tmp_path / "model.pt", "--eval-way", "2", "--eval-shots", "1", "--query",
+             "1", "--test-mc-sample-size", "2", "--device", "cpu"]
+    assert_refused_in_process(omniglot_main.main, "--data-dir", tmp_path / "tiny", *flags, "--eval-episodes", "1000",
+                              roots=[tmp_path], capsys=capsys,
+                              text="--eval-episodes 1000: the test split (2 classes of 2 items) holds only 4 distinct "
+                                   "2-way 1-shot episodes with 1 queries per class, fewer than 5 x 1000")
+    results = omniglot_main.main(list(map(str, ["--data-dir", tmp_path / "small", *flags, "--eval-episodes", "7"])))
+    assert results["test"]["2way-1shot"]["episodes"] == 7  # C(5, 2) x (2 x 1)^2 = 40 distinct, 5 x 7 = 35

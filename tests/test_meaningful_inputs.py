@@ -3,6 +3,7 @@ Omniglot arrays against the ink convention, 1-way tasks, runs that could only fa
 counts beyond this machine's memory, and Ctrl-C while a command still imports: each ends in one line on
 stderr, exit code 2 (130 for Ctrl-C), no traceback, nothing written."""
 import io
+import math
 import re
 import shutil
 import signal
@@ -153,9 +154,11 @@ def test_model_sizes_that_build_no_model_are_refused(omniglot_data, tmp_path, ca
         assert_refused_in_process(omniglot_main.main, "--data-dir", omniglot_data, "--eval-only", *OMNIGLOT_FLAGS,
                                   "--checkpoint", checkpoint, text=f"the Omniglot model {text}", roots=[omniglot_data],
                                   capsys=capsys)
-    huge = str(physical_memory() or 2 ** 40)  # a 3x3 conv of huge x huge channels: 36 huge^2 bytes
+    # a 3x3 conv of huge x huge channels takes 36 huge^2 bytes, twice the memory; the activations of a step of 20
+    # decoded images (--batch-size 1) are counted first (omniglot.model.training_step_bytes) and fit
+    huge = str(2 * math.isqrt((physical_memory() or 2 ** 40) // 36))
     assert_refused_in_process(omniglot_main.main, "--data-dir", omniglot_data, *OMNIGLOT_FLAGS, "--hidden-size", huge,
-                              "--train-iters", "2", "--save-dir", tmp_path / "run",
+                              "--train-iters", "2", "--batch-size", "1", "--save-dir", tmp_path / "run",
                               text=f"--hidden-size {huge} --latent-size 4: the Omniglot model cannot be built with "
                                    "these settings", roots=[omniglot_data], capsys=capsys)
     assert not (tmp_path / "run").exists()
