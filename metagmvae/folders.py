@@ -745,11 +745,11 @@ class RunDir:
         if not self.path.is_dir():
             raise UserError(f"--resume: {self.path} does not exist; run without --resume to start a run there")
         if not self.last_checkpoint.is_file():
-            unwritten = "" if self._recorded_best() else " (the run wrote no checkpoint yet)"
+            unwritten = "" if self.recorded_best() else " (the run wrote no checkpoint yet)"
             raise UserError(f"--resume: {self.path} holds no {LAST_CHECKPOINT}{unwritten}"
                             + self.instead_of_last("run without --resume to start the run anew"))
 
-    def _recorded_best(self):
+    def recorded_best(self):
         """The best_*.pt checkpoints this run wrote (in the record, unchanged), sorted."""
         if not (self.path / RECORD).is_file():
             return []
@@ -761,8 +761,8 @@ class RunDir:
 
     def instead_of_last(self, otherwise):
         """The end of a message about an absent or unreadable last.pt: the best_*.pt checkpoints this run wrote
-        (_recorded_best) that could be resumed from instead, if any, else `otherwise` (what to do)."""
-        best = self._recorded_best()
+        (recorded_best) that could be resumed from instead, if any, else `otherwise` (what to do)."""
+        best = self.recorded_best()
         if best:
             hold = "hold checkpoints" if len(best) > 1 else "holds a checkpoint"
             return f"; {name_list(best)} in {self.path} {hold} of this run: copy one to {LAST_CHECKPOINT} to resume"

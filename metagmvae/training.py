@@ -201,10 +201,12 @@ class RunLog:
 
 
 def save_after_validation(run, log, state):
-    """Write best_{name}.pt for each improved name, metrics.csv, then last.pt (rank 0 only)."""
+    """Write metrics.csv, best_{name}.pt for each improved name, then last.pt (rank 0 only).  In this order a
+    run stopped between two of them resumes: from last.pt, or from a best_*.pt copied to last.pt (the advice
+    when last.pt is missing), with the rows of metrics.csv up to its step (later ones are cut)."""
+    run.write_metrics(log.rows)
     for name in log.improved:
         run.save_checkpoint(f"best_{name}", state)
-    run.write_metrics(log.rows)
     run.save_checkpoint("last", state)
 
 
@@ -503,5 +505,8 @@ def start_run(run, model, optimizer, config, resume, overwrite, invariant_flags,
         check_run_progress(state, run.last_checkpoint, config)
         restore_training(state, run.last_checkpoint, name, model, optimizer)
         log = RunLog.resume(state, distributed.from_main(lambda: run.read_metrics(up_to=state["step"])))
+        # a best score whose best_*.pt the run did not write (stopped first): the next validation writes it
+        kept = distributed.from_main(run.recorded_best)
+        log.best = {name: score for name, score in log.best.items() if f"best_{name}.pt" in kept}
     prepare_folder(run, config, resume, overwrite)
     return log

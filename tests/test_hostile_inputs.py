@@ -1,6 +1,7 @@
 """Hostile and mistaken inputs to every command: each ends in exit code 2 with one line on stderr naming
 what is wrong, no traceback, and no file that existed before changed (nor any written)."""
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -388,3 +389,12 @@ def test_eval_and_export_only_take_the_sizes_of_the_checkpoint(omniglot_data, si
                               "16", text=f"--hidden-size 16: {tmp_path / 'simclr.pt'} holds a model of hidden_size 4",
                               roots=[simclr_data], capsys=capsys)
     assert not (tmp_path / "features").exists()
+
+
+def test_prepare_mimgnet_writes_nothing_into_its_split_csv_folder(tmp_path):
+    """--splits is an input as --images is: an --out inside it is refused before anything is read."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "splits").mkdir()
+    with pytest.raises(UserError, match="inside --splits"):
+        prepare_mimgnet.prepare_mimgnet(tmp_path / "images", tmp_path / "splits", tmp_path / "splits" / "arrays")
+    assert sorted(os.listdir(tmp_path / "splits")) == []

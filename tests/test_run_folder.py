@@ -591,3 +591,28 @@ def test_a_training_step_beyond_the_machines_memory_is_refused_at_start(omniglot
         "--train-mc-sample-size): the decoder's activations of one step would take 4.79 MiB, more than the 977 KiB "
         "of memory of this machine"], err
     assert not save.exists()
+
+
+def test_a_run_stopped_between_its_checkpoints_at_the_first_validation_resumes_from_a_best(omniglot_data, tmp_path,
+                                                                                          capsys, monkeypatch):
+    """A full disk at best_5shot.pt of the first validation leaves best_1shot.pt and no last.pt; the advice
+    (copy a best_*.pt to last.pt) must then work: metrics.csv is written first, so it holds that step's row."""
+    save_checkpoint = RunDir.save_checkpoint
+
+    def disk_full_at_best_5shot(run, name, state):
+        if name == "best_5shot":
+            raise UserError(f"cannot write {run.path / 'best_5shot.pt'}: the disk is full")
+        save_checkpoint(run, name, state)
+    monkeypatch.setattr(RunDir, "save_checkpoint", disk_full_at_best_5shot)
+    save = tmp_path / "run"
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "4"), capsys)
+    assert code == 2 and "the disk is full" in err
+    monkeypatch.undo()
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "4",
+                                                                 "--resume"), capsys)
+    assert code == 2 and "best_1shot.pt in" in err and "copy one to last.pt to resume" in err, err
+    shutil.copyfile(save / "best_1shot.pt", save / "last.pt")
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "4",
+                                                                 "--resume"), capsys)
+    assert code == 0, err
+    assert load_checkpoint(save / "last.pt")["step"] == 4
