@@ -432,6 +432,14 @@ class OutputFolder:
         finally:
             os.close(file_fd)
 
+    def current_path(self):
+        """Where the opened folder is now (it may have been moved since it was opened): the path the system
+        gives its descriptor (Linux's /proc), else the path it was opened at."""
+        try:
+            return Path(os.readlink(f"/proc/self/fd/{self._fd}"))
+        except OSError:
+            return self.path
+
     def read_owned(self, name):
         """The bytes of `name` (relative), read through the folder's descriptor without following a link (a
         folder moved meanwhile is still this one), if they are a content the record lists for it; else None

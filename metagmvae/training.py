@@ -328,12 +328,15 @@ def run_folder(save_dir, model, resume, progress="step"):
 
 
 def last_saved(run, progress):
-    """'<folder>/last.pt (step 20)': the run's last checkpoint and its `progress` count, or None if none
-    is there to resume from."""
+    """'<folder>/last.pt (step 20)': the last checkpoint of the opened run and its `progress` count, read as
+    the run wrote it through its folder and named where the folder is now (moved meanwhile, say), or None if
+    none is there to resume from."""
+    data = run.folder.read_owned(LAST_CHECKPOINT)
     try:
-        return f"{run.last_checkpoint} ({progress} {load_checkpoint(run.last_checkpoint)[progress]})"
+        count = load_checkpoint(run.last_checkpoint, data)[progress] if data is not None else None
     except (UserError, KeyError):
-        return None
+        count = None
+    return f"{run.folder.current_path() / LAST_CHECKPOINT} ({progress} {count})" if count is not None else None
 
 
 def refuse_field(path, field, value, expected):

@@ -616,3 +616,25 @@ def test_a_run_stopped_between_its_checkpoints_at_the_first_validation_resumes_f
                                                                  "--resume"), capsys)
     assert code == 0, err
     assert load_checkpoint(save / "last.pt")["step"] == 4
+
+
+def test_ctrl_c_after_the_folder_moved_names_the_checkpoint_where_it_is(omniglot_data, tmp_path, capsys, monkeypatch):
+    """The run folder moved mid-run, another folder at the old path: the line names this run's last.pt where
+    it is now, not whatever the old path holds."""
+    save, moved = tmp_path / "run", tmp_path / "moved"
+
+    def move():
+        save.rename(moved)
+        save.mkdir()
+    after_last_save(monkeypatch, move)
+    real_train_step = omniglot_trainer.train_step
+
+    def ctrl_c_at_step_3(model, optimizer, x, rng, objective, at, *args):
+        if at == 3:
+            raise KeyboardInterrupt
+        return real_train_step(model, optimizer, x, rng, objective, at, *args)
+    monkeypatch.setattr(omniglot_trainer, "train_step", ctrl_c_at_step_3)
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "4"), capsys)
+    assert code == 130 and error_lines(err) == [
+        f"omniglot/main.py: error: interrupted (Ctrl-C); --resume continues the run from {moved / 'last.pt'} "
+        "(step 2)"], err
