@@ -200,7 +200,9 @@ def prepare_mimgnet(images_dir, splits_dir, out, skip_bad=False):
     images_dir, splits_dir, out = Path(images_dir), Path(splits_dir), Path(out)
     if not images_dir.is_dir():
         raise UserError(f"--images {images_dir}: {'a file, not a folder' if images_dir.exists() else 'no such folder'}")
-    check_outside_inputs(out, "--out", [("--images", images_dir), ("--splits", splits_dir)])
+    # --splits may hold --out: the default layout is data/imgnet/{train,val,test}.csv beside data/imgnet/arrays;
+    # its CSV files are only read
+    check_outside_inputs(out, "--out", [("--images", images_dir)])
     OutputFolder(out, BUILD_KIND, "--out").check(["manifest.json", *(f"{split}_images.npy" for split in SPLITS)])
     csv_paths = {split: splits_dir / f"{split}.csv" for split in SPLITS}
     csvs = {split: read_split_csv(path) for split, path in csv_paths.items()}

@@ -250,11 +250,13 @@ def pretrain(args, device):
 
 def train_and_export(args, device):
     """Pre-train, then export the features of every split (rank 0 alone); returns the features manifest,
-    or None in the other processes."""
+    or None in the other processes.  The data are checked before training and again before the export,
+    which reads them anew after hours: a split replaced meanwhile is refused as such."""
     check_data(args.data_dir)
     model, checkpoint = pretrain(args, device)
     if not distributed.is_main():
         return None
+    check_data(args.data_dir)
     return export_features(model, args.data_dir, args.feature_save_dir, checkpoint, args.batch_size, device)
 
 

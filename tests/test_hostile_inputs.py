@@ -390,11 +390,3 @@ def test_eval_and_export_only_take_the_sizes_of_the_checkpoint(omniglot_data, si
                               roots=[simclr_data], capsys=capsys)
     assert not (tmp_path / "features").exists()
 
-
-def test_prepare_mimgnet_writes_nothing_into_its_split_csv_folder(tmp_path):
-    """--splits is an input as --images is: an --out inside it is refused before anything is read."""
-    (tmp_path / "images").mkdir()
-    (tmp_path / "splits").mkdir()
-    with pytest.raises(UserError, match="inside --splits"):
-        prepare_mimgnet.prepare_mimgnet(tmp_path / "images", tmp_path / "splits", tmp_path / "splits" / "arrays")
-    assert sorted(os.listdir(tmp_path / "splits")) == []

@@ -400,3 +400,25 @@ def test_torchrun_simclr_trains_and_exports_like_one_process(prepared, trained, 
     for name, array in features_one.items():
         assert features_two[name].shape == array.shape
         np.testing.assert_allclose(features_two[name], array, rtol=0, atol=0.02)
+
+
+def test_a_split_replaced_during_training_is_refused_before_the_export(prepared, tmp_path, capsys, monkeypatch):
+    """The export reads the image arrays anew after training (hours): they are checked again, so a test split
+    replaced meanwhile is refused as such, not exported, nor blamed on the encoder."""
+    data = shutil.copytree(prepared[0], tmp_path / "data")
+    fit = simclr_trainer.fit
+
+    def fit_then_replace(*args, **kwargs):
+        fit(*args, **kwargs)
+        images = np.load(data / "test_images.npy")
+        np.save(data / "test_images.npy", images[::-1].copy())  # another split, classes in another order
+    monkeypatch.setattr(simclr_trainer, "fit", fit_then_replace)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # stderr also holds the progress bars of training
+        simclr_main(list(map(str, ["--data-dir", data, "--save-dir", tmp_path / "run", "--feature-save-dir",
+                                   tmp_path / "features", *SMALL])))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"simclr/main.py: error: --data-dir {data}: test_images.npy changed since "
+                                           "the command that wrote the folder wrote it"), err
+    assert not (tmp_path / "features").exists()
