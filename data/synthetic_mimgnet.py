@@ -33,7 +33,7 @@ from PIL import Image  # noqa: E402
 
 from metagmvae.cli import check_positive, check_seed  # noqa: E402
 from metagmvae.folders import OutputFolder  # noqa: E402
-from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
+from metagmvae.runfiles import UserError, check_fits_in_memory, exit_on_user_error  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 NOISE_STD = 12.0  # per pixel and channel, in uint8 levels
@@ -167,6 +167,9 @@ def check_args(args):
     check_seed(args.seed)
     if len(args.size) > 2 or min(args.size) < 8:
         raise UserError(f"--size takes one or two values of at least 8 pixels (got {args.size})")
+    height, width = args.size[0], args.size[-1]
+    check_fits_in_memory(8 * args.per_class * height * width * 3,  # render_class: (n, H, W, 3) float64
+                         f"--per-class {args.per_class} --size {height} {width}: the images of one class as rendered")
 
 
 def main(argv=None):

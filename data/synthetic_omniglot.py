@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from data.omniglot_build import (IMAGE_SIZE, SPLITS, check_build_folder, split_characters, with_rotations,  # noqa: E402
                                  write_build)
 from metagmvae.cli import check_seed  # noqa: E402
-from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
+from metagmvae.runfiles import UserError, check_fits_in_memory, exit_on_user_error  # noqa: E402
 
 RENDER_SIZE = 105  # Omniglot's drawings are 105x105
 HALF_EXTENT = 0.36  # the character box [-1, 1]^2 spans 2 * 0.36 of the canvas side
@@ -178,6 +178,9 @@ def build_synthetic_omniglot(out, num_characters, drawings=20, seed=0, split=Non
     too; `flag` names `out` in messages. Returns the manifest.
     """
     num_alphabets = default_alphabets(num_characters) if num_alphabets is None else num_alphabets
+    # at least the drawings (C, D, 28, 28) float32 and the four rotations of each: 5 x their bytes
+    check_fits_in_memory(5 * 4 * num_characters * drawings * IMAGE_SIZE * IMAGE_SIZE,
+                         f"--characters {num_characters} --drawings {drawings}: the drawings and their rotations")
     parts = split_characters(num_characters, seed, split)  # checks `split` and `out` before generating
     check_build_folder(out, flag)
     images = generate_characters(num_characters, drawings, seed, num_alphabets)

@@ -58,9 +58,9 @@ def exit_on_user_error(prog):
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):
             raise
-        print(f"{prog}: error: out of memory ({str(e).splitlines()[0] if str(e) else 'MemoryError'}): lower the "
-              "batch, sample or MC sample sizes; files already written are kept (a run continues with --resume)",
-              file=sys.stderr)
+        print(f"{prog}: error: out of memory ({str(e).splitlines()[0] if str(e) else 'MemoryError'}): the sizes "
+              "given need more memory than this machine has (in a run: the batch, sample or MC sample sizes); files "
+              "already written are kept (a run continues with --resume)", file=sys.stderr)
         sys.exit(UserError.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: error: interrupted", file=sys.stderr)

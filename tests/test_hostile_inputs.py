@@ -14,6 +14,7 @@ from numpy.lib import format as npy_format
 from PIL import Image, ImageDraw
 
 from data import prepare_mimgnet
+from data.prepare_omniglot import main as prepare_omniglot_main
 from data.synthetic_mimgnet import main as synthetic_mimgnet_main
 from metagmvae.folders import OutputFolder
 from metagmvae.runfiles import MAX_NAMES_SHOWN, UserError, build_model, load_npy
@@ -390,3 +391,15 @@ def test_eval_and_export_only_take_the_sizes_of_the_checkpoint(omniglot_data, si
                               roots=[simclr_data], capsys=capsys)
     assert not (tmp_path / "features").exists()
 
+
+
+def test_builders_refuse_sizes_beyond_memory_at_start(tmp_path, capsys):
+    """The procedural builders render everything in memory: sizes beyond it are refused before the work (the
+    system killed them after minutes, without a word), naming their own flags."""
+    assert_refused_in_process(synthetic_mimgnet_main, "--out", tmp_path / "images", "--size", "100000",
+                              "--per-class", "2", text="--per-class 2 --size 100000 100000: the images of one class "
+                                                       "as rendered would take", roots=[tmp_path], capsys=capsys)
+    assert_refused_in_process(prepare_omniglot_main, "--synthetic", "--characters", "1000000000", "--out",
+                              tmp_path / "omniglot", text="--characters 1000000000 --drawings 20: the drawings and "
+                                                          "their rotations would take", roots=[tmp_path], capsys=capsys)
+    assert os.listdir(tmp_path) == []

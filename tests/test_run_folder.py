@@ -558,8 +558,9 @@ def test_what_the_system_refuses_on_a_path_and_running_out_of_memory_are_one_lin
                                                                  "--resume"), capsys)
     assert code == 2 and error_lines(err) == [
         "omniglot/main.py: error: out of memory ([enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't "
-        "allocate memory: you tried to allocate 1342177280 bytes. Error code 12 (Cannot allocate memory)): lower the "
-        "batch, sample or MC sample sizes; files already written are kept (a run continues with --resume)"], err
+        "allocate memory: you tried to allocate 1342177280 bytes. Error code 12 (Cannot allocate memory)): the sizes "
+        "given need more memory than this machine has (in a run: the batch, sample or MC sample sizes); files already "
+        "written are kept (a run continues with --resume)"], err
     assert (save / "last.pt").read_bytes() == before
 
 
