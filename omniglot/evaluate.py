@@ -35,6 +35,9 @@ from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
 from omniglot.model import load_model  # noqa: E402
 
 IMAGE_SIZE = 28
+# the most of a converted drawing that ink may cover: real Omniglot drawings at most 0.2; a drawing whose ink
+# covers more than half the picture is read inverted, its paper then covering what the ink does not
+MAX_INK_COVER = 0.35
 IMAGE_SUFFIXES = imagefolders.IMAGE_SUFFIXES  # also read as omniglot.evaluate.IMAGE_SUFFIXES
 
 
@@ -47,8 +50,15 @@ def load_image(path):
         raise UserError(f"{path}: blank image (all pixels equal at 28x28 grayscale); expected a drawing")
     paper = np.float32(np.median(full))
     if full.mean(dtype=np.float64) < paper:  # dark ink; not blank, so paper > 0
-        return np.clip((paper - small) / paper, 0, 1)
-    return np.clip((small - paper) / (1 - paper), 0, 1)  # light ink; not blank, so paper < 1
+        drawing = np.clip((paper - small) / paper, 0, 1)
+    else:  # light ink; not blank, so paper < 1
+        drawing = np.clip((small - paper) / (1 - paper), 0, 1)
+    if drawing.mean() > MAX_INK_COVER:
+        raise UserError(f"{path}: read as a drawing whose ink covers {drawing.mean():.0%} of it (real Omniglot "
+                        f"drawings: at most 20%): ink over most of the picture is taken as the paper (the median "
+                        "shade) and the drawing read inverted, and strokes this heavy are none the model knows; "
+                        "crop or thin it")
+    return drawing
 
 
 def load_episode(folder):

@@ -688,3 +688,16 @@ def test_messages_name_what_the_user_gave(models, tmp_path, capsys):
     assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root), roots=[tmp_path], capsys=capsys,
                               text=f"is not among the support classes of {root / 'ep0'} (support/{nfc} looks the "
                                    "same but is written with other Unicode code points, NFC against NFD")
+
+
+def test_a_drawing_whose_ink_covers_most_of_it_is_refused(tmp_path):
+    """Ink over 60% of the picture: the median shade, taken as the paper, is the ink, and the drawing would be
+    read inverted (its paper as strokes). Real Omniglot drawings are at most 20% ink once read."""
+    pixels = np.full((56, 56), 255, np.uint8)
+    pixels[:, :34] = 0  # black ink over 61% of the picture
+    Image.fromarray(pixels).save(tmp_path / "heavy.png")
+    with pytest.raises(UserError, match=r"heavy.png: read as a drawing whose ink covers \d+% of it \(real Omniglot "
+                                        r"drawings: at most 20%\)"):
+        omniglot_evaluate.load_image(tmp_path / "heavy.png")
+    Image.fromarray(on_white(drawing())).save(tmp_path / "plain.png")
+    assert omniglot_evaluate.load_image(tmp_path / "plain.png").mean() < 0.2
