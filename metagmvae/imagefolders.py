@@ -614,17 +614,27 @@ def folder_classes(root, files):
 def check_folders_share_no_picture(root, files, items, classes):
     """Refuse class folders (classes (N,) of items (N, ...) read from files below root) that hold one picture
     as the model reads it, or copies of one, under two names: scored against such folders, a grouping is
-    marked wrong for the picture whichever cluster it takes.  O(N) (copy_pairs; a group of copies held in two
-    classes yields a pair across them)."""
+    marked wrong for the picture whichever cluster it takes; and a folder more than half of whose images are
+    copies of others in it: copies fall in one cluster whatever the model, and the scores would count that
+    as agreement.  O(N) (copy_pairs; a group of copies held in two classes yields a pair across them)."""
     pairs = copy_pairs(*near_copies_of(items.cpu()))
     classes = classes.numpy()
-    shared = pairs[classes[pairs[:, 0]] != classes[pairs[:, 1]]]
+    across = classes[pairs[:, 0]] != classes[pairs[:, 1]]
+    shared = pairs[across]
     if len(shared):
         first, second = (files[i].relative_to(root) for i in shared[0])
         raise UserError(f"--images {root}: the class folders {first.parent.as_posix()!r} and "
                         f"{second.parent.as_posix()!r} hold the same picture as the model reads it ({first.name} and "
                         f"{second.name}: {COPIES}); the scores against the folders would mean nothing: give each "
                         "picture one class folder, or put the images in one folder to group them unscored")
+    copies = np.bincount(classes[np.unique(pairs[~across, 1])], minlength=classes.max() + 1)  # per folder
+    sizes = np.bincount(classes)
+    mostly = np.flatnonzero(2 * copies > sizes)
+    if len(mostly):
+        folder = files[int(np.flatnonzero(classes == mostly[0])[0])].relative_to(root).parent.as_posix()
+        raise UserError(f"--images {root}: {copies[mostly[0]]} of the {sizes[mostly[0]]} images of the class folder "
+                        f"{folder!r} are copies of others in it ({COPIES}); copies fall in one cluster whatever the "
+                        "model, so the scores against the folders would count them as agreement: keep one of each")
 
 
 def partition_scores(classes, partitions):

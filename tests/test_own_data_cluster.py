@@ -308,6 +308,13 @@ def test_class_folders_that_share_a_picture_are_refused_before_scoring(omniglot_
     assert_refused_in_process(omniglot_cluster.main, *common, "--images", images,
                               text="'alphabet/character0' and 'alphabet/character1' hold the same picture", **refuse)
     assert not (tmp_path / "out").exists()
+    copies = shutil.copytree(omniglot_folder, tmp_path / "copies")
+    folder = copies / "alphabet" / "character0"
+    for i, path in enumerate(sorted(folder.glob("*.png"))[1:]):  # one drawing, PER_CLASS times
+        shutil.copyfile(folder / "0.png", path)
+    assert_refused_in_process(omniglot_cluster.main, *common, "--images", copies, roots=[copies, checkpoints],
+                              capsys=capsys, text=f"--images {copies}: {PER_CLASS - 1} of the {PER_CLASS} images of "
+                                                  "the class folder 'alphabet/character0' are copies of others in it")
 
 
 def test_groupings_that_cannot_mean_anything_are_refused(omniglot_folder, checkpoints, tmp_path, capsys):
