@@ -180,7 +180,7 @@ def _distinct_rows(rows):
     are grouped by a 64-bit hash of their words (an eighth of the time of sorting 130,000 rows' bytes); where
     two rows of one group differ (a hash collision, about n^2 / 2^65 likely) their bytes are sorted."""
     words = rows.view(np.uint32)
-    _, first, ids = np.unique(row_hashes(words), return_index=True, return_inverse=True)
+    _, first, ids = np.unique(_row_hashes(words), return_index=True, return_inverse=True)
     chunks = range(0, len(words), ROW_CHUNK)
     if all(np.array_equal(words[i:i + ROW_CHUNK], words[first[ids[i:i + ROW_CHUNK]]]) for i in chunks):
         return first, ids.ravel()
@@ -189,7 +189,7 @@ def _distinct_rows(rows):
     return first, ids.ravel()
 
 
-def row_hashes(words):
+def _row_hashes(words):
     """(n, P) uint32 -> (n,) uint64: the sum of the words times odd random multipliers, modulo 2^64."""
     multipliers = np.random.default_rng(0).integers(1, 2 ** 63, words.shape[1], dtype=np.uint64) | np.uint64(1)
     return np.concatenate([np.empty(0, np.uint64), *((words[i:i + ROW_CHUNK] * multipliers).sum(1, dtype=np.uint64)

@@ -15,8 +15,8 @@ Each image becomes an array through the caller's load_image(path), which raises 
 decode; every image of an episode must give the same shape. Two support classes holding the same picture (as
 load_image gives it, or near-copies of it: copies.py) are refused, and so are labelled episodes of different
 ways in one folder (their mean would mix chance levels), and two labelled episodes, or two unlabelled ones, that
-hold the same pictures in support and in query whatever their file and class-folder names (one episode twice:
-the 95% CI counts episodes as independent). Every command opens its image files with open_image:
+hold the same pictures, or copies of them, in support and in query whatever their file and class-folder names
+(one episode twice: the 95% CI counts episodes as independent). Every command opens its image files with open_image:
 upright, 8 bits per channel.
 """
 import argparse
@@ -34,7 +34,7 @@ from PIL import Image, ImageOps
 
 from .cli import FLOAT_BYTES, MIN_WAY, HelpFormatter, check_positive, check_seed
 from .clustering import adjusted_rand_index, cluster_set, kmeans, normalized_mutual_info, restart_streams
-from .copies import COPIES, drawing_size, drawing_views, near_copies, row_hashes
+from .copies import COPIES, drawing_size, near_copies
 from .distributed import resolve_device
 from .episodes import GROUPING_EM, GROUPING_KMEANS, GROUPING_NOISE, STREAM_BYTES, EpisodeRandom
 from .evaluation import MIN_EPISODES, mean_confidence_interval
@@ -120,7 +120,7 @@ class Episode:
     query: torch.Tensor      # (Nq, ...)
     y_query: torch.Tensor    # (Nq,) labels, or None when the queries are unlabelled
     query_files: list        # (Nq,) paths relative to query/
-    pictures: tuple = None   # what tells the episode from others: episode_pictures of its images
+    pictures: torch.Tensor = None  # (Ns + Nq, ...) what tells it from other episodes: episode_pictures
 
 
 def shown(path):
@@ -253,47 +253,50 @@ def check_pictures_differ(folder, class_dirs, support, support_files, query, que
                         "labels one is wrong whatever the prediction, under one it is scored twice)")
 
 
-def picture_hashes(items):
-    """64-bit hashes (copies.row_hashes) of items (N, ...), a CPU tensor, as the model reads them: a list of
-    (N,) uint64 arrays, one of the items as given and, for drawings (copies.drawing_size), one of their
-    copies.drawing_views; items that copies.near_copies gives one id (equal byte for byte, or drawings equal
-    once scaled, centred and blurred) get one hash."""
-    rows = np.ascontiguousarray(items.reshape(len(items), -1).numpy(), dtype=np.float32)
-    shape = drawing_size(items.shape[1:])
-    views = [rows] if shape is None else [rows, drawing_views(rows.reshape(len(rows), *shape)).reshape(rows.shape)]
-    return [row_hashes(np.ascontiguousarray(view).view(np.uint32)) for view in views]
-
-
 def episode_pictures(support, query):
-    """What makes two episodes one (check_episodes_differ): for each kind of picture_hashes of support
-    (Ns, ...) and query (Nq, ...), the bytes of the number of distinct support hashes, those hashes sorted, then
-    the distinct query hashes sorted; file names, class folders and repeated pictures play no part."""
-    pictures = []
-    for hashes in picture_hashes(torch.cat([support, query])):
-        in_support, in_query = np.unique(hashes[:len(support)]), np.unique(hashes[len(support):])
-        pictures.append(np.concatenate([np.array([len(in_support)], np.uint64), in_support, in_query]).tobytes())
-    return tuple(pictures)
+    """support (Ns, ...), query (Nq, ...) items as the model reads them -> the (Ns + Nq, ...) CPU tensor by
+    which episodes are compared (check_episodes_differ): drawings as they are, photos (N, H, W, 3) as their
+    4x4-pixel block means (a sixteenth of the values: a photo saved again stays near itself, as in the
+    split checks of simclr/data.py)."""
+    items = torch.cat([support, query])
+    if drawing_size(items.shape[1:]) is not None:
+        return items
+    return torch.nn.functional.avg_pool2d(items.permute(0, 3, 1, 2).float(), 4).permute(0, 2, 3, 1)
 
 
 def check_episodes_differ(episodes):
-    """Refuse two labelled episodes, or two unlabelled ones, that are one episode: the same pictures as the
-    model reads them (episode_pictures) in support and in query, whatever the names of their files and class
-    folders (a copied episode folder).  The 95% CI of the mean counts the episodes as independent, so a
-    repeated one would narrow it; an unlabelled episode repeated would be predicted twice as two.  A labelled
-    and an unlabelled episode of the same pictures may stand side by side (the one is scored, the other
-    predicted), and so may episodes that share some pictures.  O(episodes): a dict of their pictures."""
-    first = {}  # (labelled, pictures) -> the episode that holds them
+    """Refuse two labelled episodes, or two unlabelled ones, that are one episode: the same pictures, or copies
+    of them (copies.near_copies: equal, saved again, noise added, drawings moved or with lighter ink), in support
+    and in query, whatever the names of their files and class folders (a copied episode folder).  The 95% CI
+    of the mean counts the episodes as independent, so a repeated one would narrow it; an unlabelled episode
+    repeated would be predicted twice as two.  A labelled and an unlabelled episode of the same pictures may
+    stand side by side (the one is scored, the other predicted), and so may episodes that share some pictures.
+    The pictures of all episodes are compared at once (episode_pictures); each is then named by the first
+    picture it is a copy of, directly or through copies of copies, and an episode by the sets of those names."""
+    pictures = torch.cat([episode.pictures for episode in episodes])
+    pairs = copy_pairs(*near_copies_of(pictures))
+    names = np.arange(len(pictures))
+    while True:
+        joined = names.copy()
+        np.minimum.at(joined, pairs[:, 1], joined[pairs[:, 0]])
+        np.minimum.at(joined, pairs[:, 0], joined[pairs[:, 1]])
+        if np.array_equal(joined, names):
+            break
+        names = joined
+    first, start = {}, 0  # (labelled, support names, query names) -> the episode that holds them
     for episode in episodes:
-        for kind, pictures in enumerate(episode.pictures or ()):
-            other = first.setdefault((episode.y_query is not None, kind, pictures), episode)
-            if other is not episode:
-                why = ("the mean accuracy's 95% CI counts episodes as independent, so an episode counted twice "
-                       "would narrow it" if episode.y_query is not None else
-                       "its predictions would be listed twice, as two episodes")
-                raise UserError(f"--episodes: episodes {other.name!r} and {episode.name!r} are one episode: the "
-                                "same pictures in support and in query as the model reads them (equal, drawings "
-                                "also once scaled, centred and blurred; whatever the file and class-folder "
-                                f"names); {why}: keep one of them")
+        own = names[start:start + len(episode.pictures)]
+        start += len(episode.pictures)
+        support = len(episode.y_support)
+        key = (episode.y_query is not None, np.unique(own[:support]).tobytes(), np.unique(own[support:]).tobytes())
+        other = first.setdefault(key, episode)
+        if other is not episode:
+            why = ("the mean accuracy's 95% CI counts episodes as independent, so an episode counted twice would "
+                   "narrow it" if episode.y_query is not None else "its predictions would be listed twice, as two "
+                                                                    "episodes")
+            raise UserError(f"--episodes: episodes {other.name!r} and {episode.name!r} are one episode: the same "
+                            f"pictures in support and in query as the model reads them, or copies of them "
+                            f"({COPIES}; whatever the file and class-folder names); {why}: keep one of them")
 
 
 def copy_pairs(ids, near):

@@ -80,7 +80,7 @@ def test_rows_equal_byte_for_byte_share_an_id_also_where_their_hashes_collide(mo
     _, by_bytes = np.unique(rows.view(np.dtype((np.void, 20))).ravel(), return_inverse=True)
     assert len(np.unique(by_bytes)) < 250
     assert same_partition(near_copies(rows)[0], by_bytes.ravel())
-    monkeypatch.setattr(copies, "row_hashes", lambda words: np.zeros(len(words), np.uint64))  # all collide
+    monkeypatch.setattr(copies, "_row_hashes", lambda words: np.zeros(len(words), np.uint64))  # all collide
     assert same_partition(near_copies(rows)[0], by_bytes.ravel())
 
 

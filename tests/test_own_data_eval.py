@@ -520,7 +520,7 @@ def test_refuses_labelled_episodes_of_different_ways(models, tmp_path, capsys):
 def copy_episode(source, target, change):
     """target: the episode folder `source` copied, then changed by `change`: "copy" nothing, "class renamed" its
     class c1 renamed to another name (support and query), "files renamed and saved again" every image saved as
-    a BMP of the same pixels under another name."""
+    a BMP of the same pixels under another name, or every image replaced by a near-copy of it."""
     shutil.copytree(source, target)
     if change == "class renamed":
         for part in ("support", "query"):
@@ -530,9 +530,21 @@ def copy_episode(source, target, change):
             with Image.open(path) as im:
                 im.save(path.with_name(f"copy-{path.stem}.bmp"))
             path.unlink()
+    elif change != "copy":  # a near-copy of every picture: saved again as JPEG, with lighter ink, or moved
+        for path in sorted(target.rglob("*.png")):
+            with Image.open(path) as im:
+                pixels = np.asarray(im.convert("L"), dtype=np.float64)
+            if change == "saved again as JPEG":
+                Image.fromarray(pixels.astype(np.uint8)).save(path.with_suffix(".jpg"), quality=90)
+                path.unlink()
+            elif change == "lighter ink":
+                Image.fromarray(np.rint(255 - 0.7 * (255 - pixels)).astype(np.uint8)).save(path)
+            else:  # two of its 56 pixels: one of the 28 the model reads
+                Image.fromarray(np.roll(pixels, 2, axis=1).astype(np.uint8)).save(path)
 
 
-@pytest.mark.parametrize("change", ["copy", "class renamed", "files renamed and saved again"])
+@pytest.mark.parametrize("change", ["copy", "class renamed", "files renamed and saved again", "saved again as JPEG",
+                                    "lighter ink", "moved"])
 def test_refuses_an_episode_folder_copied_as_another_episode(models, tmp_path, capsys, change):
     """An episode copied (cp -r E/ep0 E/ep0copy), with a class folder renamed or its images renamed and saved
     again with the same pixels, is the same episode: counted twice, it would narrow the 95% CI, which counts
