@@ -607,10 +607,11 @@ SPLIT_DIGESTS = "split_sha256"  # the config entry {split: sha256}: which data e
 
 def data_sha256(splits):
     """Hex sha256 of a run's data: each split's name, dtype, shape and values, in name order.
-    splits: {name: tensor}, e.g. {"train": (C, I, 1, 28, 28), ...}."""
+    splits: {name: CPU tensor or numpy array}, e.g. {"train": (C, I, 1, 28, 28), ...}."""
     digest = hashlib.sha256()
     for name in sorted(splits):
-        values = splits[name].contiguous().numpy()
+        split = splits[name]
+        values = np.ascontiguousarray(split) if isinstance(split, np.ndarray) else split.contiguous().numpy()
         digest.update(f"{name} {values.dtype} {values.shape}\n".encode())
         digest.update(values.reshape(-1).view(np.uint8))
     return digest.hexdigest()

@@ -16,8 +16,8 @@ from tqdm import tqdm
 from metagmvae import distributed
 from metagmvae.cli import take_checkpoint_sizes
 from metagmvae.folders import OutputFolder, canonical_json, check_as_written
-from metagmvae.runfiles import (UserError, build_model, check_distinct_classes, check_finite_result, load_checkpoint,
-                               rng_state)
+from metagmvae.runfiles import (SPLIT_DIGESTS, UserError, build_model, check_distinct_classes, check_finite_result,
+                                data_sha256, load_checkpoint, rng_state)
 from metagmvae.training import (TrainingDiverged, prepare_folder, read_resume_state, restore_training, run_config,
                                 run_folder)
 
@@ -215,7 +215,7 @@ def check_data(data_dir):
     array and class names, and no class in two places (check_distinct_classes on the images' thumbnails:
     a class copied into another split, in part or saved again with other bytes, as export would find it), and
     values that use 0-255 (check_full_range); a build that has not finished, or whose files changed since it
-    wrote them (folders.check_as_written), first."""
+    wrote them (folders.check_as_written), first.  Returns the thumbnails {file name: (C, I, 21, 21, 3)}."""
     check_as_written(data_dir, "--data-dir", ["manifest.json", *(f"{split}_images.npy" for split in SPLITS)])
     for split in SPLITS:
         check_split(data_dir, split)
@@ -223,6 +223,28 @@ def check_data(data_dir):
     for name, split_thumbnails in splits.items():
         check_full_range(split_thumbnails, Path(data_dir) / name)
     check_distinct_image_classes(splits, str(data_dir))
+    return splits
+
+
+def check_not_trained_on(checkpoint, data_dir, splits):
+    """Refuse an --export-only whose val or test images (splits: check_data's thumbnails) hold classes of the
+    images the encoder of `checkpoint` trained on (features of them would be tested as new classes).  Its run
+    config names that folder and the sha256 of its train split; where the folder, other than data_dir, still
+    holds that split, the thumbnails are compared (check_distinct_image_classes)."""
+    config = load_checkpoint(checkpoint).get("config")  # rank 0 alone exports
+    config = config if isinstance(config, dict) else {}
+    trained_on, digests = config.get("data_dir"), config.get(SPLIT_DIGESTS)
+    if not isinstance(trained_on, str) or not isinstance(digests, dict) or not Path(trained_on).is_dir() or \
+            Path(trained_on).resolve() == Path(data_dir).resolve():
+        return
+    try:
+        train = load_image_array(trained_on, "train", mmap_mode="r")  # (C, I, 84, 84, 3), as pretrain's config
+    except UserError:
+        return
+    if data_sha256({"train": train.reshape(-1, *train.shape[2:])}) == digests.get("train"):
+        check_distinct_image_classes({**{name: splits[name] for name in ("val_images.npy", "test_images.npy")},
+                                      f"the train images of {trained_on}, which {checkpoint} trained on":
+                                          thumbnails(train)}, f"--export-only --data-dir {data_dir}")
 
 
 def pretrain(args, device):
@@ -262,7 +284,7 @@ def train_and_export(args, device):
 
 def export_checkpoint(args, device):
     """--export-only: the features of --checkpoint; returns the features manifest."""
-    check_data(args.data_dir)
+    check_not_trained_on(args.checkpoint, args.data_dir, check_data(args.data_dir))
     model = load_model(args.checkpoint, device)
     take_checkpoint_sizes(args, {"hidden_size": model.encoder.blocks[0][0].out_channels}, args.checkpoint)
     return export_features(model, args.data_dir, args.feature_save_dir, args.checkpoint, args.batch_size, device)

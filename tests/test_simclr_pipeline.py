@@ -422,3 +422,26 @@ def test_a_split_replaced_during_training_is_refused_before_the_export(prepared,
     assert err.splitlines()[-1].startswith(f"simclr/main.py: error: --data-dir {data}: test_images.npy changed since "
                                            "the command that wrote the folder wrote it"), err
     assert not (tmp_path / "features").exists()
+
+
+def test_export_only_refuses_val_or_test_images_the_encoder_trained_on(prepared, trained, tmp_path, capsys):
+    """Another build of the same images whose test split is the encoder's training images: their features
+    would be tested as new classes. The encoder's run config names its data folder and the sha256 of its
+    train split; while that folder holds it, the export compares."""
+    save, _, _ = trained
+    data, swapped = prepared[0], tmp_path / "swapped"
+    swapped.mkdir()
+    manifest = json.loads((data / "manifest.json").read_text())
+    train, test = np.load(data / "train_images.npy"), np.load(data / "test_images.npy")
+    np.save(swapped / "train_images.npy", test)
+    np.save(swapped / "test_images.npy", train[:2])
+    shutil.copyfile(data / "val_images.npy", swapped / "val_images.npy")
+    splits = manifest["splits"]
+    splits["train"]["classes"], splits["test"]["classes"] = splits["test"]["classes"], splits["train"]["classes"][:2]
+    (swapped / "manifest.json").write_text(json.dumps(manifest))
+    assert_refused_in_process(simclr_main, "--data-dir", swapped, "--feature-save-dir", tmp_path / "features",
+                              "--export-only", "--checkpoint", save / "last.pt", "--batch-size", "8",
+                              roots=[tmp_path, data], capsys=capsys,
+                              text=f"--export-only --data-dir {swapped} (images compared as 4x4-pixel block means): "
+                                   f"class 0 of the train images of {data}, which {save / 'last.pt'} trained on is "
+                                   "class 0 of test_images.npy")
