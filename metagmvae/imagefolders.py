@@ -40,6 +40,7 @@ from .episodes import GROUPING_EM, GROUPING_KMEANS, GROUPING_NOISE, STREAM_BYTES
 from .evaluation import MIN_EPISODES, mean_confidence_interval
 from .folders import OutputFolder, check_outside_inputs
 from .runfiles import UserError, check_finite_result, check_fits_in_memory, check_regular_file, seed_everything
+from .training import trained_splits
 
 IMAGE_SUFFIXES = frozenset(suffix for suffix, image_format in Image.registered_extensions().items()
                            if image_format in Image.OPEN)
@@ -264,6 +265,39 @@ def episode_pictures(support, query):
     return torch.nn.functional.avg_pool2d(items.permute(0, 3, 1, 2).float(), 4).permute(0, 2, 3, 1)
 
 
+def copy_groups(items):
+    """(N,) int64: for each of items (N, ...), a CPU tensor, the index of the first item it is a copy of
+    (copies.near_copies), directly or through copies of copies; its own index if none."""
+    pairs = copy_pairs(*near_copies_of(items))
+    names = np.arange(len(items))
+    while True:
+        joined = names.copy()
+        np.minimum.at(joined, pairs[:, 1], joined[pairs[:, 0]])
+        np.minimum.at(joined, pairs[:, 0], joined[pairs[:, 1]])
+        if np.array_equal(joined, names):
+            return names
+        names = joined
+
+
+def check_episodes_not_trained_on(episodes, checkpoint, load_split):
+    """Refuse episodes more than half of whose items, as the model reads them (drawings, features), are copies
+    of items of the splits `checkpoint` trained on or was selected on (training.trained_splits; load_split:
+    (folder, split) -> (C, I, ...) as training read it): an accuracy on them would measure memory, not
+    few-shot learning."""
+    seen = trained_splits(checkpoint, load_split)
+    if not seen:
+        return
+    items = torch.cat([torch.cat([episode.support, episode.query]) for episode in episodes])
+    names = copy_groups(torch.cat([items, *(split.flatten(0, 1) for split in seen.values())]))
+    known = np.zeros(len(names), bool)
+    np.logical_or.at(known, names, np.arange(len(names)) >= len(items))  # groups holding a trained item
+    copied = int(known[names[:len(items)]].sum())
+    if 2 * copied > len(items):
+        raise UserError(f"--episodes: {copied} of the {len(items)} images of the episodes are, as the model reads "
+                        f"them, items of {' or '.join(seen)}, or copies of them ({COPIES}): an accuracy on them "
+                        "would measure memory, not few-shot learning")
+
+
 def check_episodes_differ(episodes):
     """Refuse two labelled episodes, or two unlabelled ones, that are one episode: the same pictures, or copies
     of them (copies.near_copies: equal, saved again, noise added, drawings moved or with lighter ink), in support
@@ -273,16 +307,7 @@ def check_episodes_differ(episodes):
     stand side by side (the one is scored, the other predicted), and so may episodes that share some pictures.
     The pictures of all episodes are compared at once (episode_pictures); each is then named by the first
     picture it is a copy of, directly or through copies of copies, and an episode by the sets of those names."""
-    pictures = torch.cat([episode.pictures for episode in episodes])
-    pairs = copy_pairs(*near_copies_of(pictures))
-    names = np.arange(len(pictures))
-    while True:
-        joined = names.copy()
-        np.minimum.at(joined, pairs[:, 1], joined[pairs[:, 0]])
-        np.minimum.at(joined, pairs[:, 0], joined[pairs[:, 1]])
-        if np.array_equal(joined, names):
-            break
-        names = joined
+    names = copy_groups(torch.cat([episode.pictures for episode in episodes]))
     first, start = {}, 0  # (labelled, support names, query names) -> the episode that holds them
     for episode in episodes:
         own = names[start:start + len(episode.pictures)]

@@ -265,19 +265,16 @@ def saved_run_config(path):
     return config if isinstance(config, dict) else {}
 
 
-def check_not_trained_on(checkpoint, name, array, data_dir, load_split, flag):
-    """Refuse a split `name` ("test") of --data-dir, array (C, I, ...), that holds classes of the train split
-    `checkpoint` trained on or of the val split that selected it: an accuracy on them would measure memory,
-    not few-shot learning.  The run config saved in the checkpoint names its data folder and each split's
-    sha256 (SPLIT_DIGESTS); each of those two splits that its folder, other than --data-dir (whose own
-    splits the loader compares), still holds (load_split: (folder, split) -> tensor, as training read it) is
-    compared by runfiles.check_distinct_classes.  Moved or changed splits, runs saved without split digests
-    and the authors' checkpoints are not checked.  flag: the command's mode, for the message."""
+def trained_splits(checkpoint, load_split, data_dir=None):
+    """{description: tensor} of the train split `checkpoint` trained on and the val split that selected it,
+    each where the folder its run config names (not data_dir) still holds it: the sha256 of each split
+    (SPLIT_DIGESTS) against the split load_split (folder, split) reads there, as training read it.  Moved or
+    changed splits, runs saved without split digests and the authors' checkpoints give none."""
     config = saved_run_config(checkpoint)
     trained_on, digests = config.get("data_dir"), config.get(SPLIT_DIGESTS)
     if not isinstance(trained_on, str) or not isinstance(digests, dict) or not Path(trained_on).is_dir() or \
-            Path(trained_on).resolve() == Path(data_dir).resolve():
-        return
+            (data_dir is not None and Path(trained_on).resolve() == Path(data_dir).resolve()):
+        return {}
     seen = {}
     for split, role in (("train", "trained on"), ("val", "was selected on")):
         try:
@@ -286,6 +283,15 @@ def check_not_trained_on(checkpoint, name, array, data_dir, load_split, flag):
             continue
         if data_sha256({split: saved}) == digests.get(split):
             seen[f"the {split} split of {trained_on}, which {checkpoint} {role}"] = saved
+    return seen
+
+
+def check_not_trained_on(checkpoint, name, array, data_dir, load_split, flag):
+    """Refuse a split `name` ("test") of --data-dir, array (C, I, ...), that holds classes of the train split
+    `checkpoint` trained on or of the val split that selected it (trained_splits; --data-dir's own splits the
+    loader compares): an accuracy on them would measure memory, not few-shot learning.  The classes are
+    compared by runfiles.check_distinct_classes.  flag: the command's mode, for the message."""
+    seen = trained_splits(checkpoint, load_split, data_dir)
     if seen:
         check_distinct_classes({f"the {name} split of --data-dir {data_dir}": array, **seen}, flag)
 

@@ -31,6 +31,7 @@ from metagmvae import imagefolders  # noqa: E402
 from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.evaluation import logistic_regression_predictions, nearest_class_mean_predictions  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
+from mimgnet.dataset import split_features  # noqa: E402
 from mimgnet.model import check_feature_size, check_same_encoder, load_model  # noqa: E402
 from simclr import trainer as simclr_trainer  # noqa: E402
 from simclr.model import encoder_sha256  # noqa: E402
@@ -72,6 +73,7 @@ def main(argv=None):
         check_encoder_matches(encoder, model, args.encoder, args.checkpoint)
         episodes = [load_episode(folder, encoder, args.batch_size, device)
                     for folder in imagefolders.episode_folders(args.episodes)]
+        imagefolders.check_episodes_not_trained_on(episodes, args.checkpoint, split_features)
         imagefolders.predict_and_report(model, episodes, args.mc_samples, args.em_iters, args.seed, device,
                                         out, BASELINES)
 

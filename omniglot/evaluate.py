@@ -32,6 +32,7 @@ from PIL import Image  # noqa: E402
 from metagmvae import imagefolders  # noqa: E402
 from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
+from omniglot.dataset import load_split  # noqa: E402
 from omniglot.model import load_model  # noqa: E402
 
 IMAGE_SIZE = 28
@@ -74,6 +75,7 @@ def main(argv=None):
         device, out = imagefolders.check_episodes_args(args)
         episodes = [load_episode(folder) for folder in imagefolders.episode_folders(args.episodes)]
         model = load_model(args.checkpoint, device).eval()
+        imagefolders.check_episodes_not_trained_on(episodes, args.checkpoint, load_split)
         imagefolders.predict_and_report(model, episodes, args.mc_samples, args.em_iters, args.seed, device, out)
 
 

@@ -713,3 +713,29 @@ def test_a_drawing_whose_ink_covers_most_of_it_is_refused(tmp_path):
         omniglot_evaluate.load_image(tmp_path / "heavy.png")
     Image.fromarray(on_white(drawing())).save(tmp_path / "plain.png")
     assert omniglot_evaluate.load_image(tmp_path / "plain.png").mean() < 0.2
+
+
+def test_episodes_of_the_drawings_a_checkpoint_trained_on_are_refused(omniglot_data, tmp_path, capsys):
+    """Own episodes made of the train split of the checkpoint's run (its config names the folder and each
+    split's sha256): their accuracy would measure memory. Episodes of its test split are scored."""
+    from omniglot import main as omniglot_main
+
+    run = tmp_path / "run"
+    omniglot_main.main(list(map(str, ["--data-dir", omniglot_data, "--save-dir", run, "--hidden-size", "8",
+                                      "--latent-size", "4", "--way", "5", "--sample-size", "10", "--query", "2",
+                                      "--eval-episodes", "2", "--train-mc-sample-size", "2", "--test-mc-sample-size",
+                                      "2", "--batch-size", "1", "--train-iters", "2", "--freq-iters", "2",
+                                      "--device", "cpu"])))
+    for split in ("train", "test"):
+        drawings = np.load(omniglot_data / f"{split}.npy")[:3, :3, :, :, 0]  # 3 classes, 1 support + 2 queries
+        for k in range(3):
+            for i in range(3):
+                part = tmp_path / split / "ep0" / ("support" if i == 0 else "query") / f"c{k}"
+                part.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(on_white(drawings[k, i])).save(part / f"{i}.png")
+    flags = ["--checkpoint", run / "last.pt", "--mc-samples", "2", "--device", "cpu"]
+    assert_refused_in_process(omniglot_evaluate.main, *flags, "--episodes", tmp_path / "train", roots=[tmp_path],
+                              capsys=capsys, text=f"--episodes: 9 of the 9 images of the episodes are, as the model "
+                                                  f"reads them, items of the train split of {omniglot_data}, which "
+                                                  f"{run / 'last.pt'} trained on")
+    omniglot_evaluate.main(list(map(str, [*flags, "--episodes", tmp_path / "test"])))
