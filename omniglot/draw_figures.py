@@ -18,7 +18,7 @@ from metagmvae.cli import check_positive, check_seed, check_way  # noqa: E402
 from metagmvae.distributed import resolve_device  # noqa: E402
 from metagmvae.folders import OutputFolder, check_outside_inputs  # noqa: E402
 from metagmvae.imagefolders import check_samples_fit, remove_earlier_result  # noqa: E402
-from metagmvae.runfiles import UserError, exit_on_user_error  # noqa: E402
+from metagmvae.runfiles import UserError, exit_on_user_error, load_checkpoint  # noqa: E402
 from metagmvae.training import check_not_trained_on  # noqa: E402
 from omniglot.dataset import load_omniglot, load_split  # noqa: E402
 from omniglot.figures import (FIGURE_NAMES, FIGURE_QUERIES, check_run_figures, read_metrics_table,  # noqa: E402
@@ -60,6 +60,10 @@ def main(argv=None):
         if args.metrics is not None and not Path(args.metrics).exists():
             raise UserError(f"--metrics {args.metrics}: no such file")
         metrics = read_metrics_table(args.metrics) if args.metrics is not None else None  # before any work
+        step = load_checkpoint(args.checkpoint).get("step")  # a run checkpoint's; the authors' have none
+        if metrics is not None and isinstance(step, int) and step not in metrics["step"]:
+            raise UserError(f"--metrics {args.metrics} has no row for step {step}, at which --checkpoint "
+                            f"{args.checkpoint} was saved: the curves of another run? Give that run's metrics.csv")
         check_outside_inputs(args.out, "--out", [("--data-dir", args.data_dir)])
         out = OutputFolder(args.out, FIGURES_KIND, "--out")
         out.check(FIGURE_NAMES)

@@ -328,9 +328,9 @@ def test_eval_only_refuses_a_test_split_of_the_classes_the_checkpoint_trained_on
     main(list(map(str, ["--data-dir", tmp_path / "test", "--eval-only", "--checkpoint", checkpoint, *flags])))
 
 
-def test_draw_figures_refuses_a_val_split_of_the_classes_the_checkpoint_trained_on(omniglot_data, tmp_path, capsys):
+def test_draw_figures_refuses_what_is_not_the_checkpoints(omniglot_data, tmp_path, capsys):
     """Its test-episode figure shows predictions on the val split: drawn on training classes, it would show
-    memory."""
+    memory; its learning curves must be the checkpoint's run's (a metrics.csv with the row of its step)."""
     data = shutil.copytree(omniglot_data, tmp_path / "data")
     omniglot_main.main(list(map(str, ["--data-dir", data, "--save-dir", tmp_path / "run", *OMNIGLOT_FLAGS,
                                       "--batch-size", "1", "--train-iters", "2", "--freq-iters", "2"])))
@@ -345,6 +345,14 @@ def test_draw_figures_refuses_a_val_split_of_the_classes_the_checkpoint_trained_
                                    f"{tmp_path / 'run' / 'last.pt'} trained on is class 0 of the val split of "
                                    f"--data-dir {other}")
     draw_figures.main(list(map(str, ["--data-dir", data, *figures])))
+    # the learning curves of another run (4 steps, validated at 4) beside this checkpoint (saved at step 2)
+    omniglot_main.main(list(map(str, ["--data-dir", data, "--save-dir", tmp_path / "other-run", *OMNIGLOT_FLAGS,
+                                      "--batch-size", "1", "--train-iters", "4", "--freq-iters", "4"])))
+    assert_refused_in_process(draw_figures.main, "--data-dir", data, *figures, "--metrics",
+                              tmp_path / "other-run" / "metrics.csv", roots=[tmp_path], capsys=capsys,
+                              text=f"--metrics {tmp_path / 'other-run' / 'metrics.csv'} has no row for step 2, at which "
+                                   f"--checkpoint {tmp_path / 'run' / 'last.pt'} was saved")
+    draw_figures.main(list(map(str, ["--data-dir", data, *figures, "--metrics", tmp_path / "run" / "metrics.csv"])))
 
 
 def test_a_fifo_as_features_file_is_refused(tmp_path):
