@@ -603,6 +603,7 @@ def check_same_flags(saved_config, config, flags):
 
 DATA_DIGEST = "data_sha256"  # the config entry, beside the flags, that names a run's data
 SPLIT_DIGESTS = "split_sha256"  # the config entry {split: sha256}: which data each split was
+DATA_FOLDER = "data_path"  # the config entry: the absolute path of --data-dir when the run started
 
 
 def data_sha256(splits):

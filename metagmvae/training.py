@@ -6,6 +6,7 @@ Under torchrun each process trains on its share of a step's episodes and evaluat
 evaluation episodes (distributed.py); rank 0 writes the files.
 """
 import math
+import os
 import re
 import time
 from contextlib import ExitStack, contextmanager
@@ -21,10 +22,10 @@ from .episodes import (TRAINING, VALIDATION_NOISE, VALIDATION_SETS, EpisodeRando
 from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import ItemsAlike, autocast
 from .folders import LAST_CHECKPOINT, RECORD, RunDir
-from .runfiles import (DATA_DIGEST, FLOAT32_MAX, SPLIT_DIGESTS, Interrupted, NonFiniteCheckpoint, UserError,
-                       build_model, check_distinct_classes, check_finite_result, check_run_checkpoint, check_same_data,
-                       check_same_flags, data_sha256, load_checkpoint, load_weights, rng_state, set_rng_state,
-                       shortened)
+from .runfiles import (DATA_DIGEST, DATA_FOLDER, FLOAT32_MAX, SPLIT_DIGESTS, Interrupted, NonFiniteCheckpoint,
+                       UserError, build_model, check_distinct_classes, check_finite_result, check_run_checkpoint,
+                       check_same_data, check_same_flags, data_sha256, load_checkpoint, load_weights, rng_state,
+                       set_rng_state, shortened)
 
 
 class TrainingDiverged(UserError):
@@ -271,7 +272,7 @@ def trained_splits(checkpoint, load_split, data_dir=None):
     (SPLIT_DIGESTS) against the split load_split (folder, split) reads there, as training read it.  Moved or
     changed splits, runs saved without split digests and the authors' checkpoints give none."""
     config = saved_run_config(checkpoint)
-    trained_on, digests = config.get("data_dir"), config.get(SPLIT_DIGESTS)
+    trained_on, digests = config.get(DATA_FOLDER), config.get(SPLIT_DIGESTS)
     if not isinstance(trained_on, str) or not isinstance(digests, dict) or not Path(trained_on).is_dir() or \
             (data_dir is not None and Path(trained_on).resolve() == Path(data_dir).resolve()):
         return {}
@@ -358,9 +359,10 @@ def is_float_in(value, low, high=math.inf):
 
 def run_config(args, splits):
     """What a run saves as its config (checkpoints, config.json, results.json): the flags, and the sha256 of
-    its data (splits: {name: tensor}), which --resume checks, and of each split, which --eval-only checks
-    (check_not_trained_on)."""
-    return {**vars(args), DATA_DIGEST: data_sha256(splits),
+    its data (splits: {name: tensor}), which --resume checks, and of each split, with the absolute path of
+    --data-dir (as given it may be relative to another working folder), which --eval-only and others check
+    (trained_splits)."""
+    return {**vars(args), DATA_DIGEST: data_sha256(splits), DATA_FOLDER: os.path.abspath(args.data_dir),
             SPLIT_DIGESTS: {name: data_sha256({name: split}) for name, split in splits.items()}}
 
 

@@ -16,8 +16,8 @@ from tqdm import tqdm
 from metagmvae import distributed
 from metagmvae.cli import take_checkpoint_sizes
 from metagmvae.folders import OutputFolder, canonical_json, check_as_written
-from metagmvae.runfiles import (SPLIT_DIGESTS, UserError, build_model, check_distinct_classes, check_finite_result,
-                                data_sha256, load_checkpoint, rng_state)
+from metagmvae.runfiles import (DATA_FOLDER, SPLIT_DIGESTS, UserError, build_model, check_distinct_classes,
+                                check_finite_result, data_sha256, load_checkpoint, rng_state)
 from metagmvae.training import (TrainingDiverged, prepare_folder, read_resume_state, restore_training, run_config,
                                 run_folder)
 
@@ -233,7 +233,7 @@ def check_not_trained_on(checkpoint, data_dir, splits):
     holds that split, the thumbnails are compared (check_distinct_image_classes)."""
     config = load_checkpoint(checkpoint).get("config")  # rank 0 alone exports
     config = config if isinstance(config, dict) else {}
-    trained_on, digests = config.get("data_dir"), config.get(SPLIT_DIGESTS)
+    trained_on, digests = config.get(DATA_FOLDER), config.get(SPLIT_DIGESTS)
     if not isinstance(trained_on, str) or not isinstance(digests, dict) or not Path(trained_on).is_dir() or \
             Path(trained_on).resolve() == Path(data_dir).resolve():
         return

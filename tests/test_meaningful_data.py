@@ -292,12 +292,12 @@ def test_eval_only_refuses_features_of_another_size_than_the_checkpoints(tmp_pat
 
 @pytest.mark.parametrize("experiment", ["omniglot", "mimgnet"])
 def test_eval_only_refuses_a_test_split_of_the_classes_the_checkpoint_trained_on(omniglot_data, tmp_path, capsys,
-                                                                               experiment):
-    """The checkpoint's run config names its training data folder and the sha256 of each split; while that
-    folder holds its train and val splits, they are compared with the test split of --data-dir, whatever
-    else changed there (its test split gone): five training classes, or the val classes that selected the
-    checkpoint, as another folder's test split are refused; the build's own test split copied elsewhere is
-    tested."""
+                                                                               experiment, monkeypatch):
+    """The checkpoint's run config names its training data folder (absolute, though given relative) and the
+    sha256 of each split; while that folder holds its train and val splits, they are compared with the test
+    split of --data-dir, whatever else changed there (its test split gone), from any working folder: five
+    training classes, or the val classes that selected the checkpoint, as another folder's test split are
+    refused; the build's own test split copied elsewhere is tested."""
     if experiment == "omniglot":
         main, flags, split = omniglot_main.main, [*OMNIGLOT_FLAGS, "--batch-size", "1"], "{}.npy"
         data = shutil.copytree(omniglot_data, tmp_path / "data")
@@ -309,8 +309,11 @@ def test_eval_only_refuses_a_test_split_of_the_classes_the_checkpoint_trained_on
         for name in ("train", "val", "test"):
             np.save(data / f"{name}_features.npy", rng.random((8 * 20, 8), dtype=np.float32))
             np.save(data / f"{name}_labels.npy", np.repeat(np.arange(8), 20))
-    main(list(map(str, ["--data-dir", data, "--save-dir", tmp_path / "run", *flags, "--train-iters", "2",
-                        "--freq-iters", "2"])))
+    monkeypatch.chdir(tmp_path)
+    main(list(map(str, ["--data-dir", "data", "--save-dir", tmp_path / "run", *flags, "--train-iters", "2",
+                        "--freq-iters", "2"])))  # --data-dir relative to tmp_path
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     checkpoint = tmp_path / "run" / "last.pt"
     for source in ("train", "val", "test"):
         folder = tmp_path / source
