@@ -279,23 +279,28 @@ def copy_groups(items):
         names = joined
 
 
-def check_episodes_not_trained_on(episodes, checkpoint, load_split):
-    """Refuse episodes more than half of whose items, as the model reads them (drawings, features), are copies
-    of items of the splits `checkpoint` trained on or was selected on (training.trained_splits; load_split:
-    (folder, split) -> (C, I, ...) as training read it): an accuracy on them would measure memory, not
-    few-shot learning."""
+def check_not_trained_on(items, checkpoint, load_split, where):
+    """Refuse items (N, ...), a CPU tensor of what the model reads (drawings, features) from `where` ("--images
+    x"), more than half of which are copies of items of the splits `checkpoint` trained on or was selected on
+    (training.trained_splits; load_split: (folder, split) -> (C, I, ...) as training read it): a score on
+    them would measure memory, not few-shot learning."""
     seen = trained_splits(checkpoint, load_split)
     if not seen:
         return
-    items = torch.cat([torch.cat([episode.support, episode.query]) for episode in episodes])
     names = copy_groups(torch.cat([items, *(split.flatten(0, 1) for split in seen.values())]))
     known = np.zeros(len(names), bool)
     np.logical_or.at(known, names, np.arange(len(names)) >= len(items))  # groups holding a trained item
     copied = int(known[names[:len(items)]].sum())
     if 2 * copied > len(items):
-        raise UserError(f"--episodes: {copied} of the {len(items)} images of the episodes are, as the model reads "
-                        f"them, items of {' or '.join(seen)}, or copies of them ({COPIES}): an accuracy on them "
-                        "would measure memory, not few-shot learning")
+        raise UserError(f"{where}: {copied} of its {len(items)} images are, as the model reads them, items of "
+                        f"{' or '.join(seen)}, or copies of them ({COPIES}): a score on them would measure memory, "
+                        "not few-shot learning")
+
+
+def check_episodes_not_trained_on(episodes, checkpoint, load_split, where):
+    """check_not_trained_on of the items of all `episodes`."""
+    check_not_trained_on(torch.cat([torch.cat([episode.support, episode.query]) for episode in episodes]),
+                         checkpoint, load_split, where)
 
 
 def check_episodes_differ(episodes):
@@ -701,9 +706,11 @@ def write_clusters(folder, root, files, cluster, confidence, num_clusters, draw_
     return remove_earlier_result(folder, [CLUSTERS, *(pictures[k] for k in found)])
 
 
-def group_folder(args, files, items, model, baseline_features, baseline_name):
+def group_folder(args, files, items, model, *, baseline_features, baseline_name, load_split):
     """Cluster `items` (N, ...) read from `files` with the model and, with class folders, score the clusters
-    beside k-means on baseline_features (N, F); prints nothing (finish_grouping does, once every check passed).
+    beside k-means on baseline_features (N, F), unless the items are mostly those the checkpoint trained on
+    (check_not_trained_on; load_split reads its data's splits); prints nothing (finish_grouping does, once every
+    check passed).
 
     Returns (cluster (N,), confidence (N,), log_pi (K,), mu (K, D), scores or None).
     """
@@ -719,6 +726,7 @@ def group_folder(args, files, items, model, baseline_features, baseline_name):
     scores = None
     if classes is not None:
         check_folders_share_no_picture(args.images, files, items, classes)
+        check_not_trained_on(items.cpu(), args.checkpoint, load_split, f"--images {args.images}")
         baseline, _, _ = kmeans(baseline_features, args.clusters, restart_streams(args.seed, GROUPING_KMEANS,
                                                                                  args.restarts))
         scores = partition_scores(classes, {f"Meta-GMVAE (EM, {args.restarts} restarts)": cluster,

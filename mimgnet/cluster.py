@@ -29,6 +29,7 @@ from metagmvae import imagefolders  # noqa: E402
 from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.runfiles import exit_on_user_error  # noqa: E402
 from mimgnet.evaluate import check_encoder_matches  # noqa: E402
+from mimgnet.dataset import split_features  # noqa: E402
 from mimgnet.model import load_model  # noqa: E402
 from omniglot.figures import TILE, save_tiles  # noqa: E402
 from simclr import trainer as simclr_trainer  # noqa: E402
@@ -52,8 +53,9 @@ def main(argv=None):
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, 84, 84), as simclr/data.py
         features = simclr_trainer.encode(encoder, pixels, imagefolders.ENCODER_CHUNK, device)  # (N, F)
         features = torch.from_numpy(features).to(device)
-        cluster, confidence, _, _, scores = imagefolders.group_folder(args, files, features, model, features,
-                                                                      "k-means on SimCLR features")
+        cluster, confidence, _, _, scores = imagefolders.group_folder(
+            args, files, features, model, baseline_features=features, baseline_name="k-means on SimCLR features",
+            load_split=split_features)
         return imagefolders.finish_grouping(args, files, cluster, confidence, scores, lambda k, members, path:
                                             save_tiles([Image.fromarray(images[i]).resize((TILE, TILE))
                                                         for i in members], 0, path))

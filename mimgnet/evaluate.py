@@ -73,7 +73,8 @@ def main(argv=None):
         check_encoder_matches(encoder, model, args.encoder, args.checkpoint)
         episodes = [load_episode(folder, encoder, args.batch_size, device)
                     for folder in imagefolders.episode_folders(args.episodes)]
-        imagefolders.check_episodes_not_trained_on(episodes, args.checkpoint, split_features)
+        imagefolders.check_episodes_not_trained_on(episodes, args.checkpoint, split_features,
+                                                   f"--episodes {args.episodes}")
         imagefolders.predict_and_report(model, episodes, args.mc_samples, args.em_iters, args.seed, device,
                                         out, BASELINES)
 

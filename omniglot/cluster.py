@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from metagmvae import imagefolders  # noqa: E402
 from metagmvae import cpu_memory  # noqa: E402
 from metagmvae.runfiles import check_finite_result, exit_on_user_error  # noqa: E402
+from omniglot.dataset import load_split  # noqa: E402
 from omniglot.evaluate import load_image  # noqa: E402
 from omniglot.figures import image_tile, save_tiles  # noqa: E402
 from omniglot.model import load_model  # noqa: E402
@@ -44,8 +45,9 @@ def main(argv=None):
         device, files = imagefolders.start_grouping(args)
         model = load_model(args.checkpoint, device).eval()
         images = torch.from_numpy(np.stack([load_image(f) for f in files]))[:, None].to(device)  # (N, 1, 28, 28)
-        cluster, confidence, _, mu, scores = imagefolders.group_folder(args, files, images, model,
-                                                                       images.flatten(1), "k-means on pixels")
+        cluster, confidence, _, mu, scores = imagefolders.group_folder(
+            args, files, images, model, baseline_features=images.flatten(1), baseline_name="k-means on pixels",
+            load_split=load_split)
         with torch.no_grad():
             component_means = torch.sigmoid(model.decode(mu)).cpu()  # (K, 1, 28, 28)
         check_finite_result(component_means, "decoded cluster means")

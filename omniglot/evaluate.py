@@ -75,7 +75,7 @@ def main(argv=None):
         device, out = imagefolders.check_episodes_args(args)
         episodes = [load_episode(folder) for folder in imagefolders.episode_folders(args.episodes)]
         model = load_model(args.checkpoint, device).eval()
-        imagefolders.check_episodes_not_trained_on(episodes, args.checkpoint, load_split)
+        imagefolders.check_episodes_not_trained_on(episodes, args.checkpoint, load_split, f"--episodes {args.episodes}")
         imagefolders.predict_and_report(model, episodes, args.mc_samples, args.em_iters, args.seed, device, out)
 
 

@@ -32,6 +32,7 @@ from metagmvae.folders import RECORD
 from metagmvae.imagefolders import PREDICTIONS_COLUMNS
 from metagmvae.runfiles import UserError, seed_everything
 from mimgnet import evaluate
+from omniglot import cluster as omniglot_cluster
 from omniglot import evaluate as omniglot_evaluate
 from mimgnet.model import REFERENCE_PREFIXES, FeatureGMVAE
 from omniglot.model import OmniglotGMVAE
@@ -717,7 +718,8 @@ def test_a_drawing_whose_ink_covers_most_of_it_is_refused(tmp_path):
 
 def test_episodes_of_the_drawings_a_checkpoint_trained_on_are_refused(omniglot_data, tmp_path, capsys):
     """Own episodes made of the train split of the checkpoint's run (its config names the folder and each
-    split's sha256): their accuracy would measure memory. Episodes of its test split are scored."""
+    split's sha256): their accuracy would measure memory. Episodes of its test split are scored. Class folders
+    of those drawings are not scored by the cluster command either."""
     from omniglot import main as omniglot_main
 
     run = tmp_path / "run"
@@ -735,7 +737,14 @@ def test_episodes_of_the_drawings_a_checkpoint_trained_on_are_refused(omniglot_d
                 Image.fromarray(on_white(drawings[k, i])).save(part / f"{i}.png")
     flags = ["--checkpoint", run / "last.pt", "--mc-samples", "2", "--device", "cpu"]
     assert_refused_in_process(omniglot_evaluate.main, *flags, "--episodes", tmp_path / "train", roots=[tmp_path],
-                              capsys=capsys, text=f"--episodes: 9 of the 9 images of the episodes are, as the model "
-                                                  f"reads them, items of the train split of {omniglot_data}, which "
-                                                  f"{run / 'last.pt'} trained on")
+                              capsys=capsys, text=f"--episodes {tmp_path / 'train'}: 9 of its 9 images are, as the "
+                                                  f"model reads them, items of the train split of {omniglot_data}, "
+                                                  f"which {run / 'last.pt'} trained on")
     omniglot_evaluate.main(list(map(str, [*flags, "--episodes", tmp_path / "test"])))
+    # and the cluster command, scoring class folders of those drawings
+    images = tmp_path / "train" / "ep0" / "query"
+    assert_refused_in_process(omniglot_cluster.main, "--checkpoint", run / "last.pt", "--images", images,
+                              "--clusters", "3", "--mc-sample-size", "2", "--restarts", "1", "--device", "cpu",
+                              "--out", tmp_path / "clusters", roots=[tmp_path], capsys=capsys,
+                              text=f"--images {images}: 6 of its 6 images are, as the model reads them, items of the "
+                                   f"train split of {omniglot_data}")
