@@ -304,28 +304,37 @@ def check_episodes_not_trained_on(episodes, checkpoint, load_split, where):
 
 
 def check_episodes_differ(episodes):
-    """Refuse two labelled episodes, or two unlabelled ones, that are one episode: the same pictures, or copies
-    of them (copies.near_copies: equal, saved again, noise added, drawings moved or with lighter ink), in support
-    and in query, whatever the names of their files and class folders (a copied episode folder).  The 95% CI
-    of the mean counts the episodes as independent, so a repeated one would narrow it; an unlabelled episode
+    """Refuse two labelled episodes, or two unlabelled ones, of which one holds only pictures of the other, or
+    copies of them (copies.near_copies: equal, saved again, noise added, drawings moved or with lighter ink):
+    its support among the other's support and its queries among the other's queries, whatever the names of
+    their files and class folders (a copied episode folder, or one with a few images left out).  The 95% CI of
+    the mean counts the episodes as independent, so such a repeat would narrow it; an unlabelled episode
     repeated would be predicted twice as two.  A labelled and an unlabelled episode of the same pictures may
     stand side by side (the one is scored, the other predicted), and so may episodes that share some pictures.
     The pictures of all episodes are compared at once (episode_pictures); each is then named by the first
-    picture it is a copy of, directly or through copies of copies, and an episode by the sets of those names."""
-    names = copy_groups(torch.cat([episode.pictures for episode in episodes]))
-    first, start = {}, 0  # (labelled, support names, query names) -> the episode that holds them
-    for episode in episodes:
+    picture it is a copy of, directly or through copies of copies (copy_groups)."""
+    names, start, parts = copy_groups(torch.cat([episode.pictures for episode in episodes])), 0, []
+    for episode in episodes:  # (support names, query names) of each episode, sorted
         own = names[start:start + len(episode.pictures)]
         start += len(episode.pictures)
-        support = len(episode.y_support)
-        key = (episode.y_query is not None, np.unique(own[:support]).tobytes(), np.unique(own[support:]).tobytes())
-        other = first.setdefault(key, episode)
-        if other is not episode:
-            why = ("the mean accuracy's 95% CI counts episodes as independent, so an episode counted twice would "
-                   "narrow it" if episode.y_query is not None else "its predictions would be listed twice, as two "
-                                                                    "episodes")
-            raise UserError(f"--episodes: episodes {other.name!r} and {episode.name!r} are one episode: the same "
-                            f"pictures in support and in query as the model reads them, or copies of them "
+        parts.append((np.unique(own[:len(episode.y_support)]), np.unique(own[len(episode.y_support):])))
+    holders = {}  # (labelled, support name) -> the episodes holding it
+    for index, (episode, (support, _)) in enumerate(zip(episodes, parts)):
+        for name in support:
+            holders.setdefault((episode.y_query is not None, name), []).append(index)
+    for index, (episode, (support, query)) in enumerate(zip(episodes, parts)):
+        for other in holders[episode.y_query is not None, support[0]]:
+            held = np.isin(support, parts[other][0]).all() and np.isin(query, parts[other][1]).all()
+            if other == index or not held:
+                continue
+            same = len(support) == len(parts[other][0]) and len(query) == len(parts[other][1])
+            first, second = (episodes[min(index, other)], episodes[max(index, other)]) if same else (episode,
+                                                                                                      episodes[other])
+            why = ("the mean accuracy's 95% CI counts episodes as independent, so a repeat would narrow it"
+                   if episode.y_query is not None else "its predictions would be listed twice, as two episodes")
+            what = (f"episodes {first.name!r} and {second.name!r} are one episode: the same pictures" if same else
+                    f"every picture of episode {first.name!r} is one of episode {second.name!r}")
+            raise UserError(f"--episodes: {what} in support and in query as the model reads them, or copies of them "
                             f"({COPIES}; whatever the file and class-folder names); {why}: keep one of them")
 
 

@@ -552,7 +552,7 @@ def test_refuses_an_episode_folder_copied_as_another_episode(models, tmp_path, c
     episodes as independent.  Episodes that share only some pictures are kept."""
     root = tmp_path / "episodes"
     write_drawing_episode(root / "ep0", 3)
-    write_drawing_episode(root / "ep1", 3, query=2)  # ep0's pictures and one more query per class
+    write_drawing_episode(root / "ep1", 3, shot=2)  # ep0's pictures, its query among the support, and one more
     omniglot_evaluate.main(list(map(str, omniglot_flags(models, root))))
     assert "over 2 episodes" in capsys.readouterr().out
     copy_episode(root / "ep0", root / "ep0copy", change)
@@ -748,3 +748,15 @@ def test_episodes_of_the_drawings_a_checkpoint_trained_on_are_refused(omniglot_d
                               "--out", tmp_path / "clusters", roots=[tmp_path], capsys=capsys,
                               text=f"--images {images}: 6 of its 6 images are, as the model reads them, items of the "
                                    f"train split of {omniglot_data}")
+
+
+def test_refuses_an_episode_whose_pictures_are_all_in_another(models, tmp_path, capsys):
+    """ep0 copied with one query left out of a class: not the same episode, but none of its pictures is new, so
+    it would narrow the CI as a repeat does. An episode with its query among another's support is kept."""
+    root = tmp_path / "episodes"
+    write_drawing_episode(root / "ep0", 3, query=2)
+    shutil.copytree(root / "ep0", root / "ep1")
+    (root / "ep1" / "query" / "c1" / "2.png").unlink()
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root), roots=[root, models],
+                              capsys=capsys, text="--episodes: every picture of episode 'ep1' is one of episode 'ep0' "
+                                                  "in support and in query as the model reads them")
