@@ -12,6 +12,10 @@ from .runfiles import UserError, check_fits_in_memory, check_writable_folder
 
 # Flags that define the model, the objective or the validation scores that select a checkpoint (scores of
 # two tasks are not comparable): a resumed run must keep them.
+# Flags that only training reads: --eval-only records the checkpoint's run's instead (evaluation_config)
+TRAINING_FLAGS = ("way", "sample_size", "train_mc_sample_size", "train_iters", "freq_iters", "lr", "weight_decay",
+                  "unsupervised_em_iters", "fix_pi", "select_by", "val_elbo_sets", "grad_clip", "resume", "overwrite",
+                  "debug")
 RESUME_INVARIANT_FLAGS = ("latent_size", "way", "batch_size", "sample_size", "train_mc_sample_size",
                           "unsupervised_em_iters", "fix_pi", "lr", "weight_decay", "seed", "select_by",
                           "eval_way", "query", "eval_episodes", "eval_shots", "test_mc_sample_size",
@@ -207,6 +211,14 @@ def take_checkpoint_sizes(args, model_config, checkpoint):
                             f"is tested as it is; leave --{name.replace('_', '-')} out")
         if hasattr(args, name):
             setattr(args, name, value)
+
+
+def evaluation_config(args, trained_config):
+    """The "config" of --eval-only's results: its flags but those only training reads (TRAINING_FLAGS, at their
+    defaults here, which no one used), and under "trained" the run config saved in the checkpoint, those
+    flags as its training used them (trained_config; {} for the authors' checkpoints)."""
+    return {**{k: v for k, v in vars(args).items() if k not in TRAINING_FLAGS},
+            "trained": {k: v for k, v in trained_config.items() if k in TRAINING_FLAGS} or None}
 
 
 def check_positive(args, names):

@@ -257,9 +257,13 @@ def main(argv=None):
                         help="run folders (with results.json or eval_results.json) or such files")
     args = parser.parse_args(argv)
     with exit_on_user_error(parser.prog):
-        rows = []
+        rows, read = [], {}  # read: resolved results file -> the RUN_DIR that named it
         for run in args.runs:
             path = results_file(run)
+            earlier = read.setdefault(path.resolve(), run)
+            if earlier is not run:
+                raise UserError(f"{run} and {earlier} are one results file ({path.resolve()}): its rows would be "
+                                "in the table twice, as two runs")
             rows += table_rows(str(run), load_results(path))
     print(markdown_table(rows))
 

@@ -9,14 +9,15 @@ rank 0 alone writes files and prints (metagmvae/distributed.py).
 import torch
 
 from metagmvae import distributed
-from metagmvae.cli import RESUME_INVARIANT_FLAGS, check_batches_fit, check_latents_fit, take_checkpoint_sizes
+from metagmvae.cli import (RESUME_INVARIANT_FLAGS, check_batches_fit, check_latents_fit, evaluation_config,
+                           take_checkpoint_sizes)
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import logistic_regression_accuracies, nearest_class_mean_accuracies, with_baselines
 from metagmvae.runfiles import new_model
 from metagmvae.training import (Objective, check_not_trained_on, draw_training_sets, evaluate_checkpoint, format_row,
-                                run_config, run_folder, save_after_validation, save_results, selected_checkpoint,
-                                start_run, step_progress, test_checkpoints, train_step, validate, validation_due,
-                                validation_episodes)
+                                run_config, run_folder, save_after_validation, save_results, saved_run_config,
+                                selected_checkpoint, start_run, step_progress, test_checkpoints, train_step, validate,
+                                validation_due, validation_episodes)
 
 from .dataset import features_encoder, load_features, load_test_split, split_features
 from .model import FEATURES_ENCODER, MODEL_NAME, FeatureGMVAE, check_feature_size, check_same_encoder, load_model
@@ -42,7 +43,7 @@ def evaluate(args, device):
     results = evaluate_checkpoint(model, args.checkpoint, test, BASELINES, args.eval_way,
                                   args.eval_shots, args.query, args.eval_episodes, args.seed, args.test_mc_sample_size,
                                   args.semisupervised_em_iters, args.batch_size, device, args.amp)
-    return {**results, "config": vars(args)}
+    return {**results, "config": evaluation_config(args, saved_run_config(args.checkpoint))}
 
 
 def check_run_fits(args, features):

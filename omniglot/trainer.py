@@ -8,15 +8,15 @@ rank 0 alone writes files and prints (metagmvae/distributed.py).
 import torch
 
 from metagmvae import distributed
-from metagmvae.cli import RESUME_INVARIANT_FLAGS, check_latents_fit, take_checkpoint_sizes
+from metagmvae.cli import RESUME_INVARIANT_FLAGS, check_latents_fit, evaluation_config, take_checkpoint_sizes
 from metagmvae.episodes import check_episodes_fit, make_eval_sets
 from metagmvae.evaluation import nearest_class_mean_accuracies, with_baselines
 from metagmvae.folders import FIGURES
 from metagmvae.runfiles import check_fits_in_memory, new_model
 from metagmvae.training import (Objective, check_not_trained_on, draw_training_sets, evaluate_checkpoint, format_row,
-                                run_config, run_folder, save_after_validation, save_results, selected_checkpoint,
-                                start_run, step_progress, test_checkpoints, train_step, validate, validation_due,
-                                validation_episodes)
+                                run_config, run_folder, save_after_validation, save_results, saved_run_config,
+                                selected_checkpoint, start_run, step_progress, test_checkpoints, train_step, validate,
+                                validation_due, validation_episodes)
 
 from .dataset import load_omniglot, load_split, load_test_split
 from .figures import check_run_figures, run_metrics, write_run_figures
@@ -36,7 +36,7 @@ def evaluate(args, device):
     return {**evaluate_checkpoint(model, args.checkpoint, test, BASELINES, args.eval_way, args.eval_shots, args.query,
                                   args.eval_episodes, args.seed, args.test_mc_sample_size,
                                   args.semisupervised_em_iters, args.batch_size, device, args.amp),
-            "config": vars(args)}
+            "config": evaluation_config(args, saved_run_config(args.checkpoint))}
 
 
 def check_run_fits(args, data, device):

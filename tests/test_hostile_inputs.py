@@ -383,6 +383,8 @@ def test_eval_and_export_only_take_the_sizes_of_the_checkpoint(omniglot_data, si
     for run in ("same", "left-out"):
         config = json.loads((tmp_path / run / "eval_results.json").read_text())["config"]
         assert (config["hidden_size"], config["latent_size"]) == (8, 4)
+        # training flags are not this command's (their defaults here were used by no one): the checkpoint's run's
+        assert "train_iters" not in config and "sample_size" not in config and config["trained"] is None
     torch.save({"model": SimCLR(hidden_size=4).state_dict(), "model_config": {"hidden_size": 4, "image_size": 84}},
                tmp_path / "simclr.pt")
     assert_refused_in_process(simclr_main.main, "--data-dir", simclr_data, "--export-only", "--checkpoint",

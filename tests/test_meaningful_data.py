@@ -544,3 +544,13 @@ def test_more_episodes_than_a_split_holds_distinct_ones_are_refused(tmp_path, ca
                                    "2-way 1-shot episodes with 1 queries per class, fewer than 5 x 1000")
     results = omniglot_main.main(list(map(str, ["--data-dir", tmp_path / "small", *flags, "--eval-episodes", "7"])))
     assert results["test"]["2way-1shot"]["episodes"] == 7  # C(5, 2) x (2 x 1)^2 = 40 distinct, 5 x 7 = 35
+
+
+def test_report_refuses_one_results_file_named_twice(tmp_path, capsys):
+    """A run folder and its results.json (or the folder twice): one run's rows twice, as two runs."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"test": {"5way-1shot": {"mean": 0.5, "ci95": 0.05,
+                                                                         "episodes": 100}}}))
+    assert_refused_in_process(report.main, run, run / "results.json", roots=[tmp_path], capsys=capsys,
+                              text=f"{run / 'results.json'} and {run} are one results file")
