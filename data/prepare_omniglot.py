@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import http.client
 import io
+import os
 import shutil
 import sys
 import tempfile
@@ -126,7 +127,13 @@ def _read_zip(source, path):
 
 
 def _read_folder(path):
-    """{character folder parts: [Drawing]} of an extracted folder."""
+    """{character folder parts: [Drawing]} of an extracted folder; a subfolder that cannot be listed (no
+    permission) is refused, as glob would skip it and its characters without a word."""
+    def unlisted(error):
+        raise UserError(f"--source {path}: cannot list {error.filename} ({error.strerror}); its characters "
+                        "would be left out of the build")
+    for _ in os.walk(path, onerror=unlisted):
+        pass
     files = [f for pattern in ("*/*/*", "*/*/*/*") for f in path.glob(pattern) if not f.is_dir()]
     paths = [f.relative_to(path).parts for f in files]
     folders = {}

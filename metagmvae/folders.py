@@ -33,8 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runfiles import (DISK_FULL, UserError, check_writable_folder, checkpoint_bytes, load_checkpoint,
-                       metric_number, name_list, special_file_kind)
+from .runfiles import (DISK_FULL, UserError, check_readable, check_writable_folder, checkpoint_bytes,
+                       load_checkpoint, metric_number, name_list, special_file_kind)
 
 RECORD = ".metagmvae-files.json"
 RECORD_FORMAT = 1
@@ -42,6 +42,9 @@ LOCK_FILE = ".metagmvae-lock"  # a name of this project's own: another tool's .l
 LOCK_TEXT = re.compile(r"meta-gmvae PID (\d+)\n")  # what the lock holder writes into LOCK_FILE
 PID_WAIT_S = 1.0  # how long a refused process waits for the lock holder to have written its PID
 HASH_BLOCK = 1 << 20
+# output folder (absolute, as given) -> the folder it led to when this process checked it (OutputFolder.check,
+# check_outside_inputs): entered later, it must lead there still (a link made meanwhile would lead elsewhere)
+_CHECKED_TARGETS = {}
 SHELL_VARIABLE = re.compile(r"\$\{?[A-Za-z_]\w*")  # a path part that starts as an unexpanded $NAME or ${NAME}
 
 
@@ -141,6 +144,11 @@ class OutputFolder:
 
     def __enter__(self):
         self._check_tilde()
+        checked = _CHECKED_TARGETS.get(Path(os.path.abspath(self.path)))
+        if checked is not None and resolved(self.path, self.flag) != checked:
+            raise UserError(f"{self.flag} {self.path} now leads to {resolved(self.path, self.flag)}, not to {checked} "
+                            "as when the command checked it at its start (a link made or changed since?): nothing "
+                            "is written there")
         self._check_outside_runs()
         if self.path.is_symlink() and not self.path.exists():
             raise UserError(f"cannot write to {self.flag} {self.path}: it is {special_file_kind(self.path)}")
@@ -180,8 +188,8 @@ class OutputFolder:
         if self._lock_fd is not None:
             try:
                 os.unlink(LOCK_FILE, dir_fd=self._fd)  # while still held: no other process holds this file
-            except FileNotFoundError:  # the folder was deleted while the command ran
-                pass
+            except OSError:  # the folder deleted, or made read-only, while the command ran: a lock file left
+                pass  # behind is released (flock) and taken over by the next command; the error in flight stays
         if exc_type is not None and self.path in self._created and self._entries() == [RECORD] and not any(
                 self.record[key] for key in ("files", "replacing", "folders", "temporary")):
             os.unlink(RECORD, dir_fd=self._fd)  # a record of nothing, alone in a folder this failed command created
@@ -283,7 +291,8 @@ class OutputFolder:
     def check(self, names=()):
         """Refuse now, writing nothing, a folder that entering would refuse (a lock held by another process
         aside), or where one of `names` is a file this project may not replace: for commands that write their
-        outputs only after long work."""
+        outputs only after long work.  Entering later refuses the folder if its path leads elsewhere then."""
+        remember_target(self.path)
         self._check_tilde()
         self._check_outside_runs()
         check_writable_folder(self.path, self.flag)
@@ -650,10 +659,21 @@ def resolved(path, flag):
         raise UserError(f"{flag} {path}: its symbolic links cannot be followed ({e}): a link loop?") from None
 
 
+def remember_target(path):
+    """Note where output folder `path` leads now (see _CHECKED_TARGETS); a path whose links cannot be
+    followed is refused where it is checked."""
+    try:
+        _CHECKED_TARGETS[Path(os.path.abspath(path))] = Path(path).resolve()
+    except (RuntimeError, OSError):
+        pass
+
+
 def check_outside_inputs(output, flag, inputs):
     """Refuse an output folder that is one of the `inputs` ((flag, folder) pairs: folders the command reads,
     or its other outputs), lies inside one or holds one (a run writes figures/ in its folder): nothing is
-    written into a folder the user gives as input."""
+    written into a folder the user gives as input (nor, entered later, where the path leads then:
+    remember_target)."""
+    remember_target(output)
     output = resolved(output, flag)
     for input_flag, folder in inputs:
         folder = resolved(folder, input_flag)
@@ -675,6 +695,9 @@ def check_as_written(path, flag, names):
     (built by other code) is not checked."""
     if not (Path(path) / RECORD).is_file():
         return
+    for name in names:  # a file this user may not read is not a changed one
+        if (Path(path) / name).is_file():
+            check_readable(Path(path) / name)
     with OutputFolder(path, None, flag).reading() as folder:
         temporaries = [TEMPORARY_TARGET.sub(r"\1\2", name) for name in folder.record["temporary"]]
         unfinished = sorted({*folder.record["replacing"], *temporaries})

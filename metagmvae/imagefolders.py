@@ -21,6 +21,7 @@ upright, 8 bits per channel.
 """
 import argparse
 import csv
+import errno
 import io
 import os
 import unicodedata
@@ -505,7 +506,11 @@ def predict_and_report(model, episodes, mc_samples, em_iters, seed, device, out,
     """What both evaluate.py do once the episodes hold the model's items: refuse labelled episodes of different
     ways and episodes that are one episode (check_episodes_differ), check that the MC samples of the largest
     episode fit in memory, seed the MC draws, evaluate (see evaluate) and write the unlabelled episodes'
-    predictions, if any, to <out>/predictions.csv."""
+    predictions, if any, to <out>/predictions.csv (None: see check_episodes_args)."""
+    if out is None and any(episode.y_query is None for episode in episodes):
+        raise UserError("--out not given, and its default, a folder beside --episodes named after it with "
+                        "-predictions, has a name too long for the file system: give --out for the predictions of "
+                        "the unlabelled queries")
     check_one_way(episodes)
     check_episodes_differ(episodes)
     check_samples_fit(max(len(e.support) + len(e.query) for e in episodes), mc_samples, model.config["latent_size"],
@@ -516,7 +521,7 @@ def predict_and_report(model, episodes, mc_samples, em_iters, seed, device, out,
         with OutputFolder(out, PREDICTIONS_KIND, "--out") as folder:
             write_csv(folder, PREDICTIONS, PREDICTIONS_COLUMNS, rows)
         print(f"wrote {len(rows)} predictions to {out / PREDICTIONS}")
-    elif out.is_dir():  # no unlabelled queries: an earlier predictions.csv does not describe these episodes
+    elif out is not None and out.is_dir():  # no unlabelled queries: an earlier predictions.csv is not theirs
         with OutputFolder(out, PREDICTIONS_KIND, "--out") as folder:
             if remove_earlier_result(folder, []):
                 print(f"removed the earlier {out / PREDICTIONS}: these episodes have no unlabelled queries")
@@ -560,11 +565,17 @@ def check_output(args, input_flag, suffix, kind, names):
 def check_episodes_args(args, counts=()):
     """Refuse non-positive --mc-samples, --em-iters and other `counts` (attribute names), a bad --seed and an
     --out where predictions.csv may not be written; returns (the torch device of --device, the output
-    folder)."""
+    folder, or None where --out is not given and its default beside --episodes has a name too long for the
+    file system: predict_and_report refuses it only for unlabelled queries, the only ones it serves)."""
     check_positive(args, ["mc_samples", "em_iters", *counts])
     check_seed(args.seed)
-    return resolve_device(args.device), check_output(args, "--episodes", "predictions", PREDICTIONS_KIND,
-                                                     [PREDICTIONS])
+    try:
+        out = check_output(args, "--episodes", "predictions", PREDICTIONS_KIND, [PREDICTIONS])
+    except OSError as e:
+        if args.out is not None or e.errno != errno.ENAMETOOLONG:
+            raise
+        out = None
+    return resolve_device(args.device), out
 
 
 # ---- grouping an unlabeled folder

@@ -123,6 +123,20 @@ def special_file_kind(path):
     return "a socket" if stat.S_ISSOCK(mode) else None
 
 
+class Unreadable(UserError):
+    """A file that is there but that this user may not read: its content is not in question."""
+
+
+def check_readable(path, what=""):
+    """Raise Unreadable for a file `path` (named after `what`) that this process may not open for reading."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError as e:
+        raise Unreadable(f"cannot read {what}{path} ({e.strerror}): give this user read access; the file is "
+                         "left as it is") from None
+
+
 def check_regular_file(path, what=""):
     """Refuse `path` (named after `what`, a flag such as "--source ") when it is a broken link, a link loop, a
     FIFO, a device or a socket: reading a device such as /dev/zero never ends, and a FIFO blocks."""
@@ -321,6 +335,7 @@ def load_checkpoint(path, data=None):
         check_regular_file(path, "checkpoint ")  # a FIFO, device, socket, broken link or link loop
         if not path.exists():
             raise UserError(f"checkpoint {path} does not exist")
+        check_readable(path, "checkpoint ")
     try:
         with torch.serialization.safe_globals(_NUMPY_SCALAR_TYPES), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols of files it then reads or refuses

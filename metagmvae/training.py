@@ -23,7 +23,7 @@ from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import ItemsAlike, autocast
 from .folders import LAST_CHECKPOINT, RECORD, RunDir
 from .runfiles import (DATA_DIGEST, DATA_FOLDER, FLOAT32_MAX, SPLIT_DIGESTS, Interrupted, NonFiniteCheckpoint,
-                       UserError, build_model, check_distinct_classes, check_finite_result, check_run_checkpoint,
+                       Unreadable, UserError, build_model, check_distinct_classes, check_finite_result, check_run_checkpoint,
                        check_same_data, check_same_flags, data_sha256, load_checkpoint, load_weights, rng_state,
                        set_rng_state, shortened)
 
@@ -377,6 +377,8 @@ def read_resume_state(run, config, keys, invariant_flags, name):
     def load():
         try:
             return load_checkpoint(path)
+        except Unreadable:  # intact, most likely: no advice to replace it
+            raise
         except UserError as e:
             raise UserError(f"{e}{run.instead_of_last('start the run anew with --overwrite')}") from None
 

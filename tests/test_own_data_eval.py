@@ -27,6 +27,7 @@ from PIL import Image
 from data import prepare_mimgnet as prepare_mimgnet_script
 from data.prepare_mimgnet import load_image, prepare_mimgnet
 from data.synthetic_mimgnet import write_dataset
+from metagmvae import imagefolders
 from metagmvae.evaluation import logistic_regression_predictions, nearest_class_mean_predictions
 from metagmvae.folders import RECORD
 from metagmvae.imagefolders import PREDICTIONS_COLUMNS
@@ -760,3 +761,37 @@ def test_refuses_an_episode_whose_pictures_are_all_in_another(models, tmp_path, 
     assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root), roots=[root, models],
                               capsys=capsys, text="--episodes: every picture of episode 'ep1' is one of episode 'ep0' "
                                                   "in support and in query as the model reads them")
+
+
+def test_labelled_episodes_in_a_folder_with_a_long_name_are_evaluated(models, tmp_path, capsys):
+    """The default output folder (<episodes>-predictions) serves unlabelled queries only: its name, too long
+    for the file system, refuses those alone, asking for --out."""
+    root = tmp_path / ("e" * 250)
+    write_drawing_episode(root / "ep0", 2)
+    write_drawing_episode(root / "ep1", 2, shot=2)
+    omniglot_evaluate.main(list(map(str, omniglot_flags(models, root))))
+    assert "over 2 episodes" in capsys.readouterr().out
+    unlabel_queries(root / "ep1")
+    assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root), roots=[tmp_path], capsys=capsys,
+                              text="--out not given, and its default, a folder beside --episodes named after it with "
+                                   "-predictions, has a name too long for the file system: give --out")
+
+
+def test_an_output_folder_turned_into_a_link_after_the_start_is_not_written(models, tmp_path, capsys, monkeypatch):
+    """--out checked at the start (a new folder), then made a link into --episodes while the episodes are
+    predicted: entering it, the command finds it leads elsewhere than when checked, and writes nothing."""
+    root = tmp_path / "episodes"
+    write_drawing_episode(root / "ep0", 2)
+    unlabel_queries(root / "ep0")
+    out = tmp_path / "out"
+    evaluate_episodes = imagefolders.evaluate
+
+    def link_then_evaluate(*args, **kwargs):
+        out.symlink_to(root / "ep0", target_is_directory=True)
+        return evaluate_episodes(*args, **kwargs)
+    monkeypatch.setattr(imagefolders, "evaluate", link_then_evaluate)
+    before = snapshot(root)
+    line = assert_refused_in_process(omniglot_evaluate.main, *omniglot_flags(models, root), "--out", out, roots=[],
+                                     capsys=capsys, text=f"--out {out} now leads to {(root / 'ep0').resolve()}, not "
+                                                         f"to {out} as when the command checked it at its start")
+    assert "nothing is written there" in line and snapshot(root) == before

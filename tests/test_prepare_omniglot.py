@@ -379,3 +379,20 @@ def test_a_build_killed_between_its_renames_is_refused_until_built_again(tmp_pat
         load_omniglot(out)
     subprocess.run([*build, "--seed", "1"], cwd=REPO_ROOT, check=True, capture_output=True)
     assert set(load_omniglot(out)) == {"train", "val", "test"}
+
+
+def test_a_source_folder_that_cannot_be_listed_is_refused(tmp_path, monkeypatch):
+    """A character or alphabet folder without read permission: glob skipped it, and the build held fewer
+    characters and another split without a word. (Listing is refused through os.walk's error: tests may run
+    as root, whom chmod does not stop.)"""
+    source = tmp_path / "images_background" / "Greek" / "character01"
+    source.mkdir(parents=True)
+    walk = os.walk
+
+    def unlistable(top, onerror=None, **kwargs):
+        onerror(PermissionError(13, "Permission denied", str(source)))
+        return walk(top, onerror=onerror, **kwargs)
+    monkeypatch.setattr(os, "walk", unlistable)
+    with pytest.raises(UserError, match=rf"--source {tmp_path / 'images_background'}: cannot list {source} "
+                                        r"\(Permission denied\); its characters would be left out of the build"):
+        collect_characters([tmp_path / "images_background"])

@@ -639,3 +639,48 @@ def test_ctrl_c_after_the_folder_moved_names_the_checkpoint_where_it_is(omniglot
     assert code == 130 and error_lines(err) == [
         f"omniglot/main.py: error: interrupted (Ctrl-C); --resume continues the run from {moved / 'last.pt'} "
         "(step 2)"], err
+
+
+def test_an_unreadable_file_is_named_as_such_not_as_damaged(omniglot_data, tmp_path, capsys, monkeypatch):
+    """No permission to read last.pt (or a recorded data file): the line says so and gives no advice that would
+    replace or unrecord an intact file (copy a best_*.pt over last.pt, remove the record). Read permission is
+    taken away by making open() refuse it: tests may run as root, whom chmod does not stop."""
+    save = tmp_path / "run"
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "2"), capsys)
+    assert code == 0, err
+    data = tmp_path / "data"
+    real_open, blocked = open, {"last.pt"}
+
+    def no_permission(path, *args, **kwargs):
+        if Path(path).name in blocked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(runfiles, "open", no_permission, raising=False)
+    code, _, err = run_in_process(omniglot_main.main, train_args(omniglot_data, save, "--train-iters", "4",
+                                                                 "--resume"), capsys)
+    assert code == 2 and error_lines(err) == [
+        f"omniglot/main.py: error: cannot read checkpoint {save / 'last.pt'} (Permission denied): give this user "
+        "read access; the file is left as it is"], err
+    with OutputFolder(data, "Omniglot arrays", "--out") as folder:  # a recorded build
+        for name in ("train.npy", "val.npy", "test.npy"):
+            folder.write_bytes(name, (omniglot_data / name).read_bytes())
+    blocked = {"val.npy"}
+    code, _, err = run_in_process(omniglot_main.main, train_args(data, tmp_path / "other"), capsys)
+    assert code == 2 and error_lines(err) == [
+        f"omniglot/main.py: error: cannot read {data / 'val.npy'} (Permission denied): give this user read access; "
+        "the file is left as it is"], err
+
+
+def test_a_lock_file_that_cannot_be_removed_does_not_hide_the_error(tmp_path, monkeypatch):
+    """The folder made read-only while a command ran: removing its lock file fails, and must not replace the
+    error in flight (the failed write, which names its file) with its own."""
+    unlink = os.unlink
+
+    def lock_stays(name, *args, **kwargs):
+        if name == LOCK_FILE:
+            raise PermissionError(13, "Permission denied", name)
+        return unlink(name, *args, **kwargs)
+    with pytest.raises(UserError, match="cannot write x.pt: Permission denied"):
+        with OutputFolder(tmp_path / "out", "Omniglot run", "--save-dir"):
+            monkeypatch.setattr(os, "unlink", lock_stays)
+            raise UserError("cannot write x.pt: Permission denied")
