@@ -422,19 +422,26 @@ class OutputFolder:
                 return None, base
             raise
 
-    def _digest_of(self, name, sizes):
-        """{"size", "sha256"} of `name` (relative) if it is a regular file (no link followed) of a size among
-        `sizes`, else None."""
+    def _open_file(self, name):
+        """A read descriptor of `name` (relative), opened through the folder's descriptor without following a
+        link and without waiting on a FIFO, or None where nothing can be opened so."""
         fd, base = self._subfolder(name, create=False)
         if fd is None:
             return None
         try:
-            file_fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)  # a FIFO: no wait
+            return os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
         except OSError:
             return None
         finally:
             if fd != self._fd:
                 os.close(fd)
+
+    def _digest_of(self, name, sizes):
+        """{"size", "sha256"} of `name` (relative) if it is a regular file (no link followed) of a size among
+        `sizes`, else None."""
+        file_fd = self._open_file(name)
+        if file_fd is None:
+            return None
         try:
             info = os.fstat(file_fd)
             return file_digest(file_fd) if stat.S_ISREG(info.st_mode) and info.st_size in sizes else None
@@ -454,16 +461,9 @@ class OutputFolder:
         folder moved meanwhile is still this one), if they are a content the record lists for it; else None
         (changed since, not in the record, not a regular file)."""
         versions = [v for key in ("files", "replacing") if (v := self.record[key].get(name)) is not None]
-        fd, base = self._subfolder(name, create=False)
-        if fd is None or not versions:
+        file_fd = self._open_file(name) if versions else None
+        if file_fd is None:
             return None
-        try:
-            file_fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
-        except OSError:
-            return None
-        finally:
-            if fd != self._fd:
-                os.close(fd)
         try:
             if not stat.S_ISREG(os.fstat(file_fd).st_mode):
                 return None
