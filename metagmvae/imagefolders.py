@@ -280,7 +280,7 @@ def copy_groups(items):
         names = joined
 
 
-def check_not_trained_on(items, checkpoint, load_split, where):
+def check_items_not_trained_on(items, checkpoint, load_split, where):
     """Refuse items (N, ...), a CPU tensor of what the model reads (drawings, features) from `where` ("--images
     x"), more than half of which are copies of items of the splits `checkpoint` trained on or was selected on
     (training.trained_splits; load_split: (folder, split) -> (C, I, ...) as training read it): a score on
@@ -299,8 +299,8 @@ def check_not_trained_on(items, checkpoint, load_split, where):
 
 
 def check_episodes_not_trained_on(episodes, checkpoint, load_split, where):
-    """check_not_trained_on of the items of all `episodes`."""
-    check_not_trained_on(torch.cat([torch.cat([episode.support, episode.query]) for episode in episodes]),
+    """check_items_not_trained_on of the items of all `episodes`."""
+    check_items_not_trained_on(torch.cat([torch.cat([episode.support, episode.query]) for episode in episodes]),
                          checkpoint, load_split, where)
 
 
@@ -729,7 +729,7 @@ def write_clusters(folder, root, files, cluster, confidence, num_clusters, draw_
 def group_folder(args, files, items, model, *, baseline_features, baseline_name, load_split):
     """Cluster `items` (N, ...) read from `files` with the model and, with class folders, score the clusters
     beside k-means on baseline_features (N, F), unless the items are mostly those the checkpoint trained on
-    (check_not_trained_on; load_split reads its data's splits); prints nothing (finish_grouping does, once every
+    (check_items_not_trained_on; load_split reads its data's splits); prints nothing (finish_grouping does, once every
     check passed).
 
     Returns (cluster (N,), confidence (N,), log_pi (K,), mu (K, D), scores or None).
@@ -746,7 +746,7 @@ def group_folder(args, files, items, model, *, baseline_features, baseline_name,
     scores = None
     if classes is not None:
         check_folders_share_no_picture(args.images, files, items, classes)
-        check_not_trained_on(items.cpu(), args.checkpoint, load_split, f"--images {args.images}")
+        check_items_not_trained_on(items.cpu(), args.checkpoint, load_split, f"--images {args.images}")
         baseline, _, _ = kmeans(baseline_features, args.clusters, restart_streams(args.seed, GROUPING_KMEANS,
                                                                                  args.restarts))
         scores = partition_scores(classes, {f"Meta-GMVAE (EM, {args.restarts} restarts)": cluster,

@@ -624,13 +624,22 @@ DATA_FOLDER = "data_path"  # the config entry: the absolute path of --data-dir w
 def data_sha256(splits):
     """Hex sha256 of a run's data: each split's name, dtype, shape and values, in name order.
     splits: {name: CPU tensor or numpy array}, e.g. {"train": (C, I, 1, 28, 28), ...}."""
-    digest = hashlib.sha256()
+    return data_and_split_sha256(splits)[0]
+
+
+def data_and_split_sha256(splits):
+    """(data_sha256(splits), {name: data_sha256({name: split})}) from one pass over the values."""
+    digest, per_split = hashlib.sha256(), {}
     for name in sorted(splits):
         split = splits[name]
         values = np.ascontiguousarray(split) if isinstance(split, np.ndarray) else split.contiguous().numpy()
-        digest.update(f"{name} {values.dtype} {values.shape}\n".encode())
-        digest.update(values.reshape(-1).view(np.uint8))
-    return digest.hexdigest()
+        header, data = f"{name} {values.dtype} {values.shape}\n".encode(), values.reshape(-1).view(np.uint8)
+        own = hashlib.sha256()
+        for each in (digest, own):
+            each.update(header)
+            each.update(data)
+        per_split[name] = own.hexdigest()
+    return digest.hexdigest(), per_split
 
 
 def check_same_data(saved_config, config, path):

@@ -23,9 +23,9 @@ from .evaluation import evaluate_shots, result_key, seeded_eval, with_baselines
 from .gmvae import ItemsAlike, autocast
 from .folders import LAST_CHECKPOINT, RECORD, RunDir
 from .runfiles import (DATA_DIGEST, DATA_FOLDER, FLOAT32_MAX, SPLIT_DIGESTS, Interrupted, NonFiniteCheckpoint,
-                       Unreadable, UserError, build_model, check_distinct_classes, check_finite_result, check_run_checkpoint,
-                       check_same_data, check_same_flags, data_sha256, load_checkpoint, load_weights, rng_state,
-                       set_rng_state, shortened)
+                       Unreadable, UserError, build_model, check_distinct_classes, check_finite_result,
+                       check_run_checkpoint, check_same_data, check_same_flags, data_and_split_sha256, data_sha256,
+                       load_checkpoint, load_weights, rng_state, set_rng_state, shortened)
 
 
 class TrainingDiverged(UserError):
@@ -362,8 +362,9 @@ def run_config(args, splits):
     its data (splits: {name: tensor}), which --resume checks, and of each split, with the absolute path of
     --data-dir (as given it may be relative to another working folder), which --eval-only and others check
     (trained_splits)."""
-    return {**vars(args), DATA_DIGEST: data_sha256(splits), DATA_FOLDER: os.path.abspath(args.data_dir),
-            SPLIT_DIGESTS: {name: data_sha256({name: split}) for name, split in splits.items()}}
+    digest, split_digests = data_and_split_sha256(splits)
+    return {**vars(args), DATA_DIGEST: digest, DATA_FOLDER: os.path.abspath(args.data_dir),
+            SPLIT_DIGESTS: split_digests}
 
 
 def read_resume_state(run, config, keys, invariant_flags, name):

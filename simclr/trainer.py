@@ -226,7 +226,7 @@ def check_data(data_dir):
     return splits
 
 
-def check_not_trained_on(checkpoint, data_dir, splits):
+def check_export_not_trained_on(checkpoint, data_dir, splits):
     """Refuse an --export-only whose val or test images (splits: check_data's thumbnails) hold classes of the
     images the encoder of `checkpoint` trained on (features of them would be tested as new classes).  Its run
     config names that folder and the sha256 of its train split; where the folder, other than data_dir, still
@@ -284,7 +284,7 @@ def train_and_export(args, device):
 
 def export_checkpoint(args, device):
     """--export-only: the features of --checkpoint; returns the features manifest."""
-    check_not_trained_on(args.checkpoint, args.data_dir, check_data(args.data_dir))
+    check_export_not_trained_on(args.checkpoint, args.data_dir, check_data(args.data_dir))
     model = load_model(args.checkpoint, device)
     take_checkpoint_sizes(args, {"hidden_size": model.encoder.blocks[0][0].out_channels}, args.checkpoint)
     return export_features(model, args.data_dir, args.feature_save_dir, args.checkpoint, args.batch_size, device)
